@@ -1,0 +1,38 @@
+# The two commands of the README: `make up` (the main job) and `make test` (the whole suite).
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEBIAN_PACKAGES := git curl iproute2 iptables
+
+.PHONY: up down test lint system-deps venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# Debian packages the tests use; installed only when one is missing (needs root).
+system-deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+up: $(STAMP)
+	$(BIN)/replayops up
+
+down: $(STAMP)
+	$(BIN)/replayops dev down
+
+test: $(STAMP) system-deps
+	$(BIN)/replayops dev build
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check controller tests
+	$(BIN)/mypy controller

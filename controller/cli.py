@@ -1,0 +1,27 @@
+"""The ``replayops`` command: one sub-command per area, each registered by its own module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from controller import up
+from controller.devcluster import cli as dev_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="replayops", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (dev_cli, up):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

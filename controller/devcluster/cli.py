@@ -1,0 +1,103 @@
+"""``replayops dev up | down | status | kubeconfig | build``: the detached local control plane."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import ssl
+import sys
+import urllib.request
+from pathlib import Path
+
+from controller import paths
+from controller.devcluster.build import ensure_binaries
+from controller.devcluster.cluster import DevCluster, pid_alive, read_state, stop_pid
+from controller.devcluster.errors import DevClusterError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    dev = sub.add_parser("dev", help="local control plane (etcd, kube-apiserver, kube-controller-manager)")
+    dev.add_argument("--dir", type=Path, default=None, help="state directory (default $REPLAYOPS_HOME/dev)")
+    verbs = dev.add_subparsers(dest="verb", required=True)
+    up = verbs.add_parser("up", help="build or reuse the binaries and start the control plane")
+    up.add_argument("--no-controller-manager", action="store_true",
+                    help="start only etcd and kube-apiserver")
+    verbs.add_parser("down", help="stop the control plane and remove its state")
+    verbs.add_parser("status", help="show the components and whether the apiserver is ready")
+    verbs.add_parser("kubeconfig", help="print the kubeconfig path")
+    verbs.add_parser("build", help="build or reuse the binaries only")
+    dev.set_defaults(func=run)
+
+
+def _running(workdir: Path) -> dict | None:  # type: ignore[type-arg]
+    state = read_state(workdir)
+    if state and all(pid_alive(int(p["pid"])) for p in state["procs"]):  # type: ignore[index, union-attr]
+        return state
+    return None
+
+
+def up(workdir: Path, *, controller_manager: bool = True) -> Path:
+    """Start a detached control plane in ``workdir`` (or reuse a running one); return the kubeconfig."""
+    state = _running(workdir)
+    if state:
+        return Path(str(state["kubeconfig"]))
+    down(workdir)
+    cluster = DevCluster(workdir, ensure_binaries(), controller_manager=controller_manager, detached=True)
+    cluster.start()
+    return cluster.kubeconfig
+
+
+def down(workdir: Path) -> list[str]:
+    """Stop whatever a previous ``up`` left in ``workdir``; return the names stopped."""
+    state = read_state(workdir)
+    stopped = []
+    for proc in reversed(state["procs"] if state else []):  # type: ignore[arg-type]
+        stop_pid(int(proc["pid"]))
+        stopped.append(f"{proc['name']} (pid {proc['pid']})")
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    return stopped
+
+
+def _ready(state: dict) -> str:  # type: ignore[type-arg]
+    pkidir = Path(str(state["kubeconfig"])).parent / "pki"
+    ctx = ssl.create_default_context(cafile=str(pkidir / "ca.crt"))
+    ctx.load_cert_chain(str(pkidir / "admin.crt"), str(pkidir / "admin.key"))
+    try:
+        with urllib.request.urlopen(f"{state['server']}/readyz", timeout=3, context=ctx) as resp:
+            return "ready" if resp.status == 200 else f"HTTP {resp.status}"
+    except OSError as exc:
+        return f"not ready ({exc})"
+
+
+def run(args: argparse.Namespace) -> int:
+    workdir = args.dir or paths.dev_cluster_dir()
+    try:
+        if args.verb == "build":
+            print(ensure_binaries())
+        elif args.verb == "up":
+            kubeconfig = up(workdir, controller_manager=not args.no_controller_manager)
+            print(f"control plane up; kubeconfig: {kubeconfig}")
+            print(f"  export KUBECONFIG={kubeconfig}")
+        elif args.verb == "down":
+            stopped = down(workdir)
+            print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        elif args.verb == "status":
+            state = read_state(workdir)
+            if not state:
+                print(f"no control plane in {workdir}")
+                return 1
+            for proc in state["procs"]:  # type: ignore[attr-defined]
+                alive = "running" if pid_alive(int(proc["pid"])) else "DEAD"
+                print(f"{proc['name']:<26} pid {proc['pid']:<8} {alive}  log {proc['log']}")
+            print(f"kube-apiserver {state['server']}: {_ready(state)}")
+        elif args.verb == "kubeconfig":
+            state = _running(workdir)
+            if not state:
+                print(f"no running control plane in {workdir}; run `replayops dev up`", file=sys.stderr)
+                return 1
+            print(state["kubeconfig"])
+    except DevClusterError as err:
+        print(f"replayops dev {args.verb}: {err}", file=sys.stderr)
+        return 1
+    return 0

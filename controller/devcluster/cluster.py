@@ -1,0 +1,281 @@
+"""Start and stop a local control plane: etcd, kube-apiserver, kube-controller-manager.
+
+Everything listens on free loopback ports with TLS; RBAC is on and an admin
+client certificate (group ``system:masters``) goes into the kubeconfig. Every
+wait has a timeout and says what it waited for. Children started attached die
+with their parent (``PR_SET_PDEATHSIG``), and ``stop()`` terminates, then
+kills, every process group it started, so no process or port is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller import pki
+from controller.devcluster.build import Binaries
+from controller.devcluster.errors import DevClusterError
+
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
+SERVICE_CIDR = "10.0.0.0/24"
+ADMIN_USER = "replayops-admin"
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` names a live (not zombie) process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@dataclass
+class Proc:
+    """One started component: its name, pid and log file."""
+
+    name: str
+    pid: int
+    log: Path
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+
+@dataclass
+class Endpoints:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+
+    @classmethod
+    def pick(cls) -> Endpoints:
+        return cls(free_port(), free_port(), free_port(), free_port())
+
+
+class DevCluster:
+    """A local control plane living in ``workdir`` (certs, etcd data, logs, kubeconfig)."""
+
+    def __init__(self, workdir: Path, binaries: Binaries, *, controller_manager: bool = True,
+                 detached: bool = False) -> None:
+        self.workdir = workdir
+        self.binaries = binaries
+        self.with_controller_manager = controller_manager
+        self.detached = detached
+        self.procs: list[Proc] = []
+        self.ports = Endpoints.pick()
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports.apiserver}"
+
+    # -- certificates --------------------------------------------------------------------------
+
+    def _write_pki(self) -> None:
+        pkidir = self.workdir / "pki"
+        ca = pki.make_ca("replayops-dev-ca")
+        ca.write(pkidir / "ca.crt", pkidir / "ca.key")
+        pki.issue(ca, "kube-apiserver", dns=("localhost", "kubernetes", "kubernetes.default"),
+                  ips=("127.0.0.1", "10.0.0.1")).write(pkidir / "apiserver.crt", pkidir / "apiserver.key")
+        admin = pki.issue(ca, ADMIN_USER, orgs=("system:masters",), server=False, client=True)
+        admin.write(pkidir / "admin.crt", pkidir / "admin.key")
+        sa = pki.new_key()
+        pki.write_atomic(pkidir / "sa.key", pki.key_pem(sa), mode=0o600)
+        pki.write_atomic(pkidir / "sa.pub", pki.public_pem(sa))
+        self._write_kubeconfig(ca, admin)
+
+    def _write_kubeconfig(self, ca: pki.KeyPair, admin: pki.KeyPair) -> None:
+        import base64
+
+        def b64(data: bytes) -> str:
+            return base64.b64encode(data).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "replayops-dev", "cluster": {
+                "server": self.server, "certificate-authority-data": b64(ca.cert_pem)}}],
+            "users": [{"name": ADMIN_USER, "user": {
+                "client-certificate-data": b64(admin.cert_pem),
+                "client-key-data": b64(admin.key_pem)}}],
+            "contexts": [{"name": "replayops-dev",
+                          "context": {"cluster": "replayops-dev", "user": ADMIN_USER}}],
+            "current-context": "replayops-dev",
+        }
+        pki.write_atomic(self.kubeconfig, json.dumps(config, indent=2).encode(), mode=0o600)
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> Proc:
+        logdir = self.workdir / "logs"
+        logdir.mkdir(parents=True, exist_ok=True)
+        log = logdir / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
+        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True, preexec_fn=None if self.detached else _die_with_parent,
+            )
+        proc = Proc(name, popen.pid, log, popen)
+        self.procs.append(proc)
+        return proc
+
+    def _etcd_argv(self) -> list[str]:
+        client = f"http://127.0.0.1:{self.ports.etcd_client}"
+        peer = f"http://127.0.0.1:{self.ports.etcd_peer}"
+        return [str(self.binaries.etcd), "--name", "default", "--data-dir", str(self.workdir / "etcd"),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"default={peer}", "--unsafe-no-fsync=true",
+                "--log-level", "warn"]
+
+    def _apiserver_argv(self) -> list[str]:
+        p = self.workdir / "pki"
+        return [str(self.binaries.kube_apiserver),
+                f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
+                f"--secure-port={self.ports.apiserver}", "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--tls-cert-file={p / 'apiserver.crt'}", f"--tls-private-key-file={p / 'apiserver.key'}",
+                f"--client-ca-file={p / 'ca.crt'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
+                "--authorization-mode=RBAC",
+                f"--service-account-issuer=https://127.0.0.1:{self.ports.apiserver}/",
+                f"--service-account-key-file={p / 'sa.pub'}",
+                f"--service-account-signing-key-file={p / 'sa.key'}",
+                "--disable-admission-plugins=ServiceAccount",
+                f"--cert-dir={p}", "--endpoint-reconciler-type=none", "-v=1"]
+
+    def _kcm_argv(self) -> list[str]:
+        p = self.workdir / "pki"
+        return [str(self.binaries.kube_controller_manager), f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--leader-elect=false", f"--service-account-private-key-file={p / 'sa.key'}",
+                f"--root-ca-file={p / 'ca.crt'}", f"--secure-port={self.ports.controller_manager}",
+                "--bind-address=127.0.0.1", f"--cert-dir={p / 'kcm'}",
+                "--controllers=*,-serviceaccount-token-controller", "-v=1"]
+
+    # -- waiting ----------------------------------------------------------------------------------
+
+    def _wait(self, proc: Proc, what: str, probe: ssl.SSLContext | None, url: str,
+              timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if not pid_alive(proc.pid):
+                raise DevClusterError(self._failure(proc, f"{proc.name} exited while waiting for {what}"))
+            try:
+                with urllib.request.urlopen(url, timeout=2, context=probe) as resp:
+                    if resp.status == 200:
+                        return
+                    last = f"HTTP {resp.status}"
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.25)
+        raise DevClusterError(self._failure(proc, f"timed out after {timeout:.0f}s waiting for {what} "
+                                                  f"at {url} (last: {last})"))
+
+    def _failure(self, proc: Proc, headline: str) -> str:
+        tail = ""
+        with contextlib.suppress(OSError):
+            tail = "\n".join(proc.log.read_text(errors="replace").splitlines()[-12:])
+        hint = ""
+        if "address already in use" in tail:
+            hint = "\nport clash: another process took the port; run again (new ports are picked)"
+        return f"{headline}\nlog {proc.log}:\n{tail}{hint}"
+
+    def _tls(self, *, verify: bool = True) -> ssl.SSLContext:
+        p = self.workdir / "pki"
+        ctx = ssl.create_default_context(cafile=str(p / "ca.crt"))
+        ctx.load_cert_chain(str(p / "admin.crt"), str(p / "admin.key"))
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start all components and wait until each is healthy; on failure stop what started."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._write_pki()
+            etcd = self._spawn("etcd", self._etcd_argv())
+            self._wait(etcd, "etcd health", None,
+                       f"http://127.0.0.1:{self.ports.etcd_client}/health", timeout)
+            api = self._spawn("kube-apiserver", self._apiserver_argv())
+            self._wait(api, "kube-apiserver readiness", self._tls(), f"{self.server}/readyz", timeout)
+            if self.with_controller_manager:
+                kcm = self._spawn("kube-controller-manager", self._kcm_argv())
+                self._wait(kcm, "kube-controller-manager health", self._tls(verify=False),
+                           f"https://127.0.0.1:{self.ports.controller_manager}/healthz", timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self._write_state()
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Terminate every component (reverse order), killing what outlives ``timeout``."""
+        for proc in reversed(self.procs):
+            stop_pid(proc.pid, timeout)
+            if proc.popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(timeout=1)
+        self.procs.clear()
+        with contextlib.suppress(FileNotFoundError):
+            (self.workdir / "state.json").unlink()
+
+    def _write_state(self) -> None:
+        state = {"kubeconfig": str(self.kubeconfig), "server": self.server,
+                 "procs": [{"name": p.name, "pid": p.pid, "log": str(p.log)} for p in self.procs]}
+        pki.write_atomic(self.workdir / "state.json", json.dumps(state, indent=2).encode())
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+
+def stop_pid(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM the process group of ``pid``, then SIGKILL it if it is still alive after ``timeout``."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return
+            time.sleep(0.05)
+
+
+def read_state(workdir: Path) -> dict[str, object] | None:
+    """The state a detached cluster in ``workdir`` wrote, or None."""
+    try:
+        return json.loads((workdir / "state.json").read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,161 @@
+"""The only layer that talks to the Kubernetes API (through the official client).
+
+``connect`` builds a client from a kubeconfig; ``Kube`` offers the few verbs the
+rest of replayops needs — server-side apply, get, list, delete, wait — on plain
+dicts, and translates API errors into ``KubeError`` with the server's message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
+
+FIELD_MANAGER = "replayops-controller"
+
+
+class KubeError(RuntimeError):
+    """An API call failed; ``status`` is the HTTP code and ``reason`` the API reason."""
+
+    def __init__(self, message: str, *, status: int = 0, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def _translate(exc: Exception, what: str) -> KubeError:
+    import json
+
+    status = getattr(exc, "status", 0) or 0
+    body = getattr(exc, "body", None) or getattr(exc, "summary", lambda: "")()
+    message, reason = str(body), ""
+    try:
+        parsed = json.loads(body) if isinstance(body, str | bytes) else {}
+        message, reason = parsed.get("message", message), parsed.get("reason", "")
+    except ValueError:
+        pass
+    return KubeError(f"{what}: {message[:2000]}", status=status, reason=reason)
+
+
+def connect(kubeconfig: str | Path | None = None) -> Kube:
+    """A client from ``kubeconfig`` (or $KUBECONFIG / ~/.kube/config / in-cluster)."""
+    cfg = client.Configuration()
+    try:
+        config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None,
+                                client_configuration=cfg)
+    except config.ConfigException:
+        config.load_incluster_config(client_configuration=cfg)
+    cfg.proxy = None
+    return Kube(client.ApiClient(cfg))
+
+
+class Kube:
+    """Verbs on plain-dict objects, addressed by apiVersion and kind."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.dynamic = DynamicClient(api)
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        try:
+            return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError as exc:
+            raise KubeError(f"the server has no resource for {kind} in {api_version}", status=404) from exc
+
+    def invalidate_discovery(self) -> None:
+        """Forget cached discovery (after CRDs change)."""
+        self.dynamic.resources.invalidate_cache()
+
+    def apply(self, obj: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER, force: bool = True,
+              dry_run: bool = False, field_validation: str = "Strict") -> dict[str, Any]:
+        """Server-side apply ``obj``; return the object the server stored (or would store)."""
+        meta = obj.get("metadata", {})
+        res = self.resource(obj["apiVersion"], obj["kind"])
+        kwargs: dict[str, Any] = {"field_manager": field_manager, "force_conflicts": force,
+                                  "field_validation": field_validation}
+        if dry_run:
+            kwargs["dry_run"] = "All"
+        try:
+            out = self.dynamic.server_side_apply(res, body=dict(obj), name=meta.get("name"),
+                                                 namespace=meta.get("namespace"), **kwargs)
+        except (DynamicApiError, ApiException) as exc:
+            raise _translate(exc, f"apply {obj['kind']} {_ref(meta)}") from exc
+        return out.to_dict()  # type: ignore[no-any-return]
+
+    def create(self, obj: Mapping[str, Any], *, field_validation: str = "Strict") -> dict[str, Any]:
+        meta = obj.get("metadata", {})
+        res = self.resource(obj["apiVersion"], obj["kind"])
+        try:
+            out = res.create(body=dict(obj), namespace=meta.get("namespace"),
+                             field_validation=field_validation)
+        except (DynamicApiError, ApiException) as exc:
+            raise _translate(exc, f"create {obj['kind']} {_ref(meta)}") from exc
+        return out.to_dict()  # type: ignore[no-any-return]
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            return self.resource(api_version, kind).get(name=name, namespace=namespace).to_dict()  # type: ignore[no-any-return]
+        except NotFoundError:
+            return None
+        except (DynamicApiError, ApiException) as exc:
+            raise _translate(exc, f"get {kind} {namespace}/{name}") from exc
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None,
+             label_selector: str | None = None) -> list[dict[str, Any]]:
+        try:
+            out = self.resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
+        except (DynamicApiError, ApiException) as exc:
+            raise _translate(exc, f"list {kind} in {namespace or 'all namespaces'}") from exc
+        return [item.to_dict() for item in out.items]
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        """Delete the object; False when it was already gone."""
+        try:
+            self.resource(api_version, kind).delete(name=name, namespace=namespace,
+                                                    propagation_policy="Background")
+        except NotFoundError:
+            return False
+        except (DynamicApiError, ApiException) as exc:
+            raise _translate(exc, f"delete {kind} {namespace}/{name}") from exc
+        return True
+
+    def wait_for(self, what: str, check: Any, timeout: float = 60.0, interval: float = 0.2) -> Any:
+        """Poll ``check()`` until it returns a truthy value; raise KubeError naming ``what``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = check()
+            if result:
+                return result
+            if time.monotonic() >= deadline:
+                raise KubeError(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(interval)
+
+    def install_crds(self, crds: Iterable[Mapping[str, Any]], timeout: float = 60.0) -> None:
+        """Apply CRDs and wait until each is Established and served."""
+        names = []
+        for crd in crds:
+            self.apply(crd)
+            names.append(crd["metadata"]["name"])
+        for name in names:
+            self.wait_for(f"CRD {name} to be Established",
+                          lambda n=name: _established(self.get("apiextensions.k8s.io/v1",
+                                                               "CustomResourceDefinition", n)),
+                          timeout)
+        self.invalidate_discovery()
+
+
+def _established(crd: Mapping[str, Any] | None) -> bool:
+    conditions = (crd or {}).get("status", {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+
+def _ref(meta: Mapping[str, Any]) -> str:
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))

@@ -1,0 +1,16 @@
+"""Where replayops keeps local state: ``$REPLAYOPS_HOME`` (default ``~/.replayops``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    """The root of all local state (snapshots, reports, the dev cluster)."""
+    return Path(os.environ.get("REPLAYOPS_HOME") or Path.home() / ".replayops")
+
+
+def dev_cluster_dir() -> Path:
+    """Where ``replayops dev up`` keeps the detached local control plane."""
+    return home() / "dev"
