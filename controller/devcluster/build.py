@@ -141,12 +141,16 @@ def build_kubernetes(version: str = K8S_VERSION) -> tuple[Path, Path]:
 
 def etcd_version_for(k8s_version: str = K8S_VERSION) -> str:
     """The etcd server version the Kubernetes release's go.mod pins."""
-    root = cache_root() / "k8s" / k8s_version / "src"
-    root.mkdir(parents=True, exist_ok=True)
-    _, upstream = _module_gomod("k8s.io/kubernetes", k8s_version, root)
+    root = cache_root() / "k8s" / k8s_version
+    known = root / "etcd-version"
+    if known.is_file():
+        return known.read_text().strip()
+    (root / "src").mkdir(parents=True, exist_ok=True)
+    _, upstream = _module_gomod("k8s.io/kubernetes", k8s_version, root / "src")
     match = re.search(r"go\.etcd\.io/etcd/server/v3 (v[\d.]+)", upstream)
     if not match:
         raise DevClusterError(f"kubernetes {k8s_version} go.mod names no etcd server version")
+    known.write_text(match.group(1))
     return match.group(1)
 
 

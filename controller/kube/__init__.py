@@ -72,31 +72,42 @@ class Kube:
         """Forget cached discovery (after CRDs change)."""
         self.dynamic.resources.invalidate_cache()
 
+    def call(self, method: str, path: str, *, body: Any = None, query: Iterable[tuple[str, Any]] = (),
+             content_type: str = "application/json", what: str = "") -> dict[str, Any]:
+        """One raw API call with any query parameters (the dynamic client drops some, e.g.
+        ``fieldValidation``); returns the decoded JSON body, raises KubeError."""
+        import json
+
+        request = self.api.param_serialize(
+            method, path, query_params=list(query),
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body, auth_settings=["BearerToken"])
+        try:
+            resp = self.api.call_api(*request)
+            resp.read()
+            if not 200 <= resp.status <= 299:
+                self.api.response_deserialize(resp, {})
+        except ApiException as exc:
+            raise _translate(exc, what or f"{method} {path}") from exc
+        return json.loads(resp.data or b"{}")  # type: ignore[no-any-return]
+
     def apply(self, obj: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER, force: bool = True,
               dry_run: bool = False, field_validation: str = "Strict") -> dict[str, Any]:
         """Server-side apply ``obj``; return the object the server stored (or would store)."""
         meta = obj.get("metadata", {})
         res = self.resource(obj["apiVersion"], obj["kind"])
-        kwargs: dict[str, Any] = {"field_manager": field_manager, "force_conflicts": force,
-                                  "field_validation": field_validation}
-        if dry_run:
-            kwargs["dry_run"] = "All"
-        try:
-            out = self.dynamic.server_side_apply(res, body=dict(obj), name=meta.get("name"),
-                                                 namespace=meta.get("namespace"), **kwargs)
-        except (DynamicApiError, ApiException) as exc:
-            raise _translate(exc, f"apply {obj['kind']} {_ref(meta)}") from exc
-        return out.to_dict()  # type: ignore[no-any-return]
+        query = [("fieldManager", field_manager), ("force", str(force).lower()),
+                 ("fieldValidation", field_validation)] + ([("dryRun", "All")] if dry_run else [])
+        return self.call("PATCH", res.path(name=meta.get("name"), namespace=meta.get("namespace")),
+                         body=dict(obj), query=query, content_type="application/apply-patch+yaml",
+                         what=f"apply {obj['kind']} {_ref(meta)}")
 
     def create(self, obj: Mapping[str, Any], *, field_validation: str = "Strict") -> dict[str, Any]:
         meta = obj.get("metadata", {})
         res = self.resource(obj["apiVersion"], obj["kind"])
-        try:
-            out = res.create(body=dict(obj), namespace=meta.get("namespace"),
-                             field_validation=field_validation)
-        except (DynamicApiError, ApiException) as exc:
-            raise _translate(exc, f"create {obj['kind']} {_ref(meta)}") from exc
-        return out.to_dict()  # type: ignore[no-any-return]
+        return self.call("POST", res.path(namespace=meta.get("namespace")), body=dict(obj),
+                         query=[("fieldValidation", field_validation)],
+                         what=f"create {obj['kind']} {_ref(meta)}")
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""

@@ -1,0 +1,267 @@
+"""Sidecar injection as pure functions, Istio's way: decide → render → merge → diff.
+
+``decide`` says whether a pod gets the capture sidecar and why not; ``inject``
+strips whatever an earlier injection added (listed in the status annotation),
+renders the sidecar for the pod's CapturePolicy onto a copy, and ``patch``
+diffs original against mutated into an RFC 6902 JSONPatch. Injecting an
+injected pod therefore yields an empty patch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonpatch
+
+from controller import __version__
+
+CAPTURE = "replayops.dev/capture"
+CONFIG_HASH = "replayops.dev/config-hash"
+OPT_OUT = "sidecar.replayops.dev/inject"
+INJECTED = "replayops.dev/injected"
+STATUS = "replayops.dev/status"
+PROXY = "replayops-proxy"
+INIT = "replayops-init"
+CA_VOLUME = "replayops-ca"
+CA_DIR = "/etc/replayops/ca"
+HEALTH_PORT = 15020
+PROXY_UID = 1337
+EXCLUDED_NAMESPACES = frozenset({"kube-system", "replayops-system"})
+PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "JAVA_TOOL_OPTIONS")
+
+
+@dataclass(frozen=True)
+class InjectConfig:
+    """Cluster-wide injection settings (from the webhook's flags)."""
+
+    image: str = f"ghcr.io/replayops/replayops:{__version__}"
+    forwarder_url: str = "http://replayops-forwarder.replayops-system.svc:8090"
+    forwarder_token_secret: str = "replayops-forwarder-token"
+    excluded_namespaces: frozenset[str] = EXCLUDED_NAMESPACES
+    cpu_request: str = "50m"
+    memory_request: str = "64Mi"
+    memory_limit: str = "256Mi"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to inject, with the reason a skipped pod can be told."""
+
+    inject: bool
+    reason: str
+    policy: str = ""
+
+
+def _annotations(pod: Mapping[str, Any]) -> Mapping[str, str]:
+    return pod.get("metadata", {}).get("annotations") or {}
+
+
+def decide(pod: Mapping[str, Any], namespace: str, config: InjectConfig) -> Decision:
+    """Whether ``pod`` (being created in ``namespace``) gets the sidecar."""
+    notes = _annotations(pod)
+    labels = pod.get("metadata", {}).get("labels") or {}
+    if namespace in config.excluded_namespaces:
+        return Decision(False, f"namespace {namespace} is never injected")
+    if str(notes.get(OPT_OUT, labels.get(OPT_OUT, ""))).lower() == "false":
+        return Decision(False, f"opted out by {OPT_OUT}=false")
+    policy = notes.get(CAPTURE)
+    if not policy:
+        return Decision(False, f"no {CAPTURE} annotation")
+    if pod.get("spec", {}).get("hostNetwork"):
+        return Decision(False, "hostNetwork pods are not injected: the proxy's ports and iptables "
+                               "rules would act on the node")
+    return Decision(True, f"captured by CapturePolicy {namespace}/{policy}", policy)
+
+
+def _app_ports(pod: Mapping[str, Any], spec: Mapping[str, Any]) -> list[int]:
+    wanted = list(spec.get("inbound", {}).get("ports") or [])
+    if wanted:
+        return wanted
+    ports = []
+    for container in pod.get("spec", {}).get("containers", []):
+        if container.get("name") == PROXY:
+            continue
+        for port in container.get("ports") or []:
+            if port.get("protocol", "TCP") == "TCP" and port["containerPort"] not in ports:
+                ports.append(int(port["containerPort"]))
+    return ports
+
+
+def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config: InjectConfig) -> list[str]:
+    inbound = spec.get("inbound", {})
+    outbound = spec.get("outbound", {})
+    mode = inbound.get("mode", "reverse")
+    listen = int(inbound.get("proxyPort", 15001))
+    args = ["proxy", "--policy", policy_ref, "--forwarder", config.forwarder_url,
+            "--health-port", str(HEALTH_PORT)]
+    if mode == "transparent":
+        args += ["--transparent", str(listen)]
+    else:
+        args += [a for i, p in enumerate(ports) for a in ("--reverse", f"{listen + i}:{p}")]
+    if outbound.get("enabled"):
+        args += ["--outbound", str(outbound.get("proxyPort", 15002))]
+        if outbound.get("tlsUnwrap"):
+            args += ["--tls-unwrap", "--ca-dir", CA_DIR]
+    return args
+
+
+def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config: InjectConfig) -> dict[str, Any]:
+    inbound, outbound = spec.get("inbound", {}), spec.get("outbound", {})
+    listen = int(inbound.get("proxyPort", 15001))
+    container_ports = [{"name": "replayops-health", "containerPort": HEALTH_PORT, "protocol": "TCP"}]
+    if inbound.get("mode", "reverse") == "reverse":
+        container_ports += [{"name": f"replayops-in-{i}", "containerPort": listen + i, "protocol": "TCP"}
+                            for i in range(len(ports))]
+    probe = {"httpGet": {"path": "/healthz", "port": HEALTH_PORT}, "periodSeconds": 10,
+             "timeoutSeconds": 2}
+    sidecar: dict[str, Any] = {
+        "name": PROXY,
+        "image": config.image,
+        "restartPolicy": "Always",
+        "args": _proxy_args(policy_ref, spec, ports, config),
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "REPLAYOPS_FORWARDER_TOKEN", "valueFrom": {"secretKeyRef": {
+                "name": config.forwarder_token_secret, "key": "token", "optional": True}}},
+        ],
+        "ports": container_ports,
+        "resources": {"requests": {"cpu": config.cpu_request, "memory": config.memory_request},
+                      "limits": {"memory": config.memory_limit}},
+        "startupProbe": {**probe, "periodSeconds": 1, "failureThreshold": 30},
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "failureThreshold": 3},
+        "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": True,
+                            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    if outbound.get("enabled") and outbound.get("tlsUnwrap"):
+        sidecar["volumeMounts"] = [{"name": CA_VOLUME, "mountPath": CA_DIR}]
+    return sidecar
+
+
+def _init_container(spec: Mapping[str, Any], ports: list[int], config: InjectConfig) -> dict[str, Any]:
+    listen = str(spec.get("inbound", {}).get("proxyPort", 15001))
+    return {
+        "name": INIT,
+        "image": config.image,
+        "args": ["iptables", "--proxy-port", listen, "--ports", ",".join(map(str, ports)),
+                 "--proxy-uid", str(PROXY_UID)],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": {"runAsUser": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
+                            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}},
+    }
+
+
+def _app_env(spec: Mapping[str, Any]) -> list[dict[str, str]]:
+    outbound = spec.get("outbound", {})
+    if not outbound.get("enabled"):
+        return []
+    proxy = f"http://127.0.0.1:{outbound.get('proxyPort', 15002)}"
+    no_proxy = ",".join(["127.0.0.1", "localhost", "::1", "kubernetes.default.svc", "kubernetes.default",
+                         *outbound.get("excludeHosts", [])])
+    env = [{"name": n, "value": proxy} for n in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")]
+    env += [{"name": n, "value": no_proxy} for n in ("NO_PROXY", "no_proxy")]
+    if outbound.get("tlsUnwrap"):
+        bundle = f"{CA_DIR}/ca-bundle.pem"
+        env += [{"name": "SSL_CERT_FILE", "value": bundle}, {"name": "REQUESTS_CA_BUNDLE", "value": bundle},
+                {"name": "NODE_EXTRA_CA_CERTS", "value": f"{CA_DIR}/ca.pem"},
+                {"name": "JAVA_TOOL_OPTIONS", "value": f"-Djavax.net.ssl.trustStore={CA_DIR}/truststore.p12 "
+                 "-Djavax.net.ssl.trustStorePassword=changeit -Djavax.net.ssl.trustStoreType=PKCS12"}]
+    return env
+
+
+@dataclass
+class Injected:
+    """What one injection added (kept in the status annotation, so it can be stripped)."""
+
+    init_containers: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    env: dict[str, list[str]] = field(default_factory=dict)
+    mounts: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"initContainers": self.init_containers, "volumes": self.volumes,
+                           "env": self.env, "mounts": self.mounts}, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Injected:
+        try:
+            raw = json.loads(text or "{}")
+            return cls(list(raw.get("initContainers", [])), list(raw.get("volumes", [])),
+                       dict(raw.get("env", {})), dict(raw.get("mounts", {})))
+        except (ValueError, AttributeError, TypeError):
+            return cls([PROXY, INIT], [CA_VOLUME])
+
+
+def strip(pod: dict[str, Any]) -> dict[str, Any]:
+    """Remove in place what an earlier injection added (per its status annotation)."""
+    meta = pod.setdefault("metadata", {})
+    notes = meta.get("annotations") or {}
+    if STATUS not in notes and INJECTED not in notes:
+        return pod
+    done = Injected.from_json(notes.get(STATUS))
+    spec = pod.setdefault("spec", {})
+    for key, names in (("initContainers", done.init_containers), ("volumes", done.volumes)):
+        if key in spec:
+            spec[key] = [x for x in spec[key] if x.get("name") not in names]
+            if not spec[key]:
+                del spec[key]
+    for container in spec.get("containers", []):
+        name = container.get("name", "")
+        for key, field_, names in (("env", "name", done.env.get(name, [])),
+                                   ("volumeMounts", "mountPath", done.mounts.get(name, []))):
+            if key in container:
+                container[key] = [x for x in container[key] if x.get(field_) not in names]
+                if not container[key]:
+                    del container[key]
+    for key in (STATUS, INJECTED):
+        notes.pop(key, None)
+    return pod
+
+
+def inject(pod: Mapping[str, Any], namespace: str, policy_spec: Mapping[str, Any],
+           config: InjectConfig) -> dict[str, Any]:
+    """A copy of ``pod`` with the capture sidecar for ``policy_spec`` (a defaulted CapturePolicy spec)."""
+    out = strip(copy.deepcopy(dict(pod)))
+    policy = _annotations(out)[CAPTURE]
+    spec = out["spec"]
+    ports = _app_ports(out, policy_spec)
+    done = Injected()
+    ours = []
+    if policy_spec.get("inbound", {}).get("mode") == "transparent":
+        ours.append(_init_container(policy_spec, ports, config))
+    ours.append(_sidecar(f"{namespace}/{policy}", policy_spec, ports, config))
+    spec["initContainers"] = ours + list(spec.get("initContainers") or [])
+    done.init_containers = [c["name"] for c in ours]
+    env = _app_env(policy_spec)
+    tls = policy_spec.get("outbound", {}).get("enabled") and policy_spec.get("outbound", {}).get("tlsUnwrap")
+    if tls:
+        spec["volumes"] = list(spec.get("volumes") or []) + [
+            {"name": CA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}]
+        done.volumes = [CA_VOLUME]
+    for container in spec.get("containers", []):
+        name = container["name"]
+        existing = {e["name"] for e in container.get("env") or []}
+        added = [e for e in env if e["name"] not in existing]
+        if added:
+            container["env"] = list(container.get("env") or []) + added
+            done.env[name] = [e["name"] for e in added]
+        if tls:
+            container["volumeMounts"] = list(container.get("volumeMounts") or []) + [
+                {"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True}]
+            done.mounts[name] = [CA_DIR]
+    notes = out["metadata"].setdefault("annotations", {})
+    notes[INJECTED] = __version__
+    notes[STATUS] = done.to_json()
+    return out
+
+
+def patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The RFC 6902 operations turning ``original`` into ``mutated``."""
+    return list(jsonpatch.make_patch(dict(original), dict(mutated)).patch)

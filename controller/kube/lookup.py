@@ -1,0 +1,67 @@
+"""What the admission rules need to know about the cluster, answered by the API with a short cache."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from controller.kube import Kube, KubeError
+from controller.rules import ACTIVE_PHASES
+
+WORKLOAD_API = {"Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1"}
+REPLAYOPS_API = "replayops.dev/v1alpha1"
+
+
+class TTLCache:
+    """A tiny thread-safe cache of recent answers (keeps injection fast under load)."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._data: dict[Any, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._data.get(key)
+        if hit and now - hit[0] < self.ttl:
+            return hit[1]
+        value = compute()
+        with self._lock:
+            self._data[key] = (now, value)
+        return value
+
+
+class ClusterLookup:
+    """``rules.Lookup`` and the webhook's policy getter, backed by the Kubernetes API."""
+
+    def __init__(self, kube: Kube, *, snapshot_exists: Callable[[str], bool | None] = lambda _: None,
+                 policy_ttl: float = 2.0) -> None:
+        self.kube = kube
+        self._snapshot_exists = snapshot_exists
+        self._policies = TTLCache(policy_ttl)
+
+    def workload_exists(self, namespace: str, kind: str, name: str) -> bool:
+        api = WORKLOAD_API.get(kind)
+        return bool(api) and self.kube.get(api, kind, name, namespace) is not None  # type: ignore[arg-type]
+
+    def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
+        items = self.kube.list(REPLAYOPS_API, "TrafficReplay", namespace)
+        return [i for i in items if (i.get("status") or {}).get("phase", "Pending") in ACTIVE_PHASES]
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
+        ns = self.kube.get("v1", "Namespace", namespace)
+        return None if ns is None else (ns["metadata"].get("labels") or {})
+
+    def snapshot_exists(self, name: str) -> bool | None:
+        return self._snapshot_exists(name)
+
+    def policy(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        def fetch() -> Mapping[str, Any] | None:
+            try:
+                return self.kube.get(REPLAYOPS_API, "CapturePolicy", name, namespace)
+            except KubeError:
+                return None
+        return self._policies.get((namespace, name), fetch)  # type: ignore[no-any-return]

@@ -1,0 +1,174 @@
+"""Rules across objects, beyond what a schema can say; shared by the webhook and the GitOps loop.
+
+Each check returns ``Finding``s naming the field and the rule. What the rules
+need from the world (workloads, running replays, namespaces, the snapshot
+store) comes through the ``Lookup`` protocol, so the webhook answers from the
+cluster and ``replayops validate`` from the files of a revision.
+"""
+
+from __future__ import annotations
+
+try:  # the regex parser is private; it moved in 3.11
+    import re._parser as sre_parse  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover
+    import sre_parse  # type: ignore[no-redef]
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from controller.inject import EXCLUDED_NAMESPACES, HEALTH_PORT
+from controller.policy import selector_matches
+
+OWN_POD_LABELS = ({"app.kubernetes.io/part-of": "replayops", "app.kubernetes.io/name": "replayops-controller"},
+                  {"app.kubernetes.io/part-of": "replayops", "app.kubernetes.io/name": "replayops-webhook"})
+ACTIVE_PHASES = ("Pending", "Running")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule violation (or, with ``warning``, a caveat) about the field at ``path``."""
+
+    path: str
+    message: str
+    rule: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message} (rule: {self.rule})"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Cluster admin settings the rules enforce."""
+
+    max_copies: int = 200
+    max_rps: float = 20000.0
+    capture_namespaces: frozenset[str] | None = None  # None: any namespace (see capture_label)
+    capture_label: str | None = None  # a namespace labelled <label>=true allows capture
+
+
+class Lookup(Protocol):
+    def workload_exists(self, namespace: str, kind: str, name: str) -> bool: ...
+    def active_replays(self, namespace: str) -> list[Mapping[str, Any]]: ...
+    def namespace_labels(self, namespace: str) -> Mapping[str, str] | None: ...
+    def snapshot_exists(self, name: str) -> bool | None: ...  # None: the store is unreachable
+
+
+def _target_key(spec: Mapping[str, Any]) -> str:
+    target = spec.get("target") or {}
+    ref = target.get("workloadRef")
+    return f"{ref.get('kind', 'Deployment')}/{ref.get('name')}" if ref else str(target.get("url"))
+
+
+def check_replay(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list[Finding]:
+    """Cross-object rules of a TrafficReplay."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    ns, name = meta.get("namespace", "default"), meta.get("name")
+    found: list[Finding] = []
+    ref = (spec.get("target") or {}).get("workloadRef")
+    if ref and not lookup.workload_exists(ns, ref.get("kind", "Deployment"), ref["name"]):
+        found.append(Finding("spec.target.workloadRef",
+                             f"{ref.get('kind', 'Deployment')} {ns}/{ref['name']} does not exist",
+                             "target-exists"))
+    exists = lookup.snapshot_exists(str(spec.get("snapshot")))
+    if exists is False:
+        found.append(Finding("spec.snapshot", f"snapshot {spec.get('snapshot')!r} is not in the store",
+                             "snapshot-exists"))
+    elif exists is None:
+        found.append(Finding("spec.snapshot", "the snapshot store is unreachable; existence not checked",
+                             "snapshot-exists", warning=True))
+    load = spec.get("load") or {}
+    if int(load.get("copies", 1)) > limits.max_copies:
+        found.append(Finding("spec.load.copies", f"{load['copies']} copies exceed the limit of "
+                             f"{limits.max_copies}", "load-limits"))
+    for i, stage in enumerate(load.get("stages") or []):
+        if float(stage.get("targetRPS", 0)) > limits.max_rps:
+            found.append(Finding(f"spec.load.stages[{i}].targetRPS", f"{stage['targetRPS']} req/s exceeds "
+                                 f"the limit of {limits.max_rps:g}", "load-limits"))
+    key = _target_key(spec)
+    for other in lookup.active_replays(ns):
+        other_name = (other.get("metadata") or {}).get("name")
+        if other_name != name and _target_key(other.get("spec") or {}) == key:
+            found.append(Finding("spec.target", f"replay {ns}/{other_name} is already running against "
+                                 f"{key}; one running replay per target", "one-replay-per-target"))
+    return found
+
+
+def _nested_repeat(parsed: Any, inside_repeat: bool = False) -> bool:
+    """True when an unbounded repeat sits inside another repeat: (a+)+, (a*)*, (a|b+)*."""
+    for op, arg in parsed:
+        name = str(op)
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            _low, high, sub = arg
+            unbounded = high == sre_parse.MAXREPEAT or high > 100
+            children, inner = [sub], inside_repeat or unbounded
+            if inside_repeat and unbounded:
+                return True
+        elif name == "SUBPATTERN":
+            children, inner = [arg[-1]], inside_repeat
+        elif name == "BRANCH":
+            children, inner = list(arg[1]), inside_repeat
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            children, inner = [arg[1]], inside_repeat
+        else:
+            continue
+        if any(_nested_repeat(child, inner) for child in children):
+            return True
+    return False
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is unfit for DLP (does not compile, or backtracks catastrophically), or None."""
+    try:
+        re.compile(pattern)
+        parsed = sre_parse.parse(pattern)
+    except (re.error, OverflowError, RecursionError) as exc:
+        return f"does not compile: {exc}"
+    if _nested_repeat(list(parsed)):
+        return "nested unbounded quantifiers (e.g. (a+)+) can backtrack catastrophically; bound them"
+    return None
+
+
+def capture_allowed(namespace: str, lookup: Lookup, limits: Limits) -> bool:
+    if namespace in EXCLUDED_NAMESPACES:
+        return False
+    if limits.capture_namespaces is None and limits.capture_label is None:
+        return True
+    if limits.capture_namespaces is not None and namespace in limits.capture_namespaces:
+        return True
+    labels = lookup.namespace_labels(namespace) or {}
+    return bool(limits.capture_label) and labels.get(limits.capture_label or "") == "true"
+
+
+def check_policy(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list[Finding]:
+    """Cross-object rules of a CapturePolicy."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    ns = meta.get("namespace", "default")
+    found: list[Finding] = []
+    for i, pattern in enumerate((spec.get("dlp") or {}).get("patterns") or []):
+        if pattern.get("type") == "custom" and "regex" in pattern:
+            problem = regex_problem(str(pattern["regex"]))
+            if problem:
+                found.append(Finding(f"spec.dlp.patterns[{i}].regex", problem, "dlp-regex"))
+    inbound, outbound = spec.get("inbound") or {}, spec.get("outbound") or {}
+    proxy_ports = {int(inbound.get("proxyPort", 15001)), HEALTH_PORT}
+    if outbound.get("enabled") and int(outbound.get("proxyPort", 15002)) in proxy_ports:
+        found.append(Finding("spec.outbound.proxyPort", "collides with the inbound proxy or health port",
+                             "distinct-ports"))
+    clash = sorted(proxy_ports & {int(p) for p in inbound.get("ports") or []})
+    if clash:
+        found.append(Finding("spec.inbound.ports", f"port {clash[0]} is the proxy's own", "distinct-ports"))
+    selector = spec.get("selector") or {}
+    if ns in EXCLUDED_NAMESPACES or any(selector_matches(selector, labels) for labels in OWN_POD_LABELS):
+        found.append(Finding("spec.selector", "selects replayops' own pods; replayops never captures itself",
+                             "not-self"))
+    elif not capture_allowed(ns, lookup, limits):
+        how = []
+        if limits.capture_namespaces is not None:
+            how.append("add it to the webhook's --capture-namespaces")
+        if limits.capture_label:
+            how.append(f"label it {limits.capture_label}=true")
+        found.append(Finding("metadata.namespace", f"capture is not allowed in namespace {ns}: "
+                             + " or ".join(how), "capture-allowed"))
+    return found

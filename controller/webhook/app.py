@@ -1,0 +1,189 @@
+"""The admission webhook as a Flask application factory.
+
+Routes: ``/mutate/pods`` (sidecar injection), ``/mutate/trafficreplays`` and
+``/mutate/capturepolicies`` (defaulting), ``/validate/trafficreplays`` and
+``/validate/capturepolicies`` (schema + cross-object rules), ``/healthz``,
+``/readyz``, ``/metrics``. A body that is not an AdmissionReview gets a 400
+with the reason; a review always gets an answer echoing its ``uid`` — a
+failure inside a handler fails open for pods and closed for our resources,
+never as a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from controller import defaults, inject, logs, rules, schema
+from controller.webhook import review
+
+log = logs.get("webhook")
+
+PolicyGetter = Callable[[str, str], Mapping[str, Any] | None]
+
+
+@dataclass
+class Deps:
+    """What the handlers need from the world."""
+
+    lookup: rules.Lookup
+    policies: PolicyGetter
+    limits: rules.Limits = field(default_factory=rules.Limits)
+    inject_config: inject.InjectConfig = field(default_factory=inject.InjectConfig)
+    ready: Callable[[], bool] = lambda: True
+
+
+@dataclass(frozen=True)
+class Route:
+    group: str
+    kind: str
+    fail_open: bool
+    handler: Callable[[review.Request, Deps], dict[str, Any]]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("replayops_webhook_requests", "Admission reviews answered",
+                                ["endpoint", "allowed"], registry=self.registry)
+        self.latency = Histogram("replayops_webhook_latency_seconds", "Time to answer a review",
+                                 ["endpoint"], registry=self.registry,
+                                 buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1))
+        self.denials = Counter("replayops_webhook_denials", "Reviews denied", ["endpoint"],
+                               registry=self.registry)
+        self.patch_bytes = Histogram("replayops_webhook_patch_bytes", "Size of JSONPatches returned",
+                                     registry=self.registry, buckets=(0, 256, 1024, 4096, 16384, 65536))
+        self.errors = Counter("replayops_webhook_errors", "Bad requests and handler failures",
+                              ["endpoint", "kind"], registry=self.registry)
+
+
+def _mutate_pod(req: review.Request, deps: Deps) -> dict[str, Any]:
+    pod = req.object or {}
+    if req.operation != "CREATE":
+        return review.response(req.uid)
+    decision = inject.decide(pod, req.namespace, deps.inject_config)
+    if not decision.inject:
+        warn = [f"replayops: not injected: {decision.reason}"] if "hostNetwork" in decision.reason else None
+        return review.response(req.uid, warnings=warn)
+    policy = deps.policies(req.namespace, decision.policy)
+    if policy is None:
+        return review.response(req.uid, warnings=[
+            f"replayops: not injected: CapturePolicy {req.namespace}/{decision.policy} not found"])
+    spec = defaults.default_policy(policy).get("spec", {})
+    mutated = inject.inject(pod, req.namespace, spec, deps.inject_config)
+    return review.response(req.uid, patch=inject.patch(pod, mutated))
+
+
+def _mutator(default: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    def handle(req: review.Request, deps: Deps) -> dict[str, Any]:
+        if req.operation not in ("CREATE", "UPDATE") or req.object is None:
+            return review.response(req.uid)
+        return review.response(req.uid, patch=inject.patch(req.object, default(req.object)))
+    return handle
+
+
+def _validator(check: Callable[[Mapping[str, Any], rules.Lookup, rules.Limits], list[rules.Finding]]
+               ) -> Callable[..., dict[str, Any]]:
+    def handle(req: review.Request, deps: Deps) -> dict[str, Any]:
+        if req.operation not in ("CREATE", "UPDATE") or req.object is None:
+            return review.response(req.uid)
+        obj = dict(req.object)
+        obj["metadata"] = {**(obj.get("metadata") or {}), "namespace": req.namespace}
+        problems = [str(e) for e in schema.validate(obj)]
+        findings = check(obj, deps.lookup, deps.limits) if not problems else []
+        problems += [str(f) for f in findings if not f.warning]
+        warnings = [str(f) for f in findings if f.warning]
+        if problems:
+            kind = obj.get("kind", "object")
+            name = (obj.get("metadata") or {}).get("name", "")
+            return review.response(req.uid, allowed=False, code=422, warnings=warnings,
+                                   message=f"{kind} {req.namespace}/{name} is invalid: " + "; ".join(problems))
+        return review.response(req.uid, warnings=warnings)
+    return handle
+
+
+ROUTES: dict[str, Route] = {
+    "/mutate/pods": Route("", "Pod", True, _mutate_pod),
+    "/mutate/trafficreplays": Route(schema.GROUP, "TrafficReplay", False, _mutator(defaults.default_replay)),
+    "/mutate/capturepolicies": Route(schema.GROUP, "CapturePolicy", False, _mutator(defaults.default_policy)),
+    "/validate/trafficreplays": Route(schema.GROUP, "TrafficReplay", False, _validator(rules.check_replay)),
+    "/validate/capturepolicies": Route(schema.GROUP, "CapturePolicy", False, _validator(rules.check_policy)),
+}
+
+
+def _json(body: Mapping[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def create_app(deps: Deps) -> Flask:
+    """The webhook application for ``deps``."""
+    app = Flask("replayops-webhook")
+    app.config["MAX_CONTENT_LENGTH"] = review.MAX_BODY
+    metrics = Metrics()
+    app.extensions["replayops_metrics"] = metrics
+
+    def admit(path: str) -> Response:
+        route = ROUTES[path]
+        started = time.perf_counter()
+        try:
+            body = request.get_data(cache=False)
+            req = review.parse(body)
+        except review.BadReview as exc:
+            metrics.errors.labels(path, "bad-request").inc()
+            log.info("bad admission request", extra=logs.fields(endpoint=path, reason=str(exc)))
+            return _json({"error": str(exc)}, 400)
+        if (req.group, req.kind) != (route.group, route.kind):
+            answer = review.response(req.uid, allowed=False, code=400, message=(
+                f"{path} admits {route.kind} in group {route.group or 'core'!r}, "
+                f"got {req.kind} in group {req.group!r}"))
+        else:
+            try:
+                answer = route.handler(req, deps)
+            except Exception as exc:  # one bad review must never take the webhook down
+                metrics.errors.labels(path, "handler").inc()
+                log.exception("admission handler failed", extra=logs.fields(endpoint=path, uid=req.uid))
+                answer = review.response(req.uid, allowed=route.fail_open, code=500,
+                                         message=f"replayops webhook failed: {type(exc).__name__}: {exc}",
+                                         warnings=[f"replayops: webhook error: {exc}"] if route.fail_open else None)
+        resp = answer["response"]
+        metrics.requests.labels(path, str(resp["allowed"]).lower()).inc()
+        if not resp["allowed"]:
+            metrics.denials.labels(path).inc()
+        if "patch" in resp:
+            metrics.patch_bytes.observe(len(resp["patch"]))
+        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        log.debug("admission", extra=logs.fields(endpoint=path, uid=req.uid, allowed=resp["allowed"]))
+        return _json(answer)
+
+    for path in ROUTES:
+        app.add_url_rule(path, path, lambda path=path: admit(path), methods=["POST"])
+
+    @app.errorhandler(413)
+    def too_large(_: Exception) -> Response:
+        metrics.errors.labels(request.path, "too-large").inc()
+        return _json({"error": f"body exceeds the {review.MAX_BODY}-byte limit"}, 400)
+
+    @app.errorhandler(405)
+    def wrong_method(_: Exception) -> Response:
+        return _json({"error": f"{request.method} is not allowed; POST an AdmissionReview"}, 405)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        ok = deps.ready()
+        return _json({"status": "ok" if ok else "not ready"}, 200 if ok else 503)
+
+    @app.get("/metrics")
+    def metrics_view() -> Response:
+        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    return app
