@@ -40,6 +40,7 @@ class InjectConfig:
     """Cluster-wide injection settings (from the webhook's flags)."""
 
     image: str = f"ghcr.io/replayops/replayops:{__version__}"
+    version: str = __version__
     forwarder_url: str = "http://replayops-forwarder.replayops-system.svc:8090"
     forwarder_token_secret: str = "replayops-forwarder-token"
     excluded_namespaces: frozenset[str] = EXCLUDED_NAMESPACES
@@ -92,6 +93,17 @@ def _app_ports(pod: Mapping[str, Any], spec: Mapping[str, Any]) -> list[int]:
     return ports
 
 
+def _reverse_ports(spec: Mapping[str, Any], count: int) -> list[int]:
+    """Listen ports of the reverse proxies: from inbound.proxyPort up, skipping the outbound and health ports."""
+    reserved = {HEALTH_PORT, int(spec.get("outbound", {}).get("proxyPort", 15002))}
+    port, out = int(spec.get("inbound", {}).get("proxyPort", 15001)), []
+    while len(out) < count:
+        if port not in reserved:
+            out.append(port)
+        port += 1
+    return out
+
+
 def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config: InjectConfig) -> list[str]:
     inbound = spec.get("inbound", {})
     outbound = spec.get("outbound", {})
@@ -102,7 +114,8 @@ def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], conf
     if mode == "transparent":
         args += ["--transparent", str(listen)]
     else:
-        args += [a for i, p in enumerate(ports) for a in ("--reverse", f"{listen + i}:{p}")]
+        pairs = zip(_reverse_ports(spec, len(ports)), ports, strict=True)
+        args += [a for lp, p in pairs for a in ("--reverse", f"{lp}:{p}")]
     if outbound.get("enabled"):
         args += ["--outbound", str(outbound.get("proxyPort", 15002))]
         if outbound.get("tlsUnwrap"):
@@ -112,11 +125,10 @@ def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], conf
 
 def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config: InjectConfig) -> dict[str, Any]:
     inbound, outbound = spec.get("inbound", {}), spec.get("outbound", {})
-    listen = int(inbound.get("proxyPort", 15001))
-    container_ports = [{"name": "replayops-health", "containerPort": HEALTH_PORT, "protocol": "TCP"}]
+    container_ports = [{"name": "rops-health", "containerPort": HEALTH_PORT, "protocol": "TCP"}]
     if inbound.get("mode", "reverse") == "reverse":
-        container_ports += [{"name": f"replayops-in-{i}", "containerPort": listen + i, "protocol": "TCP"}
-                            for i in range(len(ports))]
+        container_ports += [{"name": f"rops-in-{i}", "containerPort": lp, "protocol": "TCP"}
+                            for i, lp in enumerate(_reverse_ports(spec, len(ports)))]
     probe = {"httpGet": {"path": "/healthz", "port": HEALTH_PORT}, "periodSeconds": 10,
              "timeoutSeconds": 2}
     sidecar: dict[str, Any] = {
@@ -133,9 +145,9 @@ def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config:
         "ports": container_ports,
         "resources": {"requests": {"cpu": config.cpu_request, "memory": config.memory_request},
                       "limits": {"memory": config.memory_limit}},
-        "startupProbe": {**probe, "periodSeconds": 1, "failureThreshold": 30},
-        "readinessProbe": probe,
-        "livenessProbe": {**probe, "failureThreshold": 3},
+        "startupProbe": {**copy.deepcopy(probe), "periodSeconds": 1, "failureThreshold": 30},
+        "readinessProbe": copy.deepcopy(probe),
+        "livenessProbe": {**copy.deepcopy(probe), "failureThreshold": 3},
         "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": True,
                             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
@@ -257,7 +269,7 @@ def inject(pod: Mapping[str, Any], namespace: str, policy_spec: Mapping[str, Any
                 {"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True}]
             done.mounts[name] = [CA_DIR]
     notes = out["metadata"].setdefault("annotations", {})
-    notes[INJECTED] = __version__
+    notes[INJECTED] = config.version
     notes[STATUS] = done.to_json()
     return out
 

@@ -14,3 +14,10 @@ def home() -> Path:
 def dev_cluster_dir() -> Path:
     """Where ``replayops dev up`` keeps the detached local control plane."""
     return home() / "dev"
+
+
+def source_dir(name: str) -> Path:
+    """A top-level directory of the replayops tree (``crds``, ``manifests``): ``$REPLAYOPS_ROOT/name``,
+    default the tree this package was installed from."""
+    root = os.environ.get("REPLAYOPS_ROOT") or Path(__file__).resolve().parent.parent
+    return Path(root) / name

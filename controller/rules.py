@@ -172,3 +172,26 @@ def check_policy(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list
         found.append(Finding("metadata.namespace", f"capture is not allowed in namespace {ns}: "
                              + " or ".join(how), "capture-allowed"))
     return found
+
+
+@dataclass
+class StaticLookup:
+    """A ``Lookup`` over known facts: the objects of a git revision, or a snapshot list."""
+
+    workloads: set[tuple[str, str, str]]  # (namespace, kind, name)
+    replays: dict[str, list[Mapping[str, Any]]]
+    namespaces: dict[str, Mapping[str, str]]
+    snapshots: set[str] | None = None  # None: no store to ask
+
+    def workload_exists(self, namespace: str, kind: str, name: str) -> bool:
+        return (namespace, kind, name) in self.workloads
+
+    def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
+        return [r for r in self.replays.get(namespace, [])
+                if (r.get("status") or {}).get("phase", "Pending") in ACTIVE_PHASES]
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
+        return self.namespaces.get(namespace)
+
+    def snapshot_exists(self, name: str) -> bool | None:
+        return None if self.snapshots is None else name in self.snapshots

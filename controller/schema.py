@@ -10,7 +10,6 @@ with cel-python. Every error names the field path the apiserver would name.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -21,6 +20,8 @@ import celpy
 import jsonschema
 from ruamel.yaml import YAML
 
+from controller import paths
+
 GROUP = "replayops.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -28,8 +29,8 @@ KINDS = ("TrafficReplay", "CapturePolicy")
 
 
 def crds_dir() -> Path:
-    """Where the CRDs live: ``$REPLAYOPS_CRDS`` or ``crds/`` beside the package."""
-    return Path(os.environ.get("REPLAYOPS_CRDS") or Path(__file__).resolve().parent.parent / "crds")
+    """Where the CRDs live: ``crds/`` of the replayops tree."""
+    return paths.source_dir("crds")
 
 
 @dataclass(frozen=True)

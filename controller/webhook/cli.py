@@ -1,0 +1,83 @@
+"""``replayops webhook serve``: the admission webhook over HTTPS under gunicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from controller import inject, logs, rules
+from controller.kube import KubeError, connect
+from controller.kube.lookup import ClusterLookup
+from controller.webhook import certs, register
+from controller.webhook.app import Deps, create_app
+from controller.webhook.serve import WebhookServer
+
+
+def _csv(text: str) -> frozenset[str]:
+    return frozenset(p.strip() for p in text.split(",") if p.strip())
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    hook = sub.add_parser("webhook", help="the admission webhook (injection, defaulting, validation)")
+    verbs = hook.add_subparsers(dest="verb", required=True)
+    serve = verbs.add_parser("serve", help="serve AdmissionReviews over HTTPS")
+    serve.add_argument("--port", type=int, required=True, help="HTTPS port")
+    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    serve.add_argument("--cert-dir", type=Path, required=True,
+                       help="holds tls.crt/tls.key (and ca.crt); generated when absent")
+    serve.add_argument("--kubeconfig", type=Path, default=None, help="cluster access (default: $KUBECONFIG "
+                       "or in-cluster)")
+    serve.add_argument("--register", metavar="URL", default=None,
+                       help="apply our webhook configurations pointing at URL (local development)")
+    serve.add_argument("--patch-ca-bundle", action="store_true",
+                       help="apply our webhook configurations (Service refs) with the CA bundle")
+    serve.add_argument("--capture-namespaces", type=_csv, default=None,
+                       help="comma-separated namespaces where capture is allowed (default: any)")
+    serve.add_argument("--capture-label", default=None,
+                       help="a namespace labelled LABEL=true allows capture")
+    serve.add_argument("--max-copies", type=int, default=rules.Limits.max_copies)
+    serve.add_argument("--max-rps", type=float, default=rules.Limits.max_rps)
+    serve.add_argument("--image", default=inject.InjectConfig.image, help="the sidecar image")
+    serve.add_argument("--forwarder-url", default=inject.InjectConfig.forwarder_url)
+    serve.add_argument("--store", type=Path, default=None,
+                       help="snapshot store directory, to check that replayed snapshots exist")
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--threads", type=int, default=8)
+    hook.set_defaults(func=run)
+
+
+def _snapshot_check(store: Path | None) -> Callable[[str], bool | None]:
+    def exists(name: str) -> bool | None:
+        if store is None or not store.is_dir():
+            return None
+        return (store / "snapshots" / name / "manifest.json").is_file()
+    return exists
+
+
+def run(args: argparse.Namespace) -> int:
+    logs.setup()
+    if not 0 < args.port < 65536:
+        print(f"replayops webhook serve: --port {args.port} is not a TCP port", file=sys.stderr)
+        return 2
+    try:
+        paths = certs.ensure(args.cert_dir, ips=("127.0.0.1",) if args.host in ("0.0.0.0", "127.0.0.1")
+                             else ("127.0.0.1", args.host))
+        kube = connect(args.kubeconfig)
+        if args.register or args.patch_ca_bundle:
+            done = register.register(kube, certs.ca_bundle(paths), args.register)
+            print(f"registered {', '.join(done)}", file=sys.stderr)
+    except (OSError, KubeError, ValueError) as err:
+        print(f"replayops webhook serve: {err}", file=sys.stderr)
+        return 1
+    limits = rules.Limits(args.max_copies, args.max_rps, args.capture_namespaces, args.capture_label)
+    config = inject.InjectConfig(image=args.image, forwarder_url=args.forwarder_url)
+
+    def factory() -> object:
+        lookup = ClusterLookup(connect(args.kubeconfig), snapshot_exists=_snapshot_check(args.store))
+        return create_app(Deps(lookup=lookup, policies=lookup.policy, limits=limits, inject_config=config))
+
+    WebhookServer(factory, host=args.host, port=args.port, certs=paths,  # type: ignore[arg-type]
+                  workers=args.workers, threads=args.threads).run()
+    return 0

@@ -1,0 +1,49 @@
+"""Make the apiserver call us: our webhook configurations with the CA bundle patched in.
+
+The objects come from ``manifests/base/webhook-configurations.yaml`` (one
+source); for local development ``clientConfig`` is rewritten from the
+in-cluster Service to ``<url><path>``, as envtest does.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from controller import paths
+from controller.kube import Kube
+
+
+def configurations(ca_pem: bytes, url: str | None = None) -> list[dict[str, Any]]:
+    """Our Mutating/ValidatingWebhookConfigurations with ``caBundle`` (and a URL when given)."""
+    source = paths.source_dir("manifests") / "base" / "webhook-configurations.yaml"
+    docs = [d for d in YAML(typ="safe").load_all(source.read_text()) if d]
+    bundle = base64.b64encode(ca_pem).decode()
+    out = []
+    for doc in docs:
+        doc = copy.deepcopy(doc)
+        for hook in doc["webhooks"]:
+            client = hook["clientConfig"]
+            if url:
+                client = {"url": url.rstrip("/") + client["service"]["path"]}
+            client["caBundle"] = bundle
+            hook["clientConfig"] = client
+        out.append(doc)
+    return out
+
+
+def register(kube: Kube, ca_pem: bytes, url: str | None = None) -> list[str]:
+    """Apply our webhook configurations; return their kinds and names."""
+    applied = []
+    for doc in configurations(ca_pem, url):
+        kube.apply(doc)
+        applied.append(f"{doc['kind']}/{doc['metadata']['name']}")
+    return applied
+
+
+def unregister(kube: Kube) -> None:
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        kube.delete("admissionregistration.k8s.io/v1", kind, "replayops-webhook")

@@ -1,0 +1,88 @@
+"""Sidecar injection: golden cases (<case>.yaml → <case>.injected.yaml), idempotence and patches.
+
+Set REPLAYOPS_UPDATE_GOLDEN=1 to rewrite the goldens after an intended change (then review the diff).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+from ruamel.yaml import YAML
+
+from controller import defaults, inject
+
+GOLDEN = Path(__file__).with_name("golden")
+CASES = sorted(p.name.removesuffix(".yaml") for p in GOLDEN.glob("*.yaml") if not p.name.endswith(".injected.yaml"))
+CONFIG = inject.InjectConfig(image="ghcr.io/replayops/replayops:test", version="test")
+yaml = YAML(typ="safe")
+
+
+def _policy_obj(spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "replayops.dev/v1alpha1", "kind": "CapturePolicy", "metadata": {"name": "p"}, "spec": spec}
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    """What the webhook does to the case's pod: decide, then inject or leave alone."""
+    pod, ns = case["pod"], case["namespace"]
+    decision = inject.decide(pod, ns, CONFIG)
+    if not decision.inject:
+        return copy.deepcopy(pod)
+    spec = defaults.default_policy(_policy_obj(case["policy"]))["spec"]
+    return inject.inject(pod, ns, spec, CONFIG)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_golden(name: str) -> None:
+    case = yaml.load((GOLDEN / f"{name}.yaml").read_text())
+    out = run_case(case)
+    expected_path = GOLDEN / f"{name}.injected.yaml"
+    if os.environ.get("REPLAYOPS_UPDATE_GOLDEN"):
+        with expected_path.open("w") as fh:
+            YAML().dump(out, fh)
+    assert out == yaml.load(expected_path.read_text())
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_patch_turns_the_original_into_the_golden(name: str) -> None:
+    case = yaml.load((GOLDEN / f"{name}.yaml").read_text())
+    out = run_case(case)
+    ops = inject.patch(case["pod"], out)
+    assert jsonpatch.apply_patch(case["pod"], ops) == out
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_injecting_an_injected_pod_changes_nothing(name: str) -> None:
+    case = yaml.load((GOLDEN / f"{name}.yaml").read_text())
+    once = run_case(case)
+    twice = run_case({**case, "pod": once})
+    assert inject.patch(once, twice) == []
+
+
+def test_strip_removes_exactly_what_was_added() -> None:
+    case = yaml.load((GOLDEN / "tls-unwrap-on.yaml").read_text())
+    assert inject.strip(run_case(case)) == case["pod"]
+
+
+def test_users_own_proxy_variable_is_kept() -> None:
+    case = yaml.load((GOLDEN / "tls-unwrap-on.yaml").read_text())
+    env = {e["name"]: e["value"] for e in run_case(case)["spec"]["containers"][0]["env"]}
+    assert env["HTTPS_PROXY"] == "http://corp-proxy:3128"
+    assert env["HTTP_PROXY"] == "http://127.0.0.1:15002"
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("opt-out", "opted out"), ("host-network", "hostNetwork"), ("kube-system", "never injected")])
+def test_skipped_pods_say_why(name: str, reason: str) -> None:
+    case = yaml.load((GOLDEN / f"{name}.yaml").read_text())
+    decision = inject.decide(case["pod"], case["namespace"], CONFIG)
+    assert not decision.inject and reason in decision.reason
+
+
+def test_pod_without_capture_annotation_is_not_injected() -> None:
+    decision = inject.decide({"metadata": {"name": "x"}, "spec": {}}, "shop", CONFIG)
+    assert not decision.inject and "no replayops.dev/capture" in decision.reason
