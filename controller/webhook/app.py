@@ -63,10 +63,33 @@ class Metrics:
                               ["endpoint", "kind"], registry=self.registry)
 
 
+def _pod_shape_problem(pod: Mapping[str, Any]) -> str | None:
+    """What makes ``pod`` unlike anything the apiserver sends (checked before we render onto it)."""
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        return "spec is not an object"
+    for key in ("containers", "initContainers", "volumes"):
+        items = spec.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str)
+                                                  for i in items):
+            return f"spec.{key} is not a list of named objects"
+    for i, container in enumerate(spec.get("containers", [])):
+        for key in ("env", "ports", "volumeMounts"):
+            items = container.get(key, [])
+            if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+                return f"spec.containers[{i}].{key} is not a list of objects"
+        if not all(isinstance(p.get("containerPort"), int) for p in container.get("ports", [])):
+            return f"spec.containers[{i}].ports has a port without an integer containerPort"
+    return None
+
+
 def _mutate_pod(req: review.Request, deps: Deps) -> dict[str, Any]:
     pod = req.object or {}
     if req.operation != "CREATE":
         return review.response(req.uid)
+    problem = _pod_shape_problem(pod)
+    if problem:
+        return review.response(req.uid, warnings=[f"replayops: not injected: malformed pod: {problem}"])
     decision = inject.decide(pod, req.namespace, deps.inject_config)
     if not decision.inject:
         warn = [f"replayops: not injected: {decision.reason}"] if "hostNetwork" in decision.reason else None
@@ -83,6 +106,8 @@ def _mutate_pod(req: review.Request, deps: Deps) -> dict[str, Any]:
 def _mutator(default: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Callable[..., dict[str, Any]]:
     def handle(req: review.Request, deps: Deps) -> dict[str, Any]:
         if req.operation not in ("CREATE", "UPDATE") or req.object is None:
+            return review.response(req.uid)
+        if schema.validate(req.object):  # defaults only for well-formed objects; validation says why not
             return review.response(req.uid)
         return review.response(req.uid, patch=inject.patch(req.object, default(req.object)))
     return handle

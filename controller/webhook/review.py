@@ -76,6 +76,7 @@ def parse(body: bytes) -> Request:
     for name, value in (("object", obj), ("oldObject", old)):
         if value is not None and not isinstance(value, dict):
             raise BadReview(f"request.{name} is not an object")
+        _check_metadata(name, value)
     operation = req.get("operation")
     if operation not in ("CREATE", "UPDATE", "DELETE", "CONNECT"):
         raise BadReview(f"request.operation {operation!r} is not CREATE, UPDATE, DELETE or CONNECT")
@@ -84,6 +85,23 @@ def parse(body: bytes) -> Request:
         raise BadReview("request.namespace is not a string")
     return Request(uid, kind["group"], kind["version"], kind["kind"], operation, namespace,
                    str(req.get("name") or ""), obj, old, bool(req.get("dryRun", False)))
+
+
+def _check_metadata(where: str, obj: dict[str, Any] | None) -> None:
+    """Metadata must have the shapes the apiserver guarantees (maps of strings)."""
+    if obj is None or "metadata" not in obj:
+        return
+    meta = obj["metadata"]
+    if not isinstance(meta, dict):
+        raise BadReview(f"request.{where}.metadata is not an object")
+    for key in ("annotations", "labels"):
+        value = meta.get(key)
+        if value is not None and not (isinstance(value, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+            raise BadReview(f"request.{where}.metadata.{key} is not a map of strings")
+    for key in ("name", "namespace", "generateName"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise BadReview(f"request.{where}.metadata.{key} is not a string")
 
 
 def response(uid: str, *, allowed: bool = True, message: str = "", code: int | None = None,

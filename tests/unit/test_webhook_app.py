@@ -1,0 +1,173 @@
+"""The Flask app answers every AdmissionReview with its uid; bad bodies get a 400 with a reason."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import jsonpatch
+import pytest
+from flask.testing import FlaskClient
+
+from controller import rules
+from controller.webhook.app import Deps, create_app
+from tests.crd_cases import policy, replay
+
+POLICY = policy(outbound={"enabled": True})
+POLICY["metadata"]["namespace"] = "shop"
+
+
+def lookup(**kw: Any) -> rules.StaticLookup:
+    base: dict[str, Any] = {"workloads": {("shop", "Deployment", "checkout")}, "replays": {},
+                            "namespaces": {"shop": {}}, "snapshots": {"checkout-2026-11-20"}}
+    base.update(kw)
+    return rules.StaticLookup(**base)
+
+
+def make_client(look: rules.StaticLookup | None = None, limits: rules.Limits | None = None) -> FlaskClient:
+    policies = {("shop", "p1"): POLICY}
+    deps = Deps(lookup=look or lookup(), policies=lambda ns, n: policies.get((ns, n)),
+                limits=limits or rules.Limits())
+    return create_app(deps).test_client()
+
+
+def review(obj: dict[str, Any] | None, *, group: str, kind: str, op: str = "CREATE",
+           ns: str = "shop") -> dict[str, Any]:
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": str(uuid.uuid4()), "kind": {"group": group, "version": "v1", "kind": kind},
+                        "operation": op, "namespace": ns, "object": obj}}
+
+
+def pod(annotations: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x", "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 8080}]}]}}
+
+
+def post(client: FlaskClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    resp = client.post(path, json=body)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    out = resp.get_json()["response"]
+    assert out["uid"] == body["request"]["uid"]
+    return out  # type: ignore[no-any-return]
+
+
+def test_pod_with_capture_annotation_gets_a_patch_adding_the_sidecar() -> None:
+    body = review(pod({"replayops.dev/capture": "p1"}), group="", kind="Pod")
+    out = post(make_client(), "/mutate/pods", body)
+    assert out["allowed"] and out["patchType"] == "JSONPatch"
+    patched = jsonpatch.apply_patch(body["request"]["object"], json.loads(base64.b64decode(out["patch"])))
+    names = [c["name"] for c in patched["spec"]["initContainers"]]
+    assert names == ["replayops-proxy"]
+    assert patched["metadata"]["annotations"]["replayops.dev/injected"]
+
+
+def test_pod_naming_a_missing_policy_is_admitted_with_a_warning() -> None:
+    out = post(make_client(), "/mutate/pods", review(pod({"replayops.dev/capture": "gone"}), group="", kind="Pod"))
+    assert out["allowed"] and "patch" not in out
+    assert "CapturePolicy shop/gone not found" in out["warnings"][0]
+
+
+def test_replay_against_a_missing_workload_is_denied_naming_field_and_rule() -> None:
+    obj = replay(target={"workloadRef": {"kind": "Deployment", "name": "nope"}})
+    out = post(make_client(), "/validate/trafficreplays", review(obj, group="replayops.dev", kind="TrafficReplay"))
+    assert not out["allowed"]
+    assert "spec.target.workloadRef: Deployment shop/nope does not exist (rule: target-exists)" in \
+        out["status"]["message"]
+
+
+def test_replay_over_the_load_limits_is_denied() -> None:
+    obj = replay(load={"copies": 50, "stages": [{"duration": "1m", "targetRPS": 900}]})
+    out = post(make_client(limits=rules.Limits(max_copies=10, max_rps=100)), "/validate/trafficreplays",
+               review(obj, group="replayops.dev", kind="TrafficReplay"))
+    assert "spec.load.copies" in out["status"]["message"]
+    assert "spec.load.stages[0].targetRPS" in out["status"]["message"]
+
+
+def test_second_running_replay_on_the_same_target_is_denied() -> None:
+    running = replay()
+    running["metadata"]["name"] = "earlier"
+    running["status"] = {"phase": "Running"}
+    out = post(make_client(lookup(replays={"shop": [running]})), "/validate/trafficreplays",
+               review(replay(), group="replayops.dev", kind="TrafficReplay"))
+    assert not out["allowed"] and "one-replay-per-target" in out["status"]["message"]
+
+
+def test_unknown_snapshot_is_denied_and_unreachable_store_only_warns() -> None:
+    out = post(make_client(), "/validate/trafficreplays",
+               review(replay(snapshot="nope"), group="replayops.dev", kind="TrafficReplay"))
+    assert not out["allowed"] and "spec.snapshot" in out["status"]["message"]
+    out = post(make_client(lookup(snapshots=None)), "/validate/trafficreplays",
+               review(replay(snapshot="nope"), group="replayops.dev", kind="TrafficReplay"))
+    assert out["allowed"] and "unreachable" in out["warnings"][0]
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"dlp": {"patterns": [{"type": "custom", "regex": "(a+)+$"}]}}, "spec.dlp.patterns[0].regex"),
+    ({"dlp": {"patterns": [{"type": "custom", "regex": "([a-z"}]}}, "spec.dlp.patterns[0].regex"),
+    ({"selector": {"matchLabels": {"app.kubernetes.io/part-of": "replayops"}}}, "spec.selector"),
+    ({"outbound": {"enabled": True, "proxyPort": 15001}}, "spec.outbound.proxyPort"),
+])
+def test_bad_capture_policies_are_denied(spec: dict[str, Any], field: str) -> None:
+    out = post(make_client(), "/validate/capturepolicies",
+               review(policy(**spec), group="replayops.dev", kind="CapturePolicy"))
+    assert not out["allowed"] and field in out["status"]["message"]
+
+
+def test_capture_only_where_the_admin_allows_it() -> None:
+    limits = rules.Limits(capture_namespaces=frozenset({"prod"}), capture_label="replayops.dev/capture-allowed")
+    body = review(policy(), group="replayops.dev", kind="CapturePolicy")
+    out = post(make_client(limits=limits), "/validate/capturepolicies", body)
+    assert not out["allowed"] and "capture is not allowed in namespace shop" in out["status"]["message"]
+    labelled = lookup(namespaces={"shop": {"replayops.dev/capture-allowed": "true"}})
+    assert post(make_client(labelled, limits), "/validate/capturepolicies", body)["allowed"]
+
+
+def test_replay_defaulting_fills_kind_and_mock_timing() -> None:
+    obj = replay(target={"workloadRef": {"name": "checkout"}}, mode="mocks-only")
+    body = review(obj, group="replayops.dev", kind="TrafficReplay")
+    out = post(make_client(), "/mutate/trafficreplays", body)
+    patched = jsonpatch.apply_patch(obj, json.loads(base64.b64decode(out["patch"])))
+    assert patched["spec"]["target"]["workloadRef"]["kind"] == "Deployment"
+    assert patched["spec"]["mocks"]["timing"]["mode"] == "recorded"
+
+
+def test_review_of_another_resource_is_refused_with_a_reason() -> None:
+    body = review({"kind": "Deployment"}, group="apps", kind="Deployment")
+    out = post(make_client(), "/mutate/pods", body)
+    assert not out["allowed"] and "admits Pod" in out["status"]["message"]
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"{not json", "not JSON"),
+    (b"[]", "not a JSON object"),
+    (json.dumps({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}).encode(), "expected apiVersion"),
+    (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                 "request": {"kind": {"group": "", "version": "v1", "kind": "Pod"}}}).encode(), "uid"),
+    (b"x" * (3 * 1024 * 1024 + 1), "limit"),
+])
+def test_bad_bodies_get_400_with_reason(body: bytes, reason: str) -> None:
+    resp = make_client().post("/mutate/pods", data=body, content_type="application/json")
+    assert resp.status_code == 400
+    assert reason in resp.get_json()["error"]
+
+
+def test_metrics_count_requests_denials_and_errors() -> None:
+    client = make_client()
+    post(client, "/mutate/pods", review(pod({"replayops.dev/capture": "p1"}), group="", kind="Pod"))
+    post(client, "/validate/trafficreplays", review(replay(snapshot="nope"), group="replayops.dev",
+                                                   kind="TrafficReplay"))
+    client.post("/mutate/pods", data=b"{", content_type="application/json")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'replayops_webhook_requests_total{allowed="true",endpoint="/mutate/pods"} 1.0' in text
+    assert 'replayops_webhook_denials_total{endpoint="/validate/trafficreplays"} 1.0' in text
+    assert 'replayops_webhook_errors_total{endpoint="/mutate/pods",kind="bad-request"} 1.0' in text
+    assert "replayops_webhook_patch_bytes_count 1.0" in text
+    assert "replayops_webhook_latency_seconds_bucket" in text
+
+
+def test_health_endpoints() -> None:
+    client = make_client()
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
