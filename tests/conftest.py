@@ -60,3 +60,77 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     yield name
     cluster.kube.delete("v1", "Namespace", name)
+
+
+@dataclass
+class WebhookProc:
+    """A ``replayops webhook serve`` process the tests started."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    cert_dir: Path
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        from controller.devcluster import stop_pid
+
+        stop_pid(self.proc.pid, timeout=10)
+        self.proc.wait(timeout=5)
+
+
+def start_webhook(cluster: Cluster, workdir: Path, *extra: str, register: bool = True) -> WebhookProc:
+    """Start the webhook on a free loopback port; with ``register``, wait until the apiserver calls it."""
+    import ssl
+    import time
+    import urllib.request
+
+    from controller.devcluster.cluster import free_port
+
+    port = free_port()
+    cert_dir, log = workdir / "certs", workdir / "webhook.log"
+    argv = [sys.executable, "-m", "controller.cli", "webhook", "serve", "--port", str(port), "--host",
+            "127.0.0.1", "--cert-dir", str(cert_dir), "--kubeconfig", str(cluster.kubeconfig), *extra]
+    if register:
+        argv += ["--register", f"https://127.0.0.1:{port}"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    hook = WebhookProc(proc, port, cert_dir, log)
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"webhook never became healthy:\n{log.read_text()}"
+        try:
+            ctx = ssl.create_default_context(cafile=str(cert_dir / "ca.crt"))
+            with urllib.request.urlopen(f"{hook.url}/healthz", timeout=2, context=ctx) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+    if register:
+        wait_until_intercepted(cluster)
+    return hook
+
+
+def wait_until_intercepted(cluster: Cluster, timeout: float = 60) -> None:
+    """New webhook configurations take effect after a delay: probe until our rule answers."""
+    import time
+
+    from controller.kube import KubeError
+
+    probe = {"apiVersion": "replayops.dev/v1alpha1", "kind": "TrafficReplay",
+             "metadata": {"name": "probe", "namespace": "default"},
+             "spec": {"snapshot": "probe", "target": {"workloadRef": {"kind": "Deployment",
+                                                                      "name": "no-such-workload"}}}}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            cluster.kube.apply(probe, dry_run=True)
+        except KubeError as err:
+            if "target-exists" in str(err):
+                return
+        time.sleep(0.25)
+    raise AssertionError("the apiserver never called the webhook")
