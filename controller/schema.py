@@ -51,7 +51,7 @@ def load_crds() -> tuple[dict[str, Any], ...]:
     yaml = YAML(typ="safe")
     docs = []
     for path in sorted(crds_dir().glob("*.yaml")):
-        docs.extend(d for d in yaml.load_all(path.read_text()) if d)
+        docs.extend(d for d in yaml.load_all(path.read_text()) if d and d.get("kind") == "CustomResourceDefinition")
     return tuple(docs)
 
 

@@ -1,4 +1,4 @@
-"""``replayops up``: the main job — a cluster (local or $KUBECONFIG), our CRDs, and what to do next."""
+"""``replayops up``: the main job — a cluster (local or $KUBECONFIG), our CRDs, the webhook, and what next."""
 
 from __future__ import annotations
 
@@ -8,31 +8,56 @@ import sys
 from pathlib import Path
 
 from controller import paths, schema
-from controller.devcluster import DevClusterError
+from controller.devcluster import DevClusterError, pid_alive, read_state, stop_pid
 from controller.devcluster import cli as dev_cli
-from controller.kube import KubeError, connect
+from controller.devcluster.cluster import free_port, spawn_service
+from controller.kube import Kube, KubeError, connect
+from controller.webhook import register
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("up", help="start (or reuse) a cluster and install replayops into it")
+    p = sub.add_parser("up", help="start (or reuse) a cluster and run replayops against it")
     p.add_argument("--kubeconfig", type=Path, default=os.environ.get("KUBECONFIG") or None,
                    help="use this existing cluster instead of the local control plane ($KUBECONFIG)")
+    p.add_argument("--webhook-port", type=int, default=0, help="local webhook port (default: a free one)")
     p.set_defaults(func=run)
 
 
+def _start_webhook(kube: Kube, kubeconfig: Path, workdir: Path, port: int) -> str:
+    """Run the webhook detached on loopback, registered with the apiserver; reuse a running one."""
+    state = read_state(workdir) or {"procs": []}
+    for proc in state["procs"]:  # type: ignore[attr-defined]
+        if proc["name"] == "webhook":
+            if pid_alive(int(proc["pid"])):
+                register.wait_until_called(kube)
+                return f"running (pid {proc['pid']})"
+            stop_pid(int(proc["pid"]), timeout=1)
+    port = port or free_port()
+    argv = [sys.executable, "-m", "controller.cli", "webhook", "serve", "--port", str(port),
+            "--host", "127.0.0.1", "--cert-dir", str(workdir / "webhook-certs"),
+            "--kubeconfig", str(kubeconfig), "--register", f"https://127.0.0.1:{port}"]
+    proc = spawn_service(workdir, "webhook", argv)
+    register.wait_until_called(kube)
+    return f"https://127.0.0.1:{port} (pid {proc.pid}, log {proc.log})"
+
+
 def run(args: argparse.Namespace) -> int:
+    workdir = paths.dev_cluster_dir()
     try:
-        kubeconfig = args.kubeconfig or dev_cli.up(paths.dev_cluster_dir())
+        kubeconfig = args.kubeconfig or dev_cli.up(workdir)
         kube = connect(kubeconfig)
         kube.install_crds(schema.load_crds())
+        workdir.mkdir(parents=True, exist_ok=True)
+        webhook = _start_webhook(kube, Path(kubeconfig), workdir, args.webhook_port)
     except (DevClusterError, KubeError) as err:
         print(f"replayops up: {err}", file=sys.stderr)
         return 1
     names = ", ".join(c["metadata"]["name"] for c in schema.load_crds())
-    print(f"replayops is up.\n  kubeconfig: {kubeconfig}\n  CRDs installed: {names}\n")
+    print(f"replayops is up.\n  kubeconfig: {kubeconfig}\n  CRDs installed: {names}\n  webhook: {webhook}\n")
     print("Next:")
     print(f"  export KUBECONFIG={kubeconfig}")
     print("  kubectl get crd | grep replayops")
-    print("  kubectl apply -f examples/replays/   # a TrafficReplay")
-    print("  replayops dev down                   # stop the local control plane")
+    print("  kubectl apply -f policies/            # CapturePolicies; annotated pods get the sidecar")
+    print("  replayops dev status                  # what runs, and where its logs are")
+    print("  replayops dev down                    # stop everything")
     return 0

@@ -22,6 +22,7 @@ import pytest
 from controller import schema
 from controller.devcluster import DevCluster, ensure_binaries
 from controller.kube import Kube, connect
+from controller.webhook import register as webhook_register
 
 
 @dataclass
@@ -111,26 +112,5 @@ def start_webhook(cluster: Cluster, workdir: Path, *extra: str, register: bool =
         except OSError:
             time.sleep(0.2)
     if register:
-        wait_until_intercepted(cluster)
+        webhook_register.wait_until_called(cluster.kube)
     return hook
-
-
-def wait_until_intercepted(cluster: Cluster, timeout: float = 60) -> None:
-    """New webhook configurations take effect after a delay: probe until our rule answers."""
-    import time
-
-    from controller.kube import KubeError
-
-    probe = {"apiVersion": "replayops.dev/v1alpha1", "kind": "TrafficReplay",
-             "metadata": {"name": "probe", "namespace": "default"},
-             "spec": {"snapshot": "probe", "target": {"workloadRef": {"kind": "Deployment",
-                                                                      "name": "no-such-workload"}}}}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            cluster.kube.apply(probe, dry_run=True)
-        except KubeError as err:
-            if "target-exists" in str(err):
-                return
-        time.sleep(0.25)
-    raise AssertionError("the apiserver never called the webhook")

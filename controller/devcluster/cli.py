@@ -29,9 +29,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     dev.set_defaults(func=run)
 
 
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager")
+
+
 def _running(workdir: Path) -> dict | None:  # type: ignore[type-arg]
+    """The state of a running control plane in ``workdir`` (services beside it may be down)."""
     state = read_state(workdir)
-    if state and all(pid_alive(int(p["pid"])) for p in state["procs"]):  # type: ignore[index, union-attr]
+    procs = [p for p in (state or {}).get("procs", []) if p["name"] in CONTROL_PLANE]  # type: ignore[attr-defined]
+    if state and procs and all(pid_alive(int(p["pid"])) for p in procs):
         return state
     return None
 

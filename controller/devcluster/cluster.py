@@ -279,3 +279,18 @@ def read_state(workdir: Path) -> dict[str, object] | None:
         return json.loads((workdir / "state.json").read_text())  # type: ignore[no-any-return]
     except (OSError, ValueError):
         return None
+
+
+def spawn_service(workdir: Path, name: str, argv: list[str]) -> Proc:
+    """Start a detached long-running process beside a cluster (the webhook, the controller) and record
+    it in the cluster's state, so ``replayops dev down`` stops it too."""
+    log = workdir / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+    state = read_state(workdir) or {"procs": []}
+    procs = [p for p in state["procs"] if p["name"] != name]  # type: ignore[attr-defined, index]
+    state["procs"] = [*procs, {"name": name, "pid": popen.pid, "log": str(log)}]
+    pki.write_atomic(workdir / "state.json", json.dumps(state, indent=2).encode())
+    return Proc(name, popen.pid, log)

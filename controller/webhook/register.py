@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import copy
+import time
 from typing import Any
 
 from ruamel.yaml import YAML
 
 from controller import paths
-from controller.kube import Kube
+from controller.kube import Kube, KubeError
 
 
 def configurations(ca_pem: bytes, url: str | None = None) -> list[dict[str, Any]]:
@@ -47,3 +48,23 @@ def register(kube: Kube, ca_pem: bytes, url: str | None = None) -> list[str]:
 def unregister(kube: Kube) -> None:
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         kube.delete("admissionregistration.k8s.io/v1", kind, "replayops-webhook")
+
+
+def wait_until_called(kube: Kube, timeout: float = 60.0) -> None:
+    """New webhook configurations take effect after a delay: dry-run a probe until our rule answers."""
+    probe = {"apiVersion": "replayops.dev/v1alpha1", "kind": "TrafficReplay",
+             "metadata": {"name": "replayops-probe", "namespace": "default"},
+             "spec": {"snapshot": "probe", "target": {"workloadRef": {"kind": "Deployment",
+                                                                      "name": "replayops-no-such-workload"}}}}
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            kube.apply(probe, dry_run=True)
+            last = "the probe was admitted"
+        except KubeError as err:
+            if "target-exists" in str(err):
+                return
+            last = str(err)
+        time.sleep(0.25)
+    raise KubeError(f"timed out after {timeout:.0f}s waiting for the apiserver to call the webhook (last: {last})")

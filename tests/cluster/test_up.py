@@ -1,0 +1,32 @@
+"""`replayops up` (what `make up` runs) ends with a kubeconfig listing our CRDs; `dev down` leaves nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from controller.devcluster import pid_alive, read_state
+from tests.conftest import Cluster
+
+
+def test_up_then_down(cluster: Cluster, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | {"REPLAYOPS_HOME": str(tmp_path)}
+    up = subprocess.run([sys.executable, "-m", "controller.cli", "up"], env=env, capture_output=True,
+                        text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stderr
+        kubeconfig = tmp_path / "dev" / "kubeconfig"
+        assert f"kubeconfig: {kubeconfig}" in up.stdout
+        crds = cluster.kubectl("get", "crd", f"--kubeconfig={kubeconfig}", check=True).stdout
+        assert "trafficreplays.replayops.dev" in crds and "capturepolicies.replayops.dev" in crds
+        state = read_state(tmp_path / "dev")
+        assert state is not None
+        pids = [int(p["pid"]) for p in state["procs"]]  # type: ignore[attr-defined]
+        assert {p["name"] for p in state["procs"]} >= {"etcd", "kube-apiserver", "webhook"}  # type: ignore[attr-defined]
+    finally:
+        down = subprocess.run([sys.executable, "-m", "controller.cli", "dev", "down"], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert [p for p in pids if pid_alive(p)] == []
