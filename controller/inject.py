@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonpatch
-
 from controller import __version__
 
 CAPTURE = "replayops.dev/capture"
@@ -274,6 +272,24 @@ def inject(pod: Mapping[str, Any], namespace: str, policy_spec: Mapping[str, Any
     return out
 
 
-def patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The RFC 6902 operations turning ``original`` into ``mutated``."""
-    return list(jsonpatch.make_patch(dict(original), dict(mutated)).patch)
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def patch(original: Mapping[str, Any], mutated: Mapping[str, Any], path: str = "") -> list[dict[str, Any]]:
+    """The RFC 6902 operations turning ``original`` into ``mutated``: objects are diffed key by key,
+    anything else (lists included) is replaced whole, so every op applies to the object as we saw it."""
+    ops: list[dict[str, Any]] = []
+    for key in original:
+        if key not in mutated:
+            ops.append({"op": "remove", "path": f"{path}/{_escape(key)}"})
+    for key, value in mutated.items():
+        where = f"{path}/{_escape(key)}"
+        if key not in original:
+            ops.append({"op": "add", "path": where, "value": value})
+        elif original[key] != value:
+            if isinstance(value, dict) and isinstance(original[key], dict):
+                ops.extend(patch(original[key], value, where))
+            else:
+                ops.append({"op": "replace", "path": where, "value": value})
+    return ops

@@ -12,6 +12,8 @@ from typing import Any
 
 import jsonpatch
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from controller import defaults, inject
@@ -86,3 +88,15 @@ def test_skipped_pods_say_why(name: str, reason: str) -> None:
 def test_pod_without_capture_annotation_is_not_injected() -> None:
     decision = inject.decide({"metadata": {"name": "x"}, "spec": {}}, "shop", CONFIG)
     assert not decision.inject and "no replayops.dev/capture" in decision.reason
+
+
+json_like = st.recursive(st.none() | st.integers() | st.text(max_size=5),
+                         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                             st.text(alphabet="ab/~c", max_size=4), inner, max_size=3), max_leaves=12)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.dictionaries(st.text(alphabet="ab/~c", max_size=4), json_like, max_size=4),
+       st.dictionaries(st.text(alphabet="ab/~c", max_size=4), json_like, max_size=4))
+def test_patch_applies_to_any_pair_of_objects(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert jsonpatch.apply_patch(a, inject.patch(a, b)) == b
