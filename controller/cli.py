@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from controller import up
+from controller import gitops_cli, up
 from controller.devcluster import cli as dev_cli
 from controller.webhook import cli as webhook_cli
 
@@ -14,7 +14,7 @@ from controller.webhook import cli as webhook_cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="replayops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (dev_cli, up, webhook_cli):
+    for module in (dev_cli, up, webhook_cli, gitops_cli):
         module.add_parser(sub)
     return parser
 

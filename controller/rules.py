@@ -49,7 +49,7 @@ class Limits:
 
 
 class Lookup(Protocol):
-    def workload_exists(self, namespace: str, kind: str, name: str) -> bool: ...
+    def workload_exists(self, namespace: str, kind: str, name: str) -> bool | None: ...  # None: unknown
     def active_replays(self, namespace: str) -> list[Mapping[str, Any]]: ...
     def namespace_labels(self, namespace: str) -> Mapping[str, str] | None: ...
     def snapshot_exists(self, name: str) -> bool | None: ...  # None: the store is unreachable
@@ -67,10 +67,15 @@ def check_replay(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list
     ns, name = meta.get("namespace", "default"), meta.get("name")
     found: list[Finding] = []
     ref = (spec.get("target") or {}).get("workloadRef")
-    if ref and not lookup.workload_exists(ns, ref.get("kind", "Deployment"), ref["name"]):
-        found.append(Finding("spec.target.workloadRef",
-                             f"{ref.get('kind', 'Deployment')} {ns}/{ref['name']} does not exist",
-                             "target-exists"))
+    if ref:
+        kind = ref.get("kind", "Deployment")
+        exists = lookup.workload_exists(ns, kind, ref["name"])
+        if exists is False:
+            found.append(Finding("spec.target.workloadRef", f"{kind} {ns}/{ref['name']} does not exist",
+                                 "target-exists"))
+        elif exists is None:
+            found.append(Finding("spec.target.workloadRef", f"{kind} {ns}/{ref['name']} not checked: no cluster",
+                                 "target-exists", warning=True))
     exists = lookup.snapshot_exists(str(spec.get("snapshot")))
     if exists is False:
         found.append(Finding("spec.snapshot", f"snapshot {spec.get('snapshot')!r} is not in the store",
@@ -178,13 +183,13 @@ def check_policy(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list
 class StaticLookup:
     """A ``Lookup`` over known facts: the objects of a git revision, or a snapshot list."""
 
-    workloads: set[tuple[str, str, str]]  # (namespace, kind, name)
+    workloads: set[tuple[str, str, str]] | None  # (namespace, kind, name); None: unknown
     replays: dict[str, list[Mapping[str, Any]]]
     namespaces: dict[str, Mapping[str, str]]
     snapshots: set[str] | None = None  # None: no store to ask
 
-    def workload_exists(self, namespace: str, kind: str, name: str) -> bool:
-        return (namespace, kind, name) in self.workloads
+    def workload_exists(self, namespace: str, kind: str, name: str) -> bool | None:
+        return None if self.workloads is None else (namespace, kind, name) in self.workloads
 
     def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
         return [r for r in self.replays.get(namespace, [])

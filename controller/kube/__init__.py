@@ -61,6 +61,7 @@ class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
         self.dynamic = DynamicClient(api)
+        self.writes = 0  # write calls made (a no-op reconcile must make none)
 
     def resource(self, api_version: str, kind: str) -> Any:
         try:
@@ -78,6 +79,8 @@ class Kube:
         ``fieldValidation``); returns the decoded JSON body, raises KubeError."""
         import json
 
+        if method != "GET" and not any(k == "dryRun" for k, _ in query):
+            self.writes += 1
         request = self.api.param_serialize(
             method, path, query_params=list(query),
             header_params={"Accept": "application/json", "Content-Type": content_type},
@@ -126,8 +129,37 @@ class Kube:
             raise _translate(exc, f"list {kind} in {namespace or 'all namespaces'}") from exc
         return [item.to_dict() for item in out.items]
 
+    def apply_status(self, obj: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply ``obj['status']`` through the status subresource."""
+        meta = obj["metadata"]
+        res = self.resource(obj["apiVersion"], obj["kind"])
+        body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                "metadata": {"name": meta["name"], "namespace": meta.get("namespace")}, "status": obj["status"]}
+        path = res.path(name=meta["name"], namespace=meta.get("namespace")) + "/status"
+        return self.call("PATCH", path, body=body, query=[("fieldManager", field_manager), ("force", "true")],
+                         content_type="application/apply-patch+yaml",
+                         what=f"apply status of {obj['kind']} {_ref(meta)}")
+
+    def event(self, regarding: Mapping[str, Any], *, reason: str, message: str, type_: str = "Normal") -> None:
+        """Record a Kubernetes Event about ``regarding`` (an object with apiVersion, kind and metadata)."""
+        import datetime as dt
+        import uuid
+
+        meta = regarding["metadata"]
+        now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        event = {"apiVersion": "v1", "kind": "Event",
+                 "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+                              "namespace": meta.get("namespace") or "default"},
+                 "involvedObject": {"apiVersion": regarding["apiVersion"], "kind": regarding["kind"],
+                                    "name": meta["name"], "namespace": meta.get("namespace"),
+                                    "uid": meta.get("uid")},
+                 "reason": reason, "message": message[:1024], "type": type_, "firstTimestamp": now,
+                 "lastTimestamp": now, "count": 1, "source": {"component": FIELD_MANAGER}}
+        self.create(event)
+
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         """Delete the object; False when it was already gone."""
+        self.writes += 1
         try:
             self.resource(api_version, kind).delete(name=name, namespace=namespace,
                                                     propagation_policy="Background")

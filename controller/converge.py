@@ -1,0 +1,79 @@
+"""Which workloads carry which capture annotations, as pure functions over plain objects.
+
+``plan`` maps every Deployment/StatefulSet/DaemonSet to the annotations the
+CapturePolicies want on its pod template: ``replayops.dev/capture`` and
+``replayops.dev/config-hash``, or none. A workload two policies select is a
+conflict: it is left as it is and reported, never flapped between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.inject import CAPTURE, CONFIG_HASH, OPT_OUT
+from controller.policy import config_hash, selector_matches
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+WorkloadKey = tuple[str, str, str]  # (namespace, kind, name)
+
+
+@dataclass
+class Plan:
+    """Wanted template annotations per workload, plus what each policy selected and the conflicts."""
+
+    wanted: dict[WorkloadKey, dict[str, str]] = field(default_factory=dict)
+    selected: dict[tuple[str, str], list[WorkloadKey]] = field(default_factory=dict)  # (ns, policy) ->
+    conflicts: dict[WorkloadKey, list[str]] = field(default_factory=dict)
+
+
+def key(workload: Mapping[str, Any]) -> WorkloadKey:
+    meta = workload["metadata"]
+    return (meta.get("namespace", ""), workload["kind"], meta["name"])
+
+
+def template_annotations(workload: Mapping[str, Any]) -> dict[str, str]:
+    template = (workload.get("spec") or {}).get("template") or {}
+    return dict((template.get("metadata") or {}).get("annotations") or {})
+
+
+def _opted_out(workload: Mapping[str, Any]) -> bool:
+    notes = [workload["metadata"].get("annotations") or {}, workload["metadata"].get("labels") or {},
+             template_annotations(workload)]
+    return any(str(n.get(OPT_OUT, "")).lower() == "false" for n in notes)
+
+
+def plan(policies: Iterable[Mapping[str, Any]], workloads: Iterable[Mapping[str, Any]]) -> Plan:
+    """What every workload's template should carry, given the (defaulted) CapturePolicies."""
+    out = Plan()
+    matches: dict[WorkloadKey, list[tuple[str, str]]] = {}
+    pols = sorted(policies, key=lambda p: p["metadata"]["name"])
+    for pol in pols:
+        out.selected[(pol["metadata"]["namespace"], pol["metadata"]["name"])] = []
+    for wl in workloads:
+        if wl["kind"] not in WORKLOAD_KINDS or _opted_out(wl):
+            continue
+        labels = ((wl.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
+        for pol in pols:
+            spec = pol["spec"]
+            if pol["metadata"]["namespace"] != wl["metadata"].get("namespace"):
+                continue
+            if wl["kind"] not in spec.get("kinds", WORKLOAD_KINDS):
+                continue
+            if selector_matches(spec.get("selector") or {}, labels):
+                matches.setdefault(key(wl), []).append((pol["metadata"]["name"], config_hash(spec)))
+    for wkey, found in matches.items():
+        for name, _ in found:
+            out.selected[(wkey[0], name)].append(wkey)
+        if len(found) > 1:
+            out.conflicts[wkey] = [name for name, _ in found]
+        else:
+            name, digest = found[0]
+            out.wanted[wkey] = {CAPTURE: name, CONFIG_HASH: digest}
+    return out
+
+
+def ours(annotations: Mapping[str, str]) -> dict[str, str]:
+    """The capture annotations among a template's annotations."""
+    return {k: v for k, v in annotations.items() if k in (CAPTURE, CONFIG_HASH)}

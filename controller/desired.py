@@ -1,0 +1,191 @@
+"""Desired state: the YAML files of one revision, parsed, defaulted and validated as a whole.
+
+Every ``*.yaml``/``*.yml`` document is parsed with ruamel.yaml (line numbers
+kept). Our kinds are defaulted as the webhook would, validated against the
+CRD schemas and the cross-object rules (the same code the webhook runs);
+other kinds must be on the allow-list. ``build`` returns every object with
+its source location, or raises ``InvalidRevision`` listing every problem as
+``file:line: Kind ns/name: message`` — one bad file rejects the revision.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from controller import defaults, rules, schema
+
+DEFAULT_ALLOWED_KINDS = frozenset({"v1/Namespace", "v1/ConfigMap"})
+APPLY_ORDER = ("Namespace", "ConfigMap", "CapturePolicy", "TrafficReplay")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a revision is rejected (or, with ``warning``, a caveat)."""
+
+    file: str
+    line: int
+    message: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class InvalidRevision(ValueError):
+    """The revision holds at least one invalid document; nothing of it may be applied."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(map(str, problems)))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Item:
+    """One desired object and where it came from."""
+
+    obj: dict[str, Any]
+    file: str
+    line: int
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        meta = self.obj["metadata"]
+        return (self.obj["apiVersion"], self.obj["kind"], meta.get("namespace", ""), meta["name"])
+
+    def __str__(self) -> str:
+        meta = self.obj["metadata"]
+        where = f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
+        return f"{self.obj['kind']} {where}"
+
+
+@dataclass
+class Desired:
+    items: list[Item]
+    warnings: list[Problem] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> list[Item]:
+        return [i for i in self.items if i.obj["kind"] == kind]
+
+
+def _line_of(node: Any, path: str) -> int | None:
+    """The 1-based line of ``path`` (``spec.load.stages[0].targetRPS``) in a ruamel node, or its
+    deepest existing ancestor."""
+    parts: list[str | int] = []
+    for piece in path.replace("]", "").split("."):
+        name, *indexes = piece.split("[")
+        if name:
+            parts.append(name)
+        parts.extend(int(i) for i in indexes if i.isdigit())
+    line = None
+    for part in parts:
+        lc = getattr(node, "lc", None)
+        try:
+            if lc is not None:
+                line = (lc.key(part)[0] if isinstance(part, str) else lc.item(part)[0]) + 1
+            node = node[part]
+        except (KeyError, IndexError, TypeError, AttributeError):
+            break
+    return line
+
+
+def _plain(node: Any) -> Any:
+    return json.loads(json.dumps(node, default=str))
+
+
+def parse(files: Mapping[str, bytes]) -> tuple[list[tuple[Any, str, int]], list[Problem]]:
+    """All documents of all files, as (ruamel node, file, line), and the parse problems."""
+    docs: list[tuple[Any, str, int]] = []
+    problems: list[Problem] = []
+    for name in sorted(files):
+        yaml = YAML(typ="rt")
+        try:
+            text = files[name].decode("utf-8")
+            loaded = list(yaml.load_all(text))
+        except UnicodeDecodeError as exc:
+            problems.append(Problem(name, 1, f"not UTF-8 text: {exc}"))
+            continue
+        except MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            problems.append(Problem(name, (mark.line + 1) if mark else 1,
+                                    f"YAML error: {exc.problem or exc.context}"))
+            continue
+        except YAMLError as exc:
+            problems.append(Problem(name, 1, f"YAML error: {exc}"))
+            continue
+        for doc in loaded:
+            if doc is None:
+                continue
+            line = (doc.lc.line + 1) if hasattr(doc, "lc") else 1
+            if not isinstance(doc, dict):
+                problems.append(Problem(name, line, f"a document must be a mapping, got {type(doc).__name__}"))
+                continue
+            docs.append((doc, name, line))
+    return docs, problems
+
+
+def build(files: Mapping[str, bytes], *, lookup: rules.Lookup, limits: rules.Limits | None = None,
+          namespace: str = "default", allowed_kinds: Iterable[str] = DEFAULT_ALLOWED_KINDS) -> Desired:
+    """Parse, default and validate a revision; raise InvalidRevision with every problem found."""
+    limits = limits or rules.Limits()
+    allowed = set(allowed_kinds)
+    docs, problems = parse(files)
+    items: list[Item] = []
+    warnings: list[Problem] = []
+    seen: dict[tuple[str, str, str, str], Item] = {}
+    for node, file, line in docs:
+        obj = _plain(node)
+        kind, api = obj.get("kind"), obj.get("apiVersion")
+        meta = obj.get("metadata")
+        if not isinstance(kind, str) or not isinstance(api, str):
+            problems.append(Problem(file, line, "apiVersion and kind are required"))
+            continue
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+            problems.append(Problem(file, _line_of(node, "metadata") or line, f"{kind}: metadata.name is required"))
+            continue
+        if kind != "Namespace":
+            meta.setdefault("namespace", namespace)
+        label = f"{kind} {meta.get('namespace', '')}/{meta['name']}".replace(" /", " ")
+        if schema.is_ours(obj):
+            obj = defaults.default_replay(obj) if kind == "TrafficReplay" else defaults.default_policy(obj)
+            errors = schema.validate(obj)
+            for err in errors:
+                problems.append(Problem(file, _line_of(node, err.path) or line, f"{label}: {err} (rule: {err.rule})"))
+            if not errors:
+                check = rules.check_replay if kind == "TrafficReplay" else rules.check_policy
+                for finding in check(obj, lookup, limits):
+                    problem = Problem(file, _line_of(node, finding.path) or line, f"{label}: {finding}",
+                                      finding.warning)
+                    (warnings if finding.warning else problems).append(problem)
+        elif f"{api}/{kind}" not in allowed:
+            problems.append(Problem(file, line, f"{label}: kind {api}/{kind} is not allowed "
+                                                f"(allowed: {', '.join(sorted(allowed))})"))
+            continue
+        item = Item(obj, file, line)
+        if item.key in seen:
+            first = seen[item.key]
+            problems.append(Problem(file, line, f"{label}: also defined at {first.file}:{first.line}"))
+            continue
+        seen[item.key] = item
+        items.append(item)
+    if problems:
+        raise InvalidRevision(problems)
+    order = {k: i for i, k in enumerate(APPLY_ORDER)}
+    items.sort(key=lambda i: (order.get(i.obj["kind"], len(order)), i.key))
+    return Desired(items, warnings)
+
+
+def read_dir(path: Path) -> dict[str, bytes]:
+    """The YAML files under ``path`` (a working copy), keyed by their path relative to it."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.suffix in (".yaml", ".yml") and ".git" not in p.parts}

@@ -1,0 +1,220 @@
+"""``replayops validate | diff | controller run``: the GitOps commands (PR pipelines and the loop)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from controller import desired, logs, paths, rules
+from controller.gitsource import Auth, GitSource
+from controller.kube import KubeError, connect
+from controller.kube.lookup import ClusterLookup
+from controller.reconcile import OUR_API, Options, Reconciler
+
+log = logs.get("controller")
+VOLATILE_META = ("managedFields", "resourceVersion", "generation", "uid", "creationTimestamp")
+
+
+def _duration(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * units[unit]
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 5m)")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    val = sub.add_parser("validate", help="check a directory of YAML offline (no cluster), as CI on a PR")
+    val.add_argument("path", type=Path)
+    val.add_argument("--namespace", default="default", help="namespace of objects that name none")
+    val.set_defaults(func=run_validate)
+
+    diff = sub.add_parser("diff", help="what applying a directory would change in the cluster (server dry-run)")
+    diff.add_argument("path", type=Path)
+    diff.add_argument("--namespace", default="default")
+    diff.add_argument("--kubeconfig", type=Path, default=None)
+    diff.set_defaults(func=run_diff)
+
+    ctl = sub.add_parser("controller", help="the GitOps controller")
+    verbs = ctl.add_subparsers(dest="verb", required=True)
+    r = verbs.add_parser("run", help="converge the cluster to a git repository")
+    r.add_argument("--repo", required=True, help="file://, git://, https:// or ssh:// URL")
+    ref = r.add_mutually_exclusive_group()
+    ref.add_argument("--branch", default="main")
+    ref.add_argument("--tag")
+    ref.add_argument("--commit", help="pin a commit")
+    r.add_argument("--path", default=".", help="sub-path of the repository holding the YAML")
+    r.add_argument("--interval", type=_duration, default=60.0, help="poll interval (default 60s)")
+    r.add_argument("--self-heal", action="store_true", help="revert manual edits of fields we own")
+    r.add_argument("--prune", action="store_true", help="delete owned objects that are gone from git")
+    r.add_argument("--dry-run", action="store_true", help="server-side dry-run only; change nothing")
+    r.add_argument("--name", default="default", help="this source's name (labels, status ConfigMap)")
+    r.add_argument("--namespace", default="default", help="namespace of objects that name none")
+    r.add_argument("--status-namespace", default="replayops-system")
+    r.add_argument("--allow-kind", action="append", default=[], metavar="APIVERSION/KIND",
+                   help="also apply this kind from git (default: v1/Namespace, v1/ConfigMap)")
+    r.add_argument("--kubeconfig", type=Path, default=None)
+    r.add_argument("--cache", type=Path, default=None, help="git cache directory")
+    r.add_argument("--token-file", type=Path, help="https token")
+    r.add_argument("--ssh-key", type=Path, help="ssh private key (public key beside it, .pub)")
+    r.add_argument("--push-port", type=int, default=0, help="serve the push-webhook receiver on this port")
+    r.add_argument("--push-secret-file", type=Path, help="HMAC secret / GitLab token for pushes")
+    r.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
+    r.add_argument("--leader-elect", action="store_true", help="run as one of several replicas")
+    r.add_argument("--lease-seconds", type=int, default=15)
+    r.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}")
+    ctl.set_defaults(func=run_controller)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    try:
+        files = desired.read_dir(args.path)
+    except OSError as exc:
+        print(f"replayops validate: {exc}", file=sys.stderr)
+        return 2
+    offline = rules.StaticLookup(workloads=None, replays={}, namespaces={}, snapshots=None)
+    try:
+        state = desired.build(files, lookup=offline, namespace=args.namespace)
+    except desired.InvalidRevision as exc:
+        for problem in exc.problems:
+            print(f"{args.path / problem.file if args.path.is_dir() else args.path}:{problem.line}: "
+                  f"{problem.message}")
+        return 1
+    print(f"{len(state.items)} objects valid in {len(files)} files")
+    return 0
+
+
+def _normalise(obj: dict[str, Any] | None) -> str:
+    if obj is None:
+        return ""
+    out = {k: v for k, v in obj.items() if k != "status"}
+    meta = {k: v for k, v in (out.get("metadata") or {}).items() if k not in VOLATILE_META}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if k != "kubectl.kubernetes.io/last-applied-configuration"}
+    if annotations:
+        meta["annotations"] = annotations
+    else:
+        meta.pop("annotations", None)
+    out["metadata"] = meta
+    from io import StringIO
+
+    buf = StringIO()
+    YAML().dump(out, buf)
+    return buf.getvalue()
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    try:
+        kube = connect(args.kubeconfig)
+        state = desired.build(desired.read_dir(args.path), lookup=ClusterLookup(kube), namespace=args.namespace)
+        changed = 0
+        for item in state.items:
+            meta = item.obj["metadata"]
+            live = kube.get(item.obj["apiVersion"], item.obj["kind"], meta["name"], meta.get("namespace"))
+            after = kube.apply(item.obj, dry_run=True)
+            lines = list(difflib.unified_diff(_normalise(live).splitlines(), _normalise(after).splitlines(),
+                                              f"live/{item}", f"git/{item}", lineterm=""))
+            if lines:
+                changed += 1
+                print("\n".join(lines))
+        print(f"{changed} of {len(state.items)} objects would change", file=sys.stderr)
+        return 0
+    except desired.InvalidRevision as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except (OSError, KubeError) as exc:
+        print(f"replayops diff: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(app: Any, port: int) -> None:
+    from waitress import create_server
+
+    server = create_server(app, host="0.0.0.0", port=port, threads=4, max_request_body_size=1024 * 1024)
+    threading.Thread(target=server.run, name=f"http-{port}", daemon=True).start()
+
+
+def run_controller(args: argparse.Namespace) -> int:
+    from prometheus_client import make_wsgi_app
+
+    from controller import receiver
+    from controller.kube.watch import Watcher
+    from controller.leader import LeaderElector
+    from controller.reconcile import MANAGED_BY, SOURCE, Metrics
+
+    logs.setup()
+    allowed = desired.DEFAULT_ALLOWED_KINDS | frozenset(args.allow_kind)
+    options = Options(name=args.name, namespace=args.namespace, status_namespace=args.status_namespace,
+                      self_heal=args.self_heal, prune=args.prune, dry_run=args.dry_run, allowed_kinds=allowed)
+    token = args.token_file.read_text().strip() if args.token_file else None
+    source = GitSource(args.repo, cache=args.cache or paths.home() / "git", branch=args.branch, tag=args.tag,
+                       commit=args.commit, path=args.path, auth=Auth(token=token, ssh_private_key=args.ssh_key))
+    try:
+        kube = connect(args.kubeconfig)
+    except Exception as exc:
+        print(f"replayops controller run: no cluster access: {exc}", file=sys.stderr)
+        return 2
+    metrics = Metrics()
+    reconciler = Reconciler(kube, source, options, metrics)
+    stop, wake, fetch_due = threading.Event(), threading.Event(), threading.Event()
+    fetch_due.set()
+
+    def on_push(_ref: str) -> None:
+        fetch_due.set()
+        wake.set()
+
+    if args.push_port:
+        if not args.push_secret_file:
+            print("replayops controller run: --push-port needs --push-secret-file", file=sys.stderr)
+            return 2
+        _serve(receiver.create_app(args.push_secret_file.read_bytes().strip(), args.branch, on_push), args.push_port)
+    if args.metrics_port:
+        _serve(make_wsgi_app(metrics.registry), args.metrics_port)
+    selector = f"{MANAGED_BY}=replayops,{SOURCE}={options.name}"
+    for ref in sorted(allowed | {f"{OUR_API}/CapturePolicy", f"{OUR_API}/TrafficReplay"}):
+        api, _, kind = ref.rpartition("/")
+        Watcher(kube, api, kind, lambda *_: wake.set(), stop, label_selector=selector).start()
+    elector = LeaderElector(kube, namespace=args.status_namespace, name=f"replayops-controller-{args.name}",
+                            identity=args.identity, lease_seconds=args.lease_seconds) if args.leader_elect else None
+
+    def shutdown(*_: Any) -> None:
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    log.info("controller started", extra=logs.fields(repo=args.repo, ref=source.ref, path=args.path,
+                                                     identity=args.identity))
+    tick = min(args.interval, args.lease_seconds / 3) if elector else args.interval
+    next_fetch = 0.0
+    import time
+
+    while not stop.is_set():
+        try:
+            leading = elector.try_acquire() if elector else True
+        except KubeError as exc:
+            log.error("leader election failed", extra=logs.fields(error=str(exc)))
+            leading = False
+        if leading:
+            fetch = fetch_due.is_set() or time.monotonic() >= next_fetch
+            fetch_due.clear()
+            reconciler.reconcile(fetch=fetch or reconciler.last_applied is None)
+            if fetch:
+                next_fetch = time.monotonic() + args.interval
+        wake.wait(timeout=tick)
+        wake.clear()
+    if elector:
+        elector.release()
+    log.info("controller stopped", extra=logs.fields(identity=args.identity))
+    return 0

@@ -1,0 +1,139 @@
+"""Git as the source of desired state: fetch a remote into a bare cache, read trees without checkout.
+
+``GitSource.fetch()`` brings the remote's branches and tags into a bare
+repository under the cache (force-updating refs, so force-pushes and history
+rewrites are followed) and resolves the configured branch, tag or pinned
+commit to a ``Revision``. ``files(revision)`` reads the YAML blobs under the
+configured sub-path straight from the commit's tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pygit2
+
+YAML_SUFFIXES = (".yaml", ".yml")
+REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+
+
+class GitError(RuntimeError):
+    """Fetching or reading the repository failed; the message names the URL and the ref."""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A resolved ref: ``main@sha1:<hash>``."""
+
+    ref: str
+    sha: str
+
+    def __str__(self) -> str:
+        return f"{self.ref}@sha1:{self.sha}"
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Credentials for https (token) or ssh (key pair) remotes."""
+
+    token: str | None = None
+    username: str | None = None
+    ssh_private_key: Path | None = None
+    ssh_public_key: Path | None = None
+
+
+class _Callbacks(pygit2.RemoteCallbacks):  # type: ignore[misc]
+    def __init__(self, auth: Auth) -> None:
+        super().__init__()
+        self.auth = auth
+
+    def credentials(self, url: str, username_from_url: str | None, allowed_types: int) -> object:
+        user = self.auth.username or username_from_url or "git"
+        if self.auth.ssh_private_key and allowed_types & pygit2.enums.CredentialType.SSH_KEY:
+            public = self.auth.ssh_public_key or Path(f"{self.auth.ssh_private_key}.pub")
+            return pygit2.Keypair(user, str(public), str(self.auth.ssh_private_key), "")
+        if self.auth.token and allowed_types & pygit2.enums.CredentialType.USERPASS_PLAINTEXT:
+            return pygit2.UserPass(self.auth.username or "x-access-token", self.auth.token)
+        raise GitError(f"{url} asks for credentials this source has none of")
+
+
+class GitSource:
+    """One remote, one ref (branch, tag or commit) and one sub-path."""
+
+    def __init__(self, url: str, *, cache: Path, branch: str = "main", tag: str | None = None,
+                 commit: str | None = None, path: str = ".", auth: Auth | None = None) -> None:
+        self.url = url
+        self.branch, self.tag, self.commit = branch, tag, commit
+        self.path = str(PurePosixPath(path)).strip("/") if path not in ("", ".", "/") else ""
+        self.auth = auth or Auth()
+        key = hashlib.sha256(url.encode()).hexdigest()[:16]
+        self.dir = cache / key
+        self._repo: pygit2.Repository | None = None
+
+    @property
+    def ref(self) -> str:
+        return self.commit[:12] if self.commit else (self.tag or self.branch)
+
+    def _open(self) -> pygit2.Repository:
+        if self._repo is None:
+            if (self.dir / "HEAD").exists():
+                self._repo = pygit2.Repository(str(self.dir))
+            else:
+                if self.dir.exists():
+                    shutil.rmtree(self.dir)
+                self.dir.parent.mkdir(parents=True, exist_ok=True)
+                repo = pygit2.init_repository(str(self.dir), bare=True)
+                repo.remotes.create("origin", self.url)
+                self._repo = repo
+        return self._repo
+
+    def fetch(self) -> Revision:
+        """Fetch the remote and resolve the configured ref; raise GitError saying what failed."""
+        repo = self._open()
+        try:
+            repo.remotes["origin"].fetch(REFSPECS, callbacks=_Callbacks(self.auth),
+                                         prune=pygit2.enums.FetchPrune.PRUNE)
+        except (pygit2.GitError, GitError) as exc:
+            raise GitError(f"fetch {self.url}: {exc}") from exc
+        return self.resolve()
+
+    def resolve(self) -> Revision:
+        """The configured ref in the local cache (no network)."""
+        repo = self._open()
+        try:
+            if self.commit:
+                obj = repo.revparse_single(self.commit)
+            elif self.tag:
+                obj = repo.references[f"refs/tags/{self.tag}"].peel(pygit2.Commit)
+            else:
+                obj = repo.references[f"refs/heads/{self.branch}"].peel(pygit2.Commit)
+            commit = obj.peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError) as exc:
+            raise GitError(f"{self.url}: ref {self.ref!r} not found") from exc
+        return Revision(self.ref, str(commit.id))
+
+    def files(self, revision: Revision) -> dict[str, bytes]:
+        """Every YAML file under the sub-path at ``revision``, by repository path (no checkout)."""
+        repo = self._open()
+        tree = repo.get(revision.sha).peel(pygit2.Tree)
+        if self.path:
+            try:
+                tree = repo.get(tree[self.path].id)
+            except KeyError as exc:
+                raise GitError(f"{self.url} at {revision}: path {self.path!r} does not exist") from exc
+            if not isinstance(tree, pygit2.Tree):
+                raise GitError(f"{self.url} at {revision}: path {self.path!r} is not a directory")
+        out: dict[str, bytes] = {}
+        self._walk(repo, tree, self.path, out)
+        return out
+
+    def _walk(self, repo: pygit2.Repository, tree: pygit2.Tree, prefix: str, out: dict[str, bytes]) -> None:
+        for entry in tree:
+            name = f"{prefix}/{entry.name}" if prefix else entry.name
+            if entry.type_str == "tree":
+                self._walk(repo, repo.get(entry.id), name, out)
+            elif entry.type_str == "blob" and name.endswith(YAML_SUFFIXES):
+                out[name] = repo.get(entry.id).data

@@ -1,0 +1,62 @@
+"""Watches that wake the reconcile loop: resourceVersion resumes, bookmarks, relist on 410 Gone."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from controller import logs
+from controller.kube import Kube
+
+log = logs.get("watch")
+
+
+class Watcher(threading.Thread):
+    """Calls ``on_event(type, object)`` for every change of one kind (optionally label-selected)."""
+
+    def __init__(self, kube: Kube, api_version: str, kind: str, on_event: Callable[[str, dict[str, Any]], None],
+                 stop: threading.Event, *, label_selector: str | None = None, timeout: int = 60) -> None:
+        super().__init__(name=f"watch-{kind}", daemon=True)
+        self.kube, self.api_version, self.kind = kube, api_version, kind
+        self.on_event, self.stop_event = on_event, stop
+        self.label_selector, self.timeout = label_selector, timeout
+        self.relists = 0
+
+    def _list(self) -> str:
+        res = self.kube.resource(self.api_version, self.kind)
+        listing = res.get(label_selector=self.label_selector)
+        self.relists += 1
+        return str(listing.metadata.resourceVersion)
+
+    def run(self) -> None:
+        rv: str | None = None
+        while not self.stop_event.is_set():
+            try:
+                if rv is None:
+                    rv = self._list()
+                res = self.kube.resource(self.api_version, self.kind)
+                for event in self.kube.dynamic.watch(res, label_selector=self.label_selector, resource_version=rv,
+                                                     timeout=self.timeout, allow_watch_bookmarks=True):
+                    if self.stop_event.is_set():
+                        return
+                    kind, raw = event["type"], event["raw_object"]
+                    if kind == "ERROR":
+                        if raw.get("code") == 410:
+                            rv = None  # too old: relist
+                            break
+                        raise ApiException(status=raw.get("code"), reason=raw.get("message"))
+                    rv = raw["metadata"]["resourceVersion"]
+                    if kind != "BOOKMARK":
+                        self.on_event(kind, raw)
+            except ApiException as exc:
+                if exc.status == 410:
+                    rv = None
+                    continue
+                log.warning("watch failed; retrying", extra=logs.fields(kind=self.kind, error=str(exc)))
+                self.stop_event.wait(2)
+            except Exception as exc:  # network errors: keep watching
+                log.warning("watch interrupted; retrying", extra=logs.fields(kind=self.kind, error=str(exc)))
+                self.stop_event.wait(2)

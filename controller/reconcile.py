@@ -1,0 +1,275 @@
+"""The reconcile loop: git revision → desired state → converged cluster.
+
+One ``Reconciler.reconcile()`` runs Flux-style ordered steps — fetch, build
+(parse and validate the whole revision), apply, prune, converge workloads —
+and always writes status at the end, even on failure. A rejected revision
+changes nothing in the cluster: the last good revision stays applied and the
+reason (file:line) goes to status, an Event and the logs. A reconcile with
+nothing to change makes no write call.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from controller import converge, desired, logs, rules
+from controller.gitsource import GitError, GitSource, Revision
+from controller.kube import Kube, KubeError
+from controller.kube.lookup import ClusterLookup
+
+log = logs.get("reconcile")
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+SOURCE = "replayops.dev/source"
+REVISION = "replayops.dev/revision"
+PRUNE = "replayops.dev/prune"
+WORKLOAD_API = "apps/v1"
+OUR_API = "replayops.dev/v1alpha1"
+
+
+@dataclass(frozen=True)
+class Options:
+    name: str = "default"  # this source's name: labels its objects, names its status ConfigMap
+    namespace: str = "default"  # for objects that name none
+    status_namespace: str = "replayops-system"
+    self_heal: bool = False
+    prune: bool = False
+    dry_run: bool = False
+    allowed_kinds: frozenset[str] = desired.DEFAULT_ALLOWED_KINDS
+    limits: rules.Limits = field(default_factory=rules.Limits)
+
+
+@dataclass
+class Outcome:
+    revision: str = ""
+    applied: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    drifted: list[str] = field(default_factory=list)
+    annotated: list[str] = field(default_factory=list)
+    error: str = ""
+    stalled: bool = False
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.duration = Histogram("replayops_reconcile_duration_seconds", "Reconcile duration", registry=r)
+        self.revisions = Counter("replayops_revisions", "Revisions by outcome", ["outcome"], registry=r)
+        self.applied = Counter("replayops_objects_applied", "Objects applied", registry=r)
+        self.pruned = Counter("replayops_objects_pruned", "Objects pruned", registry=r)
+        self.drift = Counter("replayops_drift_corrections", "Drifted objects re-applied", registry=r)
+
+
+def subset(want: Any, have: Any) -> bool:
+    """Whether every field of ``want`` is in ``have`` with the same value (lists item by item)."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(k in have and subset(v, have[k]) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(want) == len(have) and all(map(subset, want, have))
+    return bool(want == have)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, source: GitSource, options: Options, metrics: Metrics | None = None) -> None:
+        self.kube = kube
+        self.source = source
+        self.options = options
+        self.metrics = metrics or Metrics()
+        self.lookup = ClusterLookup(kube)
+        self.last_applied: Revision | None = None
+        self._last_error = ""
+
+    # -- the steps ----------------------------------------------------------------------------
+
+    def reconcile(self, *, fetch: bool = True) -> Outcome:
+        """One pass; never raises for bad git content or API errors (they land in status)."""
+        started = time.perf_counter()
+        out = Outcome()
+        revision: Revision | None = None
+        try:
+            revision = self.source.fetch() if fetch else self.source.resolve()
+            out.revision = str(revision)
+            state = desired.build(self.source.files(revision), lookup=self.lookup, limits=self.options.limits,
+                                  namespace=self.options.namespace, allowed_kinds=self.options.allowed_kinds)
+            for warning in state.warnings:
+                log.warning("revision warning", extra=logs.fields(revision=out.revision, problem=str(warning)))
+            live = self._managed()
+            self._apply(state, revision, live, out)
+            if self.options.prune:
+                self._prune(state, live, out)
+            self._converge(state, out)
+            if not self.options.dry_run:
+                self.last_applied = revision
+        except desired.InvalidRevision as exc:
+            out.error, out.stalled = f"revision {out.revision} rejected:\n{exc}", True
+            self.metrics.revisions.labels("rejected").inc()
+        except (GitError, KubeError) as exc:
+            out.error = str(exc)
+            self.metrics.revisions.labels("failed").inc()
+        else:
+            self.metrics.revisions.labels("applied").inc()
+        finally:
+            self.metrics.duration.observe(time.perf_counter() - started)
+        self._report(out)
+        return out
+
+    def _stamp(self, obj: Mapping[str, Any], revision: Revision) -> dict[str, Any]:
+        out = copy.deepcopy(dict(obj))
+        meta = out.setdefault("metadata", {})
+        meta.setdefault("labels", {}).update({MANAGED_BY: "replayops", SOURCE: self.options.name})
+        meta.setdefault("annotations", {})[REVISION] = revision.sha
+        return out
+
+    def _managed(self) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+        """Every object this source owns in the cluster, by (apiVersion, kind, namespace, name)."""
+        selector = f"{MANAGED_BY}=replayops,{SOURCE}={self.options.name}"
+        out = {}
+        for kind_ref in sorted(self.options.allowed_kinds | {f"{OUR_API}/CapturePolicy", f"{OUR_API}/TrafficReplay"}):
+            api, _, kind = kind_ref.rpartition("/")
+            for obj in self.kube.list(api, kind, label_selector=selector):
+                meta = obj["metadata"]
+                out[(api, kind, meta.get("namespace") or "", meta["name"])] = obj
+        return out
+
+    def _apply(self, state: desired.Desired, revision: Revision, live: dict[Any, dict[str, Any]],
+               out: Outcome) -> None:
+        for item in state.items:
+            want = self._stamp(item.obj, revision)
+            have = live.get(item.key)
+            if have is not None and subset(want, have):
+                continue
+            stamped_with = (have or {}).get("metadata", {}).get("annotations", {}) or {}
+            if have is not None and stamped_with.get(REVISION) == revision.sha:
+                out.drifted.append(str(item))
+                if not self.options.self_heal:
+                    continue
+                self.metrics.drift.inc()
+            try:
+                self.kube.apply(want, dry_run=self.options.dry_run)
+            except KubeError as exc:
+                raise KubeError(f"{item.file}:{item.line}: {item}: {exc}", status=exc.status) from exc
+            out.applied.append(str(item))
+            self.metrics.applied.inc()
+
+    def _prune(self, state: desired.Desired, live: dict[Any, dict[str, Any]], out: Outcome) -> None:
+        wanted = {i.key for i in state.items}
+        for key, obj in live.items():
+            if key in wanted or (obj["metadata"].get("annotations") or {}).get(PRUNE) == "disabled":
+                continue
+            api, kind, ns, name = key
+            if not self.options.dry_run:
+                self.kube.delete(api, kind, name, ns or None)
+            out.pruned.append(f"{kind} {ns}/{name}" if ns else f"{kind} {name}")
+            self.metrics.pruned.inc()
+
+    def _converge(self, state: desired.Desired, out: Outcome) -> None:
+        """Capture annotations on selected workloads' templates; policy status lists them."""
+        policies = [i.obj for i in state.of_kind("CapturePolicy")]
+        workloads = [dict(w, kind=kind) for kind in converge.WORKLOAD_KINDS
+                     for w in self.kube.list(WORKLOAD_API, kind)]
+        wanted = converge.plan(policies, workloads)
+        for wl in workloads:
+            wkey = converge.key(wl)
+            if wkey in wanted.conflicts:
+                continue
+            have = converge.ours(converge.template_annotations(wl))
+            want = wanted.wanted.get(wkey, {})
+            if have == want:
+                continue
+            ns, kind, name = wkey
+            body = {"apiVersion": WORKLOAD_API, "kind": kind, "metadata": {"name": name, "namespace": ns},
+                    "spec": {"template": {"metadata": {"annotations": want}}}}
+            self.kube.apply(body, dry_run=self.options.dry_run)
+            out.annotated.append(f"{kind} {ns}/{name}")
+        if not self.options.dry_run:
+            for pol in policies:
+                self._policy_status(pol, wanted)
+
+    def _policy_status(self, pol: Mapping[str, Any], wanted: converge.Plan) -> None:
+        meta = pol["metadata"]
+        selected = wanted.selected.get((meta["namespace"], meta["name"]), [])
+        entries = []
+        for ns, kind, name in selected:
+            entry: dict[str, Any] = {"kind": kind, "name": name}
+            if (ns, kind, name) in wanted.conflicts:
+                others = [p for p in wanted.conflicts[(ns, kind, name)] if p != meta["name"]]
+                entry["conflict"] = f"also selected by {', '.join(others)}"
+            else:
+                entry["configHash"] = wanted.wanted[(ns, kind, name)][converge.CONFIG_HASH]
+            entries.append(entry)
+        conflicted = [e for e in entries if "conflict" in e]
+        ready = not conflicted
+        message = (f"{len(entries)} workloads selected" if ready else
+                   "; ".join(f"{e['kind']} {e['name']}: {e['conflict']}" for e in conflicted))
+        live = self.kube.get(OUR_API, "CapturePolicy", meta["name"], meta["namespace"]) or {}
+        old = live.get("status") or {}
+        condition = {"type": "Ready", "status": "True" if ready else "False",
+                     "reason": "Selected" if ready else "Conflict", "message": message,
+                     "observedGeneration": live.get("metadata", {}).get("generation", 0)}
+        previous = next((c for c in old.get("conditions", []) if c.get("type") == "Ready"), {})
+        same = all(previous.get(k) == v for k, v in condition.items())
+        condition["lastTransitionTime"] = previous.get("lastTransitionTime") if same else _now()
+        status = {"observedGeneration": condition["observedGeneration"], "selectedCount": len(entries),
+                  "selectedWorkloads": entries, "conditions": [condition]}
+        if live and not subset(status, old):
+            self.kube.apply_status({"apiVersion": OUR_API, "kind": "CapturePolicy", "metadata": meta,
+                                    "status": status})
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def status_ref(self) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": f"replayops-status-{self.options.name}",
+                             "namespace": self.options.status_namespace}}
+
+    def _report(self, out: Outcome) -> None:
+        fields = dict(revision=out.revision, applied=len(out.applied), pruned=len(out.pruned),
+                      drifted=out.drifted, annotated=len(out.annotated))
+        if out.error:
+            log.error("reconcile failed", extra=logs.fields(error=out.error, **fields))
+        elif out.applied or out.pruned or out.drifted or out.annotated:
+            log.info("reconciled", extra=logs.fields(**fields))
+        if self.options.dry_run:
+            return
+        ready = not out.error
+        data = {
+            "ready": str(ready), "reconciling": "False", "stalled": str(out.stalled),
+            "lastAttemptedRevision": out.revision,
+            "lastAppliedRevision": str(self.last_applied or ""),
+            "lastError": out.error,
+            "drift": "\n".join(out.drifted),
+        }
+        ref = self.status_ref()
+        try:
+            live = self.kube.get("v1", "ConfigMap", ref["metadata"]["name"], ref["metadata"]["namespace"])
+            if live is None or live.get("data") != data:
+                stored = self.kube.apply({**ref, "metadata": {**ref["metadata"], "labels": {
+                    MANAGED_BY: "replayops-status"}}, "data": data})
+                ref["metadata"]["uid"] = stored["metadata"].get("uid")
+                self._events(out, ref)
+        except KubeError as exc:
+            log.error("status not written", extra=logs.fields(error=str(exc)))
+        self._last_error = out.error
+
+    def _events(self, out: Outcome, ref: dict[str, Any]) -> None:
+        """Events only on change or recovery."""
+        if out.error and out.error != self._last_error:
+            self.kube.event(ref, reason="RevisionRejected" if out.stalled else "ReconcileFailed",
+                            message=out.error, type_="Warning")
+        elif not out.error and self._last_error:
+            self.kube.event(ref, reason="Recovered", message=f"applied {out.revision}")
+        elif not out.error and (out.applied or out.pruned):
+            self.kube.event(ref, reason="RevisionApplied", message=(
+                f"{out.revision}: {len(out.applied)} applied, {len(out.pruned)} pruned"))
