@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from flask import Flask, Response, request
 
@@ -24,7 +24,7 @@ def _sign(secret: bytes, body: bytes) -> str:
     return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def verify(provider: str, secret: bytes, headers: dict[str, str], body: bytes) -> bool:
+def verify(provider: str, secret: bytes, headers: Mapping[str, str], body: bytes) -> bool:
     """Whether the request carries a valid signature (or token) for ``provider``."""
     if provider == "github":
         given = headers.get("X-Hub-Signature-256", "")
@@ -36,7 +36,7 @@ def verify(provider: str, secret: bytes, headers: dict[str, str], body: bytes) -
     return False
 
 
-def _event(provider: str, headers: dict[str, str]) -> str:
+def _event(provider: str, headers: Mapping[str, str]) -> str:
     name = {"github": "X-GitHub-Event", "gitea": "X-Gitea-Event", "gitlab": "X-Gitlab-Event"}[provider]
     return headers.get(name, "")
 
@@ -54,7 +54,7 @@ def create_app(secret: bytes, branch: str, on_push: Callable[[str], None]) -> Fl
         if provider not in ("github", "gitea", "gitlab"):
             return reply(404, f"unknown provider {provider!r}; use github, gitea or gitlab")
         body = request.get_data(cache=False)
-        headers = {k: v for k, v in request.headers.items()}
+        headers = request.headers  # case-insensitive
         if not verify(provider, secret, headers, body):
             log.warning("push rejected", extra=logs.fields(provider=provider, reason="bad signature"))
             return reply(401, "signature or token does not verify")

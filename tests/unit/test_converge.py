@@ -1,0 +1,48 @@
+"""Which workloads get which capture annotations: selection, kinds, opt-out and conflicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller import converge
+from controller.inject import CAPTURE, CONFIG_HASH
+from controller.policy import config_hash
+
+
+def pol(name: str, labels: dict[str, str], **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": labels}, **spec}}
+
+
+def wl(kind: str, name: str, labels: dict[str, str], ns: str = "shop", **notes: str) -> dict[str, Any]:
+    return {"kind": kind, "metadata": {"name": name, "namespace": ns, "annotations": notes},
+            "spec": {"template": {"metadata": {"labels": labels}}}}
+
+
+def test_selected_workloads_get_policy_name_and_hash() -> None:
+    p = pol("checkout", {"app": "checkout"}, sampling=0.5)
+    out = converge.plan([p], [wl("Deployment", "web", {"app": "checkout"}), wl("Deployment", "db", {"app": "db"})])
+    assert out.wanted == {("shop", "Deployment", "web"): {CAPTURE: "checkout", CONFIG_HASH: config_hash(p["spec"])}}
+    assert out.selected[("shop", "checkout")] == [("shop", "Deployment", "web")]
+
+
+def test_changed_policy_changes_the_hash() -> None:
+    a = converge.plan([pol("p", {"app": "x"}, sampling=0.5)], [wl("Deployment", "w", {"app": "x"})])
+    b = converge.plan([pol("p", {"app": "x"}, sampling=0.7)], [wl("Deployment", "w", {"app": "x"})])
+    key = ("shop", "Deployment", "w")
+    assert a.wanted[key][CONFIG_HASH] != b.wanted[key][CONFIG_HASH]
+
+
+def test_two_policies_on_one_workload_is_a_conflict_not_a_choice() -> None:
+    out = converge.plan([pol("a", {"app": "x"}), pol("b", {"tier": "web"})],
+                        [wl("Deployment", "w", {"app": "x", "tier": "web"})])
+    assert out.wanted == {}
+    assert out.conflicts == {("shop", "Deployment", "w"): ["a", "b"]}
+
+
+def test_kinds_other_namespaces_and_opt_out_are_respected() -> None:
+    out = converge.plan([pol("p", {"app": "x"}, kinds=["StatefulSet"])], [
+        wl("Deployment", "d", {"app": "x"}), wl("StatefulSet", "s", {"app": "x"}),
+        wl("StatefulSet", "elsewhere", {"app": "x"}, ns="other"),
+        wl("StatefulSet", "out", {"app": "x"}, **{"sidecar.replayops.dev/inject": "false"})])
+    assert list(out.wanted) == [("shop", "StatefulSet", "s")]

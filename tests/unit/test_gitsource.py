@@ -1,0 +1,91 @@
+"""Git source on real repositories: refs, sub-paths, force-pushes, trees read without checkout."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.gitsource import GitError, GitSource
+from tests.gitrepo import Repo
+
+
+def test_branch_head_is_read_without_a_checkout(tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "src")
+    repo.commit("one", {"replays/a.yaml": "x", "README": "not yaml"})
+    repo.write("replays/b.yml", "y")
+    sha = repo.commit("two")
+    source = GitSource(repo.url, cache=tmp_path / "cache")
+    rev = source.fetch()
+    assert str(rev) == f"main@sha1:{sha}"
+    assert source.files(rev) == {"replays/a.yaml": b"x", "replays/b.yml": b"y"}
+    assert not list((tmp_path / "cache").rglob("b.yml")), "the cache holds no working tree"
+
+
+def test_sub_path_tag_and_pinned_commit(tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "src")
+    first = repo.commit("one", {"deploy/p.yaml": "v: 1", "other/q.yaml": "v: 0"})
+    repo.git("tag", "v1")
+    repo.commit("two", {"deploy/p.yaml": "v: 2"})
+    cache = tmp_path / "cache"
+    head = GitSource(repo.url, cache=cache, path="deploy")
+    assert head.files(head.fetch()) == {"deploy/p.yaml": b"v: 2"}
+    tagged = GitSource(repo.url, cache=cache, tag="v1", path="deploy")
+    assert tagged.files(tagged.fetch()) == {"deploy/p.yaml": b"v: 1"}
+    pinned = GitSource(repo.url, cache=cache, commit=first, path="deploy")
+    assert pinned.fetch().sha == first
+    missing = GitSource(repo.url, cache=cache, path="nope")
+    with pytest.raises(GitError, match="path 'nope' does not exist"):
+        missing.files(missing.fetch())
+
+
+def test_force_push_to_an_older_commit_is_followed(tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "src")
+    old = repo.commit("one", {"a.yaml": "1"})
+    repo.commit("two", {"a.yaml": "2"})
+    source = GitSource(repo.url, cache=tmp_path / "cache")
+    assert source.fetch().sha != old
+    repo.git("reset", "-q", "--hard", old)
+    repo.commit("rewritten", {"b.yaml": "3"})
+    rewritten = repo.git("rev-parse", "HEAD")
+    rev = source.fetch()
+    assert rev.sha == rewritten
+    assert source.files(rev) == {"a.yaml": b"1", "b.yaml": b"3"}
+
+
+def test_unknown_branch_and_unreachable_remote_are_clear_errors(tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "src")
+    repo.commit("one")
+    with pytest.raises(GitError, match="ref 'release' not found"):
+        GitSource(repo.url, cache=tmp_path / "c1", branch="release").fetch()
+    with pytest.raises(GitError, match="fetch file:///nonexistent"):
+        GitSource("file:///nonexistent", cache=tmp_path / "c2").fetch()
+
+
+def test_fetch_over_git_daemon_on_loopback(tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "src" / "repo")
+    sha = repo.commit("one", {"a.yaml": "1"})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={tmp_path / 'src'}",
+                               "--listen=127.0.0.1", f"--port={port}", str(tmp_path / "src")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        source = GitSource(f"git://127.0.0.1:{port}/repo", cache=tmp_path / "cache")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                rev = source.fetch()
+                break
+            except GitError:
+                assert time.monotonic() < deadline, "git daemon never answered"
+                time.sleep(0.2)
+        assert rev.sha == sha
+        assert source.files(rev) == {"a.yaml": b"1"}
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
