@@ -1,0 +1,175 @@
+"""`replayops controller run` as a process: watches heal drift, pushes trigger fetches, kills are survived,
+and two replicas elect one leader."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.devcluster import pid_alive, stop_pid
+from controller.devcluster.cluster import free_port
+from controller.leader import LeaderElector
+from tests.cluster.test_gitops import replay_yaml
+from tests.conftest import Cluster
+from tests.gitrepo import Repo
+
+API = "replayops.dev/v1alpha1"
+
+
+def wait(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+class Controllers:
+    def __init__(self, cluster: Cluster, namespace: str, tmp: Path) -> None:
+        self.cluster, self.ns, self.tmp = cluster, namespace, tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, repo_url: str, *extra: str, name: str | None = None) -> subprocess.Popen[bytes]:
+        n = len(self.procs)
+        log = open(self.tmp / f"controller-{n}.log", "ab")  # noqa: SIM115 - closed with the process
+        argv = [sys.executable, "-m", "controller.cli", "controller", "run", "--repo", repo_url,
+                "--branch", "main", "--namespace", self.ns, "--status-namespace", self.ns,
+                "--name", name or self.ns, "--kubeconfig", str(self.cluster.kubeconfig),
+                "--cache", str(self.tmp / f"cache-{n}"), *extra]
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def log(self, n: int = 0) -> str:
+        return (self.tmp / f"controller-{n}.log").read_text()
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            stop_pid(proc.pid, timeout=10)
+            proc.wait(timeout=5)
+
+
+@pytest.fixture
+def controllers(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[Controllers]:
+    ctl = Controllers(cluster, namespace, tmp_path)
+    yield ctl
+    ctl.stop_all()
+
+
+def copies(cluster: Cluster, ns: str, name: str) -> int | None:
+    tr = cluster.kube.get(API, "TrafficReplay", name, ns)
+    return None if tr is None else int(tr["spec"]["load"]["copies"])
+
+
+def test_watch_reverts_a_manual_edit_without_waiting_for_the_poll(
+        cluster: Cluster, namespace: str, controllers: Controllers, tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "repo")
+    repo.commit("r", {"r1.yaml": replay_yaml("r1", copies=2)})
+    controllers.start(repo.url, "--interval", "10m", "--self-heal", "--prune")
+    wait("the replay", lambda: copies(cluster, namespace, "r1") == 2)
+    cluster.kubectl("patch", "tr", "r1", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"load": {"copies": 7}}}), check=True)
+    wait("the edit to be reverted", lambda: copies(cluster, namespace, "r1") == 2, timeout=30)
+
+
+def _push(port: int, secret: bytes) -> int:
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/hooks/github", data=body, method="POST", headers={
+        "X-GitHub-Event": "push", "Content-Type": "application/json",
+        "X-Hub-Signature-256": "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return int(resp.status)
+
+
+def test_push_webhook_over_git_daemon_converges_without_polling(
+        cluster: Cluster, namespace: str, controllers: Controllers, tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "served" / "repo")
+    repo.commit("one", {"r1.yaml": replay_yaml("r1", copies=1)})
+    git_port, push_port = free_port(), free_port()
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all",
+                               f"--base-path={tmp_path / 'served'}", "--listen=127.0.0.1", f"--port={git_port}",
+                               str(tmp_path / "served")], stderr=subprocess.DEVNULL)
+    try:
+        secret_file = tmp_path / "secret"
+        secret_file.write_bytes(b"hush")
+        controllers.start(f"git://127.0.0.1:{git_port}/repo", "--interval", "10m", "--push-port", str(push_port),
+                          "--push-secret-file", str(secret_file))
+        wait("the first revision", lambda: copies(cluster, namespace, "r1") == 1)
+        repo.commit("two", {"r1.yaml": replay_yaml("r1", copies=3)})
+        bad = urllib.request.Request(f"http://127.0.0.1:{push_port}/hooks/github", data=b"{}", method="POST",
+                                     headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=00"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(bad, timeout=5)
+        assert err.value.code == 401
+        time.sleep(1)
+        assert copies(cluster, namespace, "r1") == 1, "a rejected push fetches nothing"
+        assert _push(push_port, b"hush") == 202
+        wait("the pushed revision", lambda: copies(cluster, namespace, "r1") == 3, timeout=20)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
+
+
+def test_killed_mid_apply_and_restarted_converges_with_nothing_lost_or_doubled(
+        cluster: Cluster, namespace: str, controllers: Controllers, tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "repo")
+    count = 60
+    repo.commit("many", {f"r{i:03d}.yaml": replay_yaml(f"r{i:03d}", f"http://t{i}:80") for i in range(count)})
+
+    def present() -> int:
+        return len(cluster.kube.list(API, "TrafficReplay", namespace))
+
+    first = controllers.start(repo.url, "--interval", "10m", "--prune")
+    wait("the apply to begin", lambda: present() >= 5, timeout=60)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    assert present() < count, "killed before the apply finished"
+    controllers.start(repo.url, "--interval", "10m", "--prune")
+    wait("all replays", lambda: present() == count, timeout=120)
+    names = sorted(tr["metadata"]["name"] for tr in cluster.kube.list(API, "TrafficReplay", namespace))
+    assert names == [f"r{i:03d}" for i in range(count)]
+
+
+def test_two_replicas_elect_one_leader_and_the_standby_takes_over(cluster: Cluster, namespace: str) -> None:
+    a = LeaderElector(cluster.kube, namespace=namespace, name="lease", identity="a", lease_seconds=2)
+    b = LeaderElector(cluster.kube, namespace=namespace, name="lease", identity="b", lease_seconds=2)
+    assert a.try_acquire() and not b.try_acquire()
+    assert a.try_acquire(), "the leader renews"
+    started = time.monotonic()
+    wait("the standby to take over", b.try_acquire, timeout=10)  # a stopped renewing
+    assert time.monotonic() - started <= 2 + 1.5, "takeover within about one lease duration"
+    assert not a.try_acquire()
+    b.release()
+    assert a.try_acquire(), "a released lease is taken at once"
+
+
+def test_two_controller_processes_only_the_leader_applies(
+        cluster: Cluster, namespace: str, controllers: Controllers, tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "repo")
+    repo.commit("r", {"r1.yaml": replay_yaml("r1", copies=1)})
+    args = ("--interval", "1s", "--leader-elect", "--lease-seconds", "3")
+    first = controllers.start(repo.url, *args, "--identity", "one")
+    wait("the replay", lambda: copies(cluster, namespace, "r1") == 1)
+    controllers.start(repo.url, *args, "--identity", "two")
+    lease = cluster.kube.get("coordination.k8s.io/v1", "Lease", f"replayops-controller-{namespace}", namespace)
+    assert lease is not None and lease["spec"]["holderIdentity"] == "one"
+    first.send_signal(signal.SIGKILL)  # no release: the standby must wait out the lease
+    first.wait(timeout=10)
+    assert not pid_alive(first.pid)
+    repo.commit("r2", {"r1.yaml": replay_yaml("r1", copies=4)})
+    wait("the standby to lead and apply", lambda: copies(cluster, namespace, "r1") == 4, timeout=30)
+    lease = cluster.kube.get("coordination.k8s.io/v1", "Lease", f"replayops-controller-{namespace}", namespace)
+    assert lease is not None and lease["spec"]["holderIdentity"] == "two"

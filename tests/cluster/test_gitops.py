@@ -1,0 +1,218 @@
+"""The GitOps loop on a real apiserver and real git repositories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.gitsource import GitSource
+from controller.inject import CAPTURE, CONFIG_HASH
+from controller.reconcile import REVISION, Options, Reconciler
+from tests.conftest import Cluster
+from tests.gitrepo import Repo
+
+API = "replayops.dev/v1alpha1"
+
+
+def replay_yaml(name: str, target: str = "http://checkout:8080", copies: int = 1) -> str:
+    return f"""apiVersion: {API}
+kind: TrafficReplay
+metadata:
+  name: {name}
+spec:
+  snapshot: checkout-1
+  target:
+    url: {target}
+  load:
+    copies: {copies}
+"""
+
+
+POLICY = f"""apiVersion: {API}
+kind: CapturePolicy
+metadata:
+  name: checkout
+spec:
+  selector:
+    matchLabels: {{app: checkout}}
+  sampling: {{sampling}}
+"""
+
+
+class GitOps:
+    def __init__(self, cluster: Cluster, namespace: str, tmp: Path, **opts: Any) -> None:
+        self.cluster, self.ns = cluster, namespace
+        self.repo = Repo(tmp / "repo")
+        self.options = Options(name=namespace, namespace=namespace, status_namespace=namespace, **opts)
+        self.source = GitSource(self.repo.url, cache=tmp / "cache")
+        self.reconciler = Reconciler(cluster.kube, self.source, self.options)
+
+    def reconcile(self) -> Any:
+        return self.reconciler.reconcile()
+
+    def get(self, kind: str, name: str, api: str = API) -> dict[str, Any] | None:
+        return self.cluster.kube.get(api, kind, name, self.ns)
+
+    def status(self) -> dict[str, str]:
+        cm = self.cluster.kube.get("v1", "ConfigMap", f"replayops-status-{self.ns}", self.ns)
+        assert cm is not None
+        return cm["data"]  # type: ignore[no-any-return]
+
+    def deployment(self, name: str, labels: dict[str, str]) -> None:
+        self.cluster.kube.create({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": self.ns},
+            "spec": {"replicas": 0, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "app", "image": "shop/app:1"}]}}}})
+
+
+@pytest.fixture
+def gitops(cluster: Cluster, namespace: str, tmp_path: Path) -> GitOps:
+    return GitOps(cluster, namespace, tmp_path, self_heal=True, prune=True)
+
+
+def test_committed_policy_annotates_the_selected_workload(gitops: GitOps) -> None:
+    gitops.deployment("web", {"app": "checkout"})
+    gitops.deployment("db", {"app": "db"})
+    gitops.repo.commit("capture checkout", {"policies/checkout.yaml": POLICY.replace("{sampling}", "0.5")})
+    out = gitops.reconcile()
+    assert out.error == ""
+    web = gitops.get("Deployment", "web", "apps/v1")
+    assert web is not None
+    notes = web["spec"]["template"]["metadata"]["annotations"]
+    assert notes[CAPTURE] == "checkout"
+    db = gitops.get("Deployment", "db", "apps/v1")
+    assert CAPTURE not in ((db or {})["spec"]["template"]["metadata"].get("annotations") or {})
+    status = (gitops.get("CapturePolicy", "checkout") or {})["status"]
+    assert status["selectedCount"] == 1 and status["selectedWorkloads"][0]["name"] == "web"
+
+    first_hash = notes[CONFIG_HASH]
+    gitops.repo.commit("sample more", {"policies/checkout.yaml": POLICY.replace("{sampling}", "0.9")})
+    gitops.reconcile()
+    web = gitops.get("Deployment", "web", "apps/v1") or {}
+    assert web["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH] != first_hash, "a changed policy rolls"
+
+    gitops.repo.remove("policies/checkout.yaml", "stop capturing")
+    gitops.reconcile()
+    web = gitops.get("Deployment", "web", "apps/v1") or {}
+    assert CAPTURE not in (web["spec"]["template"]["metadata"].get("annotations") or {})
+    assert gitops.get("CapturePolicy", "checkout") is None
+
+
+def test_two_policies_on_one_workload_are_reported_as_a_conflict(gitops: GitOps) -> None:
+    gitops.deployment("web", {"app": "checkout", "tier": "web"})
+    other = POLICY.replace("name: checkout", "name: web-tier").replace("{app: checkout}", "{tier: web}")
+    gitops.repo.commit("two", {"a.yaml": POLICY.replace("{sampling}", "1"), "b.yaml": other.replace("{sampling}", "1")})
+    for _ in range(3):
+        gitops.reconcile()
+        web = gitops.get("Deployment", "web", "apps/v1") or {}
+        assert CAPTURE not in (web["spec"]["template"]["metadata"].get("annotations") or {}), "no flapping"
+    cond = (gitops.get("CapturePolicy", "checkout") or {})["status"]["conditions"][0]
+    assert cond["status"] == "False" and cond["reason"] == "Conflict" and "web-tier" in cond["message"]
+
+
+def test_replay_created_then_pruned_when_deleted_in_git(gitops: GitOps) -> None:
+    sha = gitops.repo.commit("replay", {"replays/r1.yaml": replay_yaml("r1", copies=3)})
+    gitops.reconcile()
+    tr = gitops.get("TrafficReplay", "r1")
+    assert tr is not None and tr["spec"]["load"]["copies"] == 3
+    assert tr["metadata"]["annotations"][REVISION] == sha
+    assert tr["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "replayops"
+    assert gitops.status()["lastAppliedRevision"] == f"main@sha1:{sha}"
+    gitops.repo.remove("replays/r1.yaml", "done")
+    out = gitops.reconcile()
+    assert out.pruned == [f"TrafficReplay {gitops.ns}/r1"]
+    assert gitops.get("TrafficReplay", "r1") is None
+
+
+def test_prune_opt_out_annotation_keeps_the_object(gitops: GitOps) -> None:
+    text = replay_yaml("keep").replace("metadata:\n  name: keep\n",
+                                       "metadata:\n  name: keep\n  annotations: {replayops.dev/prune: disabled}\n")
+    gitops.repo.commit("keep", {"keep.yaml": text})
+    gitops.reconcile()
+    gitops.repo.remove("keep.yaml", "drop")
+    gitops.reconcile()
+    assert gitops.get("TrafficReplay", "keep") is not None
+
+
+@pytest.mark.parametrize(("bad", "where"), [
+    ("kind: [unclosed\n", "replays/bad.yaml:2: YAML error"),
+    (replay_yaml("r2").replace("copies: 1", "copies: -2"), "replays/bad.yaml:10: TrafficReplay"),
+    (replay_yaml("r2").replace("url: http://checkout:8080", "workloadRef: {name: ghost}"),
+     "replays/bad.yaml:8: TrafficReplay"),
+])
+def test_invalid_revision_changes_nothing_and_names_file_and_line(gitops: GitOps, bad: str, where: str) -> None:
+    good = gitops.repo.commit("good", {"replays/r1.yaml": replay_yaml("r1", copies=2)})
+    gitops.reconcile()
+    gitops.repo.commit("bad", {"replays/r1.yaml": replay_yaml("r1", copies=5), "replays/bad.yaml": bad})
+    out = gitops.reconcile()
+    assert out.stalled and where in out.error
+    tr = gitops.get("TrafficReplay", "r1") or {}
+    assert tr["spec"]["load"]["copies"] == 2, "nothing of the bad revision was applied"
+    assert gitops.get("TrafficReplay", "r2") is None
+    status = gitops.status()
+    assert status["stalled"] == "True" and where in status["lastError"]
+    assert status["lastAppliedRevision"] == f"main@sha1:{good}"
+    events = gitops.cluster.kube.list("v1", "Event", gitops.ns)
+    assert any(e["reason"] == "RevisionRejected" and where in e["message"] for e in events)
+
+
+def test_manual_edit_of_a_managed_field_is_reverted_with_self_heal(gitops: GitOps) -> None:
+    gitops.repo.commit("r", {"r1.yaml": replay_yaml("r1", copies=2)})
+    gitops.reconcile()
+    gitops.cluster.kubectl("patch", "tr", "r1", "-n", gitops.ns, "--type=merge",
+                           "-p", json.dumps({"spec": {"load": {"copies": 9}}}), check=True)
+    out = gitops.reconcile()
+    assert out.drifted == [f"TrafficReplay {gitops.ns}/r1"]
+    assert (gitops.get("TrafficReplay", "r1") or {})["spec"]["load"]["copies"] == 2
+
+
+def test_manual_edit_is_only_reported_without_self_heal(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    gitops = GitOps(cluster, namespace, tmp_path, self_heal=False)
+    gitops.repo.commit("r", {"r1.yaml": replay_yaml("r1", copies=2)})
+    gitops.reconcile()
+    gitops.cluster.kubectl("patch", "tr", "r1", "-n", namespace, "--type=merge",
+                           "-p", json.dumps({"spec": {"load": {"copies": 9}}}), check=True)
+    out = gitops.reconcile()
+    assert out.drifted == [f"TrafficReplay {namespace}/r1"]
+    assert (gitops.get("TrafficReplay", "r1") or {})["spec"]["load"]["copies"] == 9
+    assert f"TrafficReplay {namespace}/r1" in gitops.status()["drift"]
+
+
+def test_other_managers_fields_are_left_alone_and_resyncs_write_nothing(gitops: GitOps) -> None:
+    gitops.repo.commit("r", {"r1.yaml": replay_yaml("r1")})
+    gitops.reconcile()
+    gitops.cluster.kubectl("annotate", "tr", "r1", "-n", gitops.ns, "team.example.com/owner=payments", check=True)
+    gitops.cluster.kubectl("label", "tr", "r1", "-n", gitops.ns, "env=staging", check=True)
+    writes = gitops.cluster.kube.writes
+    for _ in range(10):
+        out = gitops.reconcile()
+        assert out.applied == [] and out.drifted == []
+    assert gitops.cluster.kube.writes == writes, "a no-op reconcile makes no write call"
+    tr = gitops.get("TrafficReplay", "r1") or {}
+    assert tr["metadata"]["annotations"]["team.example.com/owner"] == "payments"
+    assert tr["metadata"]["labels"]["env"] == "staging"
+
+
+def test_force_push_to_an_older_commit_is_followed(gitops: GitOps) -> None:
+    old = gitops.repo.commit("one", {"r1.yaml": replay_yaml("r1", copies=1)})
+    gitops.reconcile()
+    gitops.repo.commit("two", {"r1.yaml": replay_yaml("r1", copies=4), "r2.yaml": replay_yaml("r2", "http://b:1")})
+    gitops.reconcile()
+    assert gitops.get("TrafficReplay", "r2") is not None
+    gitops.repo.git("reset", "-q", "--hard", old)
+    out = gitops.reconcile()
+    assert out.revision == f"main@sha1:{old}"
+    assert (gitops.get("TrafficReplay", "r1") or {})["spec"]["load"]["copies"] == 1
+    assert gitops.get("TrafficReplay", "r2") is None
+
+
+def test_dry_run_changes_nothing(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    gitops = GitOps(cluster, namespace, tmp_path, dry_run=True)
+    gitops.repo.commit("r", {"r1.yaml": replay_yaml("r1")})
+    out = gitops.reconcile()
+    assert out.applied == [f"TrafficReplay {namespace}/r1"]
+    assert gitops.get("TrafficReplay", "r1") is None
