@@ -1,8 +1,9 @@
 """Desired state: the YAML files of one revision, parsed, defaulted and validated as a whole.
 
 Every ``*.yaml``/``*.yml`` document is parsed with ruamel.yaml (line numbers
-kept). Our kinds are defaulted as the webhook would, validated against the
-CRD schemas and the cross-object rules (the same code the webhook runs);
+kept). Our kinds are judged as the webhook would see them (defaulted), against
+the CRD schemas and the cross-object rules (the same code the webhook runs),
+but kept as written, so that applying them owns only the fields git names;
 other kinds must be on the allow-list. ``build`` returns every object with
 its source location, or raises ``InvalidRevision`` listing every problem as
 ``file:line: Kind ns/name: message`` — one bad file rejects the revision.
@@ -153,13 +154,14 @@ def build(files: Mapping[str, bytes], *, lookup: rules.Lookup, limits: rules.Lim
             meta.setdefault("namespace", namespace)
         label = f"{kind} {meta.get('namespace', '')}/{meta['name']}".replace(" /", " ")
         if schema.is_ours(obj):
-            obj = defaults.default_replay(obj) if kind == "TrafficReplay" else defaults.default_policy(obj)
-            errors = schema.validate(obj)
+            # judged as the webhook would see it (defaulted); applied as written, so git owns only its fields
+            judged = defaults.default_replay(obj) if kind == "TrafficReplay" else defaults.default_policy(obj)
+            errors = schema.validate(judged)
             for err in errors:
                 problems.append(Problem(file, _line_of(node, err.path) or line, f"{label}: {err} (rule: {err.rule})"))
             if not errors:
                 check = rules.check_replay if kind == "TrafficReplay" else rules.check_policy
-                for finding in check(obj, lookup, limits):
+                for finding in check(judged, lookup, limits):
                     problem = Problem(file, _line_of(node, finding.path) or line, f"{label}: {finding}",
                                       finding.warning)
                     (warnings if finding.warning else problems).append(problem)

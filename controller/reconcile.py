@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from controller import converge, desired, logs, rules
+from controller import converge, defaults, desired, logs, rules
 from controller.gitsource import GitError, GitSource, Revision
 from controller.kube import Kube, KubeError
 from controller.kube.lookup import ClusterLookup
@@ -176,7 +176,7 @@ class Reconciler:
 
     def _converge(self, state: desired.Desired, out: Outcome) -> None:
         """Capture annotations on selected workloads' templates; policy status lists them."""
-        policies = [i.obj for i in state.of_kind("CapturePolicy")]
+        policies = [defaults.default_policy(i.obj) for i in state.of_kind("CapturePolicy")]
         workloads = [dict(w, kind=kind) for kind in converge.WORKLOAD_KINDS
                      for w in self.kube.list(WORKLOAD_API, kind)]
         wanted = converge.plan(policies, workloads)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,6 +43,31 @@ def _start_webhook(kube: Kube, kubeconfig: Path, workdir: Path, port: int) -> st
     return f"https://127.0.0.1:{port} (pid {proc.pid}, log {proc.log})"
 
 
+def _seed_repo(repo_dir: Path) -> str:
+    """A local git repository seeded from examples/gitops (kept when it already exists)."""
+    if not (repo_dir / ".git").exists():
+        shutil.copytree(paths.source_dir("examples") / "gitops", repo_dir, dirs_exist_ok=True)
+        env = {**os.environ, "GIT_AUTHOR_NAME": "replayops", "GIT_AUTHOR_EMAIL": "replayops@localhost",
+               "GIT_COMMITTER_NAME": "replayops", "GIT_COMMITTER_EMAIL": "replayops@localhost"}
+        for argv in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "seed from examples/gitops"]):
+            subprocess.run(["git", *argv], cwd=repo_dir, env=env, check=True, capture_output=True)
+    return f"file://{repo_dir}"
+
+
+def _start_controller(kube: Kube, kubeconfig: Path, workdir: Path) -> str:
+    state = read_state(workdir) or {"procs": []}
+    for proc in state["procs"]:  # type: ignore[attr-defined]
+        if proc["name"] == "controller" and pid_alive(int(proc["pid"])):
+            return f"running (pid {proc['pid']})"
+    repo = _seed_repo(workdir / "gitops-repo")
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "replayops-system"}})
+    argv = [sys.executable, "-m", "controller.cli", "controller", "run", "--repo", repo, "--branch", "main",
+            "--path", ".", "--interval", "10s", "--self-heal", "--prune", "--kubeconfig", str(kubeconfig),
+            "--cache", str(workdir / "git-cache")]
+    proc = spawn_service(workdir, "controller", argv)
+    return f"watching {repo} (pid {proc.pid}, log {proc.log})"
+
+
 def run(args: argparse.Namespace) -> int:
     workdir = paths.dev_cluster_dir()
     try:
@@ -49,15 +76,19 @@ def run(args: argparse.Namespace) -> int:
         kube.install_crds(schema.load_crds())
         workdir.mkdir(parents=True, exist_ok=True)
         webhook = _start_webhook(kube, Path(kubeconfig), workdir, args.webhook_port)
+        controller = _start_controller(kube, Path(kubeconfig), workdir)
     except (DevClusterError, KubeError) as err:
         print(f"replayops up: {err}", file=sys.stderr)
         return 1
     names = ", ".join(c["metadata"]["name"] for c in schema.load_crds())
-    print(f"replayops is up.\n  kubeconfig: {kubeconfig}\n  CRDs installed: {names}\n  webhook: {webhook}\n")
+    print(f"replayops is up.\n  kubeconfig: {kubeconfig}\n  CRDs installed: {names}\n  webhook: {webhook}\n"
+          f"  controller: {controller}\n"
+          "  status: kubectl -n replayops-system get cm replayops-status-default -o yaml\n")
     print("Next:")
     print(f"  export KUBECONFIG={kubeconfig}")
     print("  kubectl get crd | grep replayops")
-    print("  kubectl apply -f policies/            # CapturePolicies; annotated pods get the sidecar")
+    print(f"  cd {paths.dev_cluster_dir() / 'gitops-repo'}   # commit policies/ and replays/ here")
+    print("  kubectl get tr,cp -A                  # what the controller applied from git")
     print("  replayops dev status                  # what runs, and where its logs are")
     print("  replayops dev down                    # stop everything")
     return 0

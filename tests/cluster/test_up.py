@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from controller.devcluster import pid_alive, read_state
@@ -24,7 +25,11 @@ def test_up_then_down(cluster: Cluster, tmp_path: Path) -> None:
         state = read_state(tmp_path / "dev")
         assert state is not None
         pids = [int(p["pid"]) for p in state["procs"]]  # type: ignore[attr-defined]
-        assert {p["name"] for p in state["procs"]} >= {"etcd", "kube-apiserver", "webhook"}  # type: ignore[attr-defined]
+        assert {p["name"] for p in state["procs"]} >= {"etcd", "kube-apiserver", "webhook", "controller"}  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 60
+        while "demo-smoke" not in cluster.kubectl("get", "tr", "-A", f"--kubeconfig={kubeconfig}").stdout:
+            assert time.monotonic() < deadline, "the controller never applied examples/gitops"
+            time.sleep(0.5)
     finally:
         down = subprocess.run([sys.executable, "-m", "controller.cli", "dev", "down"], env=env,
                               capture_output=True, text=True, timeout=120)

@@ -34,7 +34,7 @@ def test_good_revision_is_defaulted_and_ordered_policies_first() -> None:
     assert [i.obj["kind"] for i in state.items] == ["Namespace", "CapturePolicy", "TrafficReplay"]
     replay = state.of_kind("TrafficReplay")[0]
     assert replay.obj["metadata"]["namespace"] == "shop"
-    assert replay.obj["spec"]["target"]["workloadRef"]["kind"] == "Deployment"
+    assert replay.obj["spec"]["target"]["workloadRef"] == {"name": "checkout"}, "kept as written"
     assert (replay.file, replay.line) == ("replays/a.yaml", 1)
     assert any("not checked" in str(w) for w in state.warnings)
 
