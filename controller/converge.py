@@ -16,6 +16,7 @@ from controller.inject import CAPTURE, CONFIG_HASH, OPT_OUT
 from controller.policy import config_hash, selector_matches
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+OWNED = (CAPTURE, CONFIG_HASH)
 WorkloadKey = tuple[str, str, str]  # (namespace, kind, name)
 
 
@@ -76,4 +77,4 @@ def plan(policies: Iterable[Mapping[str, Any]], workloads: Iterable[Mapping[str,
 
 def ours(annotations: Mapping[str, str]) -> dict[str, str]:
     """The capture annotations among a template's annotations."""
-    return {k: v for k, v in annotations.items() if k in (CAPTURE, CONFIG_HASH)}
+    return {k: v for k, v in annotations.items() if k in OWNED}

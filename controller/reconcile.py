@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from controller import converge, defaults, desired, logs, rules
 from controller.gitsource import GitError, GitSource, Revision
+from controller.inject import CONFIG_HASH, INJECTED
 from controller.kube import Kube, KubeError
 from controller.kube.lookup import ClusterLookup
 
@@ -30,6 +31,8 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 SOURCE = "replayops.dev/source"
 REVISION = "replayops.dev/revision"
 PRUNE = "replayops.dev/prune"
+ROLLED_FOR = "replayops.dev/rolled-for"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 WORKLOAD_API = "apps/v1"
 OUR_API = "replayops.dev/v1alpha1"
 
@@ -193,11 +196,36 @@ class Reconciler:
                     "spec": {"template": {"metadata": {"annotations": want}}}}
             self.kube.apply(body, dry_run=self.options.dry_run)
             out.annotated.append(f"{kind} {ns}/{name}")
+        stale = {w: self._stale_pods(wl, wanted.wanted[w]) for wl in workloads
+                 if (w := converge.key(wl)) in wanted.wanted}
         if not self.options.dry_run:
             for pol in policies:
-                self._policy_status(pol, wanted)
+                self._policy_status(pol, wanted, stale)
 
-    def _policy_status(self, pol: Mapping[str, Any], wanted: converge.Plan) -> None:
+    def _stale_pods(self, workload: Mapping[str, Any], want: Mapping[str, str]) -> int:
+        """Running pods of ``workload`` without the current sidecar; with self-heal, roll once per config hash
+        the pods that should have it and do not (the webhook was down when they were made)."""
+        labels = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        if not labels:
+            return 0
+        ns, kind, name = converge.key(workload)
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        pods = self.kube.list("v1", "Pod", ns, label_selector=selector)
+        current = [p for p in pods if (p["metadata"].get("annotations") or {}).get(CONFIG_HASH) == want[CONFIG_HASH]]
+        missing = [p for p in current if INJECTED not in (p["metadata"].get("annotations") or {})]
+        stale = len(pods) - len(current) + len(missing)
+        template = converge.template_annotations(workload)
+        if missing and self.options.self_heal and template.get(ROLLED_FOR) != want[CONFIG_HASH]:
+            body = {"apiVersion": WORKLOAD_API, "kind": kind, "metadata": {"name": name, "namespace": ns},
+                    "spec": {"template": {"metadata": {"annotations": {**want, ROLLED_FOR: want[CONFIG_HASH],
+                                                                        RESTARTED_AT: _now()}}}}}
+            self.kube.apply(body, dry_run=self.options.dry_run)
+            log.info("rolled pods missing the sidecar", extra=logs.fields(workload=f"{kind} {ns}/{name}",
+                                                                           pods=len(missing)))
+        return stale
+
+    def _policy_status(self, pol: Mapping[str, Any], wanted: converge.Plan,
+                       stale: Mapping[converge.WorkloadKey, int]) -> None:
         meta = pol["metadata"]
         selected = wanted.selected.get((meta["namespace"], meta["name"]), [])
         entries = []
@@ -208,6 +236,7 @@ class Reconciler:
                 entry["conflict"] = f"also selected by {', '.join(others)}"
             else:
                 entry["configHash"] = wanted.wanted[(ns, kind, name)][converge.CONFIG_HASH]
+                entry["stalePods"] = stale.get((ns, kind, name), 0)
             entries.append(entry)
         conflicted = [e for e in entries if "conflict" in e]
         ready = not conflicted

@@ -216,3 +216,31 @@ def test_dry_run_changes_nothing(cluster: Cluster, namespace: str, tmp_path: Pat
     out = gitops.reconcile()
     assert out.applied == [f"TrafficReplay {namespace}/r1"]
     assert gitops.get("TrafficReplay", "r1") is None
+
+
+def test_pods_missing_the_sidecar_are_reported_and_rolled_once(gitops: GitOps) -> None:
+    gitops.repo.commit("capture", {"p.yaml": POLICY.replace("{sampling}", "1")})
+    gitops.cluster.kube.create({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": gitops.ns},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "checkout"}},
+                 "template": {"metadata": {"labels": {"app": "checkout"}},
+                              "spec": {"containers": [{"name": "app", "image": "shop/app:1"}]}}}})
+    gitops.reconcile()  # annotates the template; no webhook runs, so the new pod comes without the sidecar
+    cluster, ns = gitops.cluster, gitops.ns
+
+    def sidecarless_pods_with_hash() -> bool:
+        pods = cluster.kube.list("v1", "Pod", ns, "app=checkout")
+        return any(CONFIG_HASH in (p["metadata"].get("annotations") or {}) for p in pods)
+
+    cluster.kube.wait_for("pods of the annotated template", sidecarless_pods_with_hash, timeout=60)
+    gitops.reconcile()
+    entry = (gitops.get("CapturePolicy", "checkout") or {})["status"]["selectedWorkloads"][0]
+    assert entry["stalePods"] >= 1
+    web = gitops.get("Deployment", "web", "apps/v1") or {}
+    notes = web["spec"]["template"]["metadata"]["annotations"]
+    assert notes["replayops.dev/rolled-for"] == notes[CONFIG_HASH] and "kubectl.kubernetes.io/restartedAt" in notes
+    restarted = notes["kubectl.kubernetes.io/restartedAt"]
+    gitops.reconcile()
+    web = gitops.get("Deployment", "web", "apps/v1") or {}
+    assert web["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] == restarted, \
+        "rolled once per config hash, not on every pass"
