@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from controller import converge, defaults, desired, logs, rules
 from controller.gitsource import GitError, GitSource, Revision
 from controller.inject import CONFIG_HASH, INJECTED
+from controller.policy import selector_matches
 from controller.kube import Kube, KubeError
 from controller.kube.lookup import ClusterLookup
 
@@ -93,6 +94,7 @@ class Reconciler:
         self.lookup = ClusterLookup(kube)
         self.last_applied: Revision | None = None
         self._last_error = ""
+        self._built: tuple[str, desired.Desired] | None = None
 
     # -- the steps ----------------------------------------------------------------------------
 
@@ -104,10 +106,7 @@ class Reconciler:
         try:
             revision = self.source.fetch() if fetch else self.source.resolve()
             out.revision = str(revision)
-            state = desired.build(self.source.files(revision), lookup=self.lookup, limits=self.options.limits,
-                                  namespace=self.options.namespace, allowed_kinds=self.options.allowed_kinds)
-            for warning in state.warnings:
-                log.warning("revision warning", extra=logs.fields(revision=out.revision, problem=str(warning)))
+            state = self._desired(revision)
             live = self._managed()
             self._apply(state, revision, live, out)
             if self.options.prune:
@@ -127,6 +126,20 @@ class Reconciler:
             self.metrics.duration.observe(time.perf_counter() - started)
         self._report(out)
         return out
+
+    def _desired(self, revision: Revision) -> desired.Desired:
+        """The validated desired state of ``revision`` (built once per revision; passes over an unchanged
+        revision only compare it with the cluster)."""
+        if self._built and self._built[0] == revision.sha:
+            return self._built[1]
+        state = desired.build(self.source.files(revision), lookup=rules.MemoLookup(self.lookup),
+                              limits=self.options.limits, namespace=self.options.namespace,
+                              allowed_kinds=self.options.allowed_kinds)
+        if state.warnings:
+            log.warning("revision has warnings", extra=logs.fields(
+                revision=str(revision), count=len(state.warnings), first=[str(w) for w in state.warnings[:5]]))
+        self._built = (revision.sha, state)
+        return state
 
     def _stamp(self, obj: Mapping[str, Any], revision: Revision) -> dict[str, Any]:
         out = copy.deepcopy(dict(obj))
@@ -196,21 +209,24 @@ class Reconciler:
                     "spec": {"template": {"metadata": {"annotations": want}}}}
             self.kube.apply(body, dry_run=self.options.dry_run)
             out.annotated.append(f"{kind} {ns}/{name}")
-        stale = {w: self._stale_pods(wl, wanted.wanted[w]) for wl in workloads
+        pods: dict[str, list[dict[str, Any]]] = {}
+        for ns in sorted({w[0] for w in wanted.wanted}):
+            pods[ns] = self.kube.list("v1", "Pod", ns)
+        stale = {w: self._stale_pods(wl, wanted.wanted[w], pods[w[0]]) for wl in workloads
                  if (w := converge.key(wl)) in wanted.wanted}
         if not self.options.dry_run:
             for pol in policies:
                 self._policy_status(pol, wanted, stale)
 
-    def _stale_pods(self, workload: Mapping[str, Any], want: Mapping[str, str]) -> int:
+    def _stale_pods(self, workload: Mapping[str, Any], want: Mapping[str, str],
+                    in_namespace: list[dict[str, Any]]) -> int:
         """Running pods of ``workload`` without the current sidecar; with self-heal, roll once per config hash
         the pods that should have it and do not (the webhook was down when they were made)."""
-        labels = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-        if not labels:
+        selector = (workload.get("spec") or {}).get("selector") or {}
+        if not selector:
             return 0
         ns, kind, name = converge.key(workload)
-        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        pods = self.kube.list("v1", "Pod", ns, label_selector=selector)
+        pods = [p for p in in_namespace if selector_matches(selector, p["metadata"].get("labels") or {})]
         current = [p for p in pods if (p["metadata"].get("annotations") or {}).get(CONFIG_HASH) == want[CONFIG_HASH]]
         missing = [p for p in current if INJECTED not in (p["metadata"].get("annotations") or {})]
         stale = len(pods) - len(current) + len(missing)

@@ -200,3 +200,29 @@ class StaticLookup:
 
     def snapshot_exists(self, name: str) -> bool | None:
         return None if self.snapshots is None else name in self.snapshots
+
+
+class MemoLookup:
+    """Answers each question of a ``Lookup`` once (for one reconcile pass over many objects)."""
+
+    def __init__(self, inner: Lookup) -> None:
+        self.inner = inner
+        self._memo: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def _ask(self, name: str, *args: str) -> Any:
+        key = (name, args)
+        if key not in self._memo:
+            self._memo[key] = getattr(self.inner, name)(*args)
+        return self._memo[key]
+
+    def workload_exists(self, namespace: str, kind: str, name: str) -> bool | None:
+        return self._ask("workload_exists", namespace, kind, name)  # type: ignore[no-any-return]
+
+    def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
+        return self._ask("active_replays", namespace)  # type: ignore[no-any-return]
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
+        return self._ask("namespace_labels", namespace)  # type: ignore[no-any-return]
+
+    def snapshot_exists(self, name: str) -> bool | None:
+        return self._ask("snapshot_exists", name)  # type: ignore[no-any-return]
