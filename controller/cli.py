@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from controller import gitops_cli, up
+from controller.capture import cli as capture_cli
 from controller.devcluster import cli as dev_cli
 from controller.webhook import cli as webhook_cli
 
@@ -14,7 +15,7 @@ from controller.webhook import cli as webhook_cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="replayops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (dev_cli, up, webhook_cli, gitops_cli):
+    for module in (dev_cli, up, webhook_cli, gitops_cli, capture_cli):
         module.add_parser(sub)
     return parser
 

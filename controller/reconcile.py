@@ -22,9 +22,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from controller import converge, defaults, desired, logs, rules
 from controller.gitsource import GitError, GitSource, Revision
 from controller.inject import CONFIG_HASH, INJECTED
-from controller.policy import selector_matches
 from controller.kube import Kube, KubeError
 from controller.kube.lookup import ClusterLookup
+from controller.policy import selector_matches
 
 log = logs.get("reconcile")
 

@@ -1,0 +1,187 @@
+"""The replayops mitmproxy addon: turn finished flows into RRPairs and hand them to a fail-open buffer.
+
+Inbound flows arrive through the reverse or transparent listeners, outbound
+ones through the forward proxy (``HTTP_PROXY``). Without TLS unwrapping,
+outbound TLS is passed through untouched. The buffer is bounded: when it is
+full, or the forwarder is slow or down, records are dropped and counted —
+the application's own traffic is never held up by capture.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import gzip
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from mitmproxy import http, tls
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from controller import logs
+from controller.capture import rrpair
+
+log = logs.get("capture")
+INBOUND_MODES = ("reverse", "transparent")
+
+
+class CaptureMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.captured = Counter("replayops_capture_pairs_captured", "RRPairs recorded", ["direction"], registry=r)
+        self.sent = Counter("replayops_capture_pairs_sent", "RRPairs delivered to the forwarder or store",
+                            registry=r)
+        self.dropped = Counter("replayops_capture_pairs_dropped", "RRPairs dropped (buffer full or sink down)",
+                               ["reason"], registry=r)
+        self.buffer = Gauge("replayops_capture_buffer_fill", "RRPairs waiting in the buffer", registry=r)
+        self.upstream_errors = Counter("replayops_capture_upstream_errors", "Flows that failed upstream",
+                                       registry=r)
+
+
+def _headers(message: http.Message) -> list[list[str]]:
+    return [[k, v] for k, v in message.headers.items(multi=True)]
+
+
+def _body(message: http.Message) -> tuple[bytes | None, bool]:
+    """The decoded body (DLP must see plaintext), and whether it was content-encoded."""
+    if message.raw_content is None:
+        return None, False
+    decoded = message.get_content(strict=False)
+    return decoded, decoded != message.raw_content
+
+
+def to_record(flow: http.HTTPFlow, service: str) -> dict[str, Any]:
+    """The RRPair of a finished flow."""
+    req, resp = flow.request, flow.response
+    assert resp is not None
+    mode = flow.client_conn.proxy_mode.type_name
+    direction = "inbound" if mode in INBOUND_MODES else "outbound"
+    req_body, req_coded = _body(req)
+    resp_body, resp_coded = _body(resp)
+    tags = {"mode": mode}
+    req_headers, resp_headers = _headers(req), _headers(resp)
+    for coded, headers in ((req_coded, req_headers), (resp_coded, resp_headers)):
+        if coded:  # stored decoded: drop what described the encoding
+            headers[:] = [h for h in headers if h[0].lower() not in ("content-encoding", "content-length")]
+    ctype = (req.headers.get("content-type") or "").lower()
+    protocol = req.http_version.lower().replace("http/2.0", "http/2")
+    if ctype.startswith("application/grpc"):
+        protocol = "grpc"
+    if flow.websocket is not None:
+        protocol = "websocket"
+    record = rrpair.make(
+        method=req.method, url=req.url, request_headers=req_headers, request_body=req_body,
+        status=resp.status_code, reason=resp.reason, response_headers=resp_headers, response_body=resp_body,
+        started=req.timestamp_start, finished=resp.timestamp_end or time.time(), direction=direction,
+        service=service, protocol=protocol, tags=tags)
+    if flow.websocket is not None:
+        record["websocket"] = [
+            {"fromClient": m.from_client, "type": "text" if m.is_text else "binary", "ts": m.timestamp,
+             "data": m.text if m.is_text else base64.b64encode(m.content).decode()}
+            for m in flow.websocket.messages]
+    return record
+
+
+class Buffer:
+    """A bounded buffer drained by a background thread into ``deliver`` in batches (size or time)."""
+
+    def __init__(self, deliver: Callable[[list[dict[str, Any]]], None], metrics: CaptureMetrics, *,
+                 capacity: int = 10000, batch_size: int = 500, flush_interval: float = 1.0) -> None:
+        self.deliver, self.metrics = deliver, metrics
+        self.capacity, self.batch_size, self.flush_interval = capacity, batch_size, flush_interval
+        self._items: collections.deque[dict[str, Any]] = collections.deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="capture-sender", daemon=True)
+        self._thread.start()
+
+    def offer(self, record: dict[str, Any]) -> None:
+        """Never blocks: a full buffer drops the record and counts it."""
+        with self._lock:
+            if len(self._items) >= self.capacity:
+                self.metrics.dropped.labels("buffer-full").inc()
+                return
+            self._items.append(record)
+            size = len(self._items)
+        self.metrics.buffer.set(size)
+        if size >= self.batch_size:
+            self._wake.set()
+
+    def _take(self) -> list[dict[str, Any]]:
+        with self._lock:
+            batch = [self._items.popleft() for _ in range(min(self.batch_size, len(self._items)))]
+            self.metrics.buffer.set(len(self._items))
+        return batch
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            self._drain()
+
+    def _drain(self) -> None:
+        while batch := self._take():
+            try:
+                self.deliver(batch)
+                self.metrics.sent.inc(len(batch))
+            except Exception as exc:  # the sink is slow or down: drop, count, carry on
+                self.metrics.dropped.labels("sink-error").inc(len(batch))
+                log.warning("batch dropped", extra=logs.fields(records=len(batch), error=str(exc)[:300]))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is buffered, then stop."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        self._drain()
+
+
+def forwarder_sink(url: str, token: str, *, policy: str, stream: str,
+                   timeout: float = 2.0) -> Callable[[list[dict[str, Any]]], None]:
+    """Deliver batches to the forwarder: gzip'd JSON, bearer token, short timeout."""
+    client = httpx.Client(timeout=timeout, trust_env=False)
+
+    def deliver(batch: list[dict[str, Any]]) -> None:
+        body = gzip.compress(json.dumps({"policy": policy, "stream": stream, "records": batch}).encode(), 1)
+        resp = client.post(url.rstrip("/") + "/v1/batches", content=body, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json", "Content-Encoding": "gzip"})
+        if resp.status_code != 202:
+            raise RuntimeError(f"forwarder answered {resp.status_code}: {resp.text[:200]}")
+    return deliver
+
+
+class Recorder:
+    """The addon. ``tls_unwrap=False`` passes outbound TLS through without looking inside."""
+
+    def __init__(self, buffer: Buffer, metrics: CaptureMetrics, service: str, *, tls_unwrap: bool) -> None:
+        self.buffer, self.metrics, self.service, self.tls_unwrap = buffer, metrics, service, tls_unwrap
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        if not self.tls_unwrap and data.context.client.proxy_mode.type_name not in INBOUND_MODES:
+            data.ignore_connection = True
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:
+            self._offer(flow)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._offer(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.metrics.upstream_errors.inc()
+
+    def _offer(self, flow: http.HTTPFlow) -> None:
+        try:
+            record = to_record(flow, self.service)
+        except Exception as exc:  # a flow we cannot read must not disturb the proxy
+            self.metrics.dropped.labels("unreadable").inc()
+            log.warning("flow not recorded", extra=logs.fields(error=str(exc)[:300]))
+            return
+        self.metrics.captured.labels(record["direction"]).inc()
+        self.buffer.offer(record)

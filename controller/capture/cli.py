@@ -1,0 +1,289 @@
+"""``replayops proxy | forwarder | capture | snapshot ...``: the capture commands."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from controller import logs, paths
+from controller.capture import dlp, har, rrpair
+from controller.capture.addon import Buffer, CaptureMetrics, forwarder_sink
+from controller.capture.proxy import CaptureProxy, ProxyConfig, parse_reverse
+from controller.store import FileStore, Manifest, ReadProblem, StoreError
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
+    return int(text)
+
+
+def _time(text: str) -> float:
+    try:
+        return float(text) if text.replace(".", "", 1).isdigit() else \
+            dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither epoch seconds nor an ISO 8601 time") from exc
+
+
+def dlp_key() -> bytes:
+    """The tagging key: $REPLAYOPS_DLP_KEY, or one generated once into $REPLAYOPS_HOME/dlp.key."""
+    if os.environ.get("REPLAYOPS_DLP_KEY"):
+        return os.environ["REPLAYOPS_DLP_KEY"].encode()
+    path = paths.home() / "dlp.key"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("proxy", help="the capturing sidecar (mitmproxy with the replayops addon)")
+    p.add_argument("--reverse", action="append", default=[], metavar="LISTEN:APPPORT",
+                   help="inbound reverse proxy from LISTEN to the app (repeatable)")
+    p.add_argument("--transparent", type=_port, help="inbound transparent listener (iptables-redirected)")
+    p.add_argument("--outbound", type=_port, help="outbound forward proxy port (HTTP_PROXY)")
+    p.add_argument("--tls-unwrap", action="store_true", help="terminate outbound TLS with our CA")
+    p.add_argument("--ca-dir", type=Path, help="where the CA lives (generated when absent)")
+    p.add_argument("--upstream-ca", type=Path, help="extra CA to trust for upstream servers")
+    p.add_argument("--forwarder", required=True, help="forwarder URL")
+    p.add_argument("--policy", default="", help="namespace/name of the CapturePolicy")
+    p.add_argument("--service", default=os.environ.get("POD_NAME", ""), help="service name in records")
+    p.add_argument("--health-port", type=_port, default=15020)
+    p.add_argument("--buffer", type=int, default=10000, help="records kept while the forwarder is slow")
+    p.set_defaults(func=run_proxy)
+
+    f = sub.add_parser("forwarder", help="receive RRPair batches, apply policy and DLP, write the store")
+    f.add_argument("--port", type=_port, default=8090)
+    f.add_argument("--host", default="0.0.0.0")
+    f.add_argument("--token-file", type=Path, help="shared token (default $REPLAYOPS_FORWARDER_TOKEN)")
+    f.add_argument("--policy-file", type=Path, action="append", default=[],
+                   help="CapturePolicy YAML to apply (else the policy is read from the cluster)")
+    f.add_argument("--kubeconfig", type=Path)
+    f.add_argument("--store", type=Path, help="store directory (default $REPLAYOPS_HOME/store)")
+    f.set_defaults(func=run_forwarder)
+
+    c = sub.add_parser("capture", help="record an app locally: replayops capture --listen 8081 --upstream URL -- CMD")
+    c.add_argument("--listen", type=_port, required=True)
+    c.add_argument("--upstream", required=True, help="the app's URL, e.g. http://127.0.0.1:8080")
+    c.add_argument("--outbound", type=_port, help="forward-proxy port given to the app as HTTP_PROXY")
+    c.add_argument("--name", help="snapshot name (default: generated and printed)")
+    c.add_argument("--service", default="local")
+    c.add_argument("--store", type=Path)
+    c.add_argument("command", nargs=argparse.REMAINDER, help="-- the app command")
+    c.set_defaults(func=run_capture)
+
+    s = sub.add_parser("snapshot", help="list, show, cut, remove, import and export snapshots")
+    s.add_argument("--store", type=Path)
+    verbs = s.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("ls")
+    show = verbs.add_parser("show")
+    show.add_argument("name")
+    cut = verbs.add_parser("cut")
+    cut.add_argument("name")
+    cut.add_argument("--service", default="")
+    cut.add_argument("--stream")
+    cut.add_argument("--from", dest="start", type=_time, default=0.0)
+    cut.add_argument("--to", dest="end", type=_time, default=float("inf"))
+    rm = verbs.add_parser("rm")
+    rm.add_argument("name")
+    imp = verbs.add_parser("import")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--name", required=True)
+    imp.add_argument("--service", default="")
+    exp = verbs.add_parser("export")
+    exp.add_argument("name")
+    exp.add_argument("--har", type=Path, required=True)
+    s.set_defaults(func=run_snapshot)
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    logs.setup()
+    try:
+        config = ProxyConfig(reverse=[parse_reverse(r) for r in args.reverse], transparent=args.transparent,
+                             outbound=args.outbound, tls_unwrap=args.tls_unwrap, ca_dir=args.ca_dir,
+                             upstream_ca=args.upstream_ca, service=args.service, health_port=args.health_port)
+    except ValueError as exc:
+        print(f"replayops proxy: {exc}", file=sys.stderr)
+        return 2
+    if not config.modes():
+        print("replayops proxy: give at least one of --reverse, --transparent, --outbound", file=sys.stderr)
+        return 2
+    metrics = CaptureMetrics()
+    token = os.environ.get("REPLAYOPS_FORWARDER_TOKEN", "")
+    stream = f"{args.policy.replace('/', '.') or 'default'}.{args.service or 'proxy'}"
+    buffer = Buffer(forwarder_sink(args.forwarder, token, policy=args.policy, stream=stream), metrics,
+                    capacity=args.buffer)
+    proxy = CaptureProxy(config, buffer, metrics)
+    try:
+        proxy.start()
+    except RuntimeError as exc:
+        print(f"replayops proxy: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"replayops proxy listening: {', '.join(config.modes())}", file=sys.stderr, flush=True)
+    stop.wait()
+    proxy.stop()
+    return 0
+
+
+def _policies(files: list[Path], kubeconfig: Path | None) -> Any:
+    loaded = {}
+    for file in files:
+        for doc in YAML(typ="safe").load_all(file.read_text()):
+            if doc and doc.get("kind") == "CapturePolicy":
+                meta = doc["metadata"]
+                loaded[f"{meta.get('namespace', 'default')}/{meta['name']}"] = doc
+    if loaded or kubeconfig is None:
+        return lambda ref: loaded.get(ref)
+    from controller.kube import connect
+    from controller.kube.lookup import ClusterLookup
+
+    lookup = ClusterLookup(connect(kubeconfig), policy_ttl=10)
+    return lambda ref: lookup.policy(*ref.split("/", 1)) if "/" in ref else None
+
+
+def run_forwarder(args: argparse.Namespace) -> int:
+    from waitress import serve
+
+    from controller.capture.forwarder import create_app
+
+    logs.setup()
+    token = args.token_file.read_text().strip() if args.token_file else os.environ.get("REPLAYOPS_FORWARDER_TOKEN")
+    if not token:
+        print("replayops forwarder: no token: give --token-file or $REPLAYOPS_FORWARDER_TOKEN", file=sys.stderr)
+        return 2
+    app = create_app(FileStore(args.store), token, dlp_key(), _policies(args.policy_file, args.kubeconfig))
+    serve(app, host=args.host, port=args.port, threads=8, max_request_body_size=16 * 1024 * 1024)
+    return 0
+
+
+def summary(records: list[dict[str, Any]], redactions: Counter[str]) -> str:
+    by_endpoint = Counter(f"{r['direction']:<8} {rrpair.endpoint(r)}" for r in records)
+    lines = [f"{n:6d}  {ep}" for ep, n in sorted(by_endpoint.items())]
+    red = ", ".join(f"{k} {v}" for k, v in sorted(redactions.items())) or "none"
+    return "\n".join(["pairs by endpoint:", *lines, f"redactions: {red}"])
+
+
+def run_capture(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("replayops capture: give the app command after --", file=sys.stderr)
+        return 2
+    store = FileStore(args.store)
+    name = args.name or f"capture-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    if store.exists(name):
+        print(f"replayops capture: snapshot {name!r} already exists", file=sys.stderr)
+        return 2
+    records: list[dict[str, Any]] = []
+    redactor = dlp.Redactor(dlp.Rules(), dlp_key())
+    metrics = CaptureMetrics()
+    buffer = Buffer(lambda batch: records.extend(redactor.record(r) for r in batch), metrics,
+                    capacity=1_000_000, flush_interval=0.2)
+    config = ProxyConfig(reverse=[(args.listen, args.upstream)], outbound=args.outbound, listen_host="127.0.0.1",
+                         service=args.service)
+    proxy = CaptureProxy(config, buffer, metrics)
+    try:
+        proxy.start()
+    except RuntimeError as exc:
+        print(f"replayops capture: {exc}", file=sys.stderr)
+        return 1
+    env = dict(os.environ)
+    if args.outbound:
+        url = f"http://127.0.0.1:{args.outbound}"
+        env.update(HTTP_PROXY=url, HTTPS_PROXY=url, http_proxy=url, https_proxy=url,
+                   NO_PROXY="localhost,127.0.0.1,::1", no_proxy="localhost,127.0.0.1,::1")
+    print(f"replayops capture: recording {args.upstream} on 127.0.0.1:{args.listen} into snapshot {name}",
+          file=sys.stderr, flush=True)
+    app = subprocess.Popen(command, env=env)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while app.poll() is None and not stop.is_set():
+        stop.wait(0.2)
+    if app.poll() is None:
+        app.terminate()
+        try:
+            app.wait(10)
+        except subprocess.TimeoutExpired:
+            app.kill()
+    proxy.stop()
+    store.write_snapshot(Manifest(name=name, service=args.service, source=f"replayops capture {args.upstream}",
+                                  redactions=dict(redactor.counts)), records)
+    print(f"snapshot {name}: {len(records)} pairs\n{summary(records, redactor.counts)}")
+    return 0
+
+
+def run_snapshot(args: argparse.Namespace) -> int:
+    store = FileStore(args.store)
+    try:
+        if args.verb == "ls":
+            for m in store.snapshots():
+                window = f"{_fmt(m.start)} .. {_fmt(m.end)}" if m.count else "-"
+                print(f"{m.name:<40} {m.count:>8} pairs  {m.service or '-':<20} {window}")
+        elif args.verb == "show":
+            m = store.manifest(args.name)
+            problems: list[ReadProblem] = []
+            records = list(store.read(args.name, strict=False, problems=problems))
+            print(json.dumps(m.to_json(), indent=2))
+            print(summary(records, Counter(m.redactions)))
+            for p in problems:
+                print(f"problem: {p}", file=sys.stderr)
+            return 1 if problems else 0
+        elif args.verb == "cut":
+            m = store.cut(args.name, service=args.service, start=args.start, end=args.end, stream=args.stream)
+            print(f"snapshot {m.name}: {m.count} pairs")
+        elif args.verb == "rm":
+            if not store.remove(args.name):
+                print(f"no snapshot {args.name!r}", file=sys.stderr)
+                return 1
+            print(f"removed {args.name}")
+        elif args.verb == "import":
+            return _import(store, args)
+        elif args.verb == "export":
+            problems = []
+            doc = har.to_har(store.read(args.name, strict=False, problems=problems))
+            args.har.write_text(json.dumps(doc, indent=1))
+            print(f"exported {len(doc['log']['entries'])} entries to {args.har}")
+            for p in problems:
+                print(f"problem: {p}", file=sys.stderr)
+            return 1 if problems else 0
+    except (StoreError, har.HarError) as exc:
+        print(f"replayops snapshot {args.verb}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _import(store: FileStore, args: argparse.Namespace) -> int:
+    if args.file.suffix == ".har":
+        records, problems = har.read_har(args.file, args.service)
+    else:
+        records, problems = list(har.read_flows(args.file, args.service)), []
+    m = store.write_snapshot(Manifest(name=args.name, service=args.service, source=f"import {args.file.name}"),
+                             records)
+    print(f"snapshot {m.name}: {m.count} pairs imported from {args.file}")
+    for p in problems:
+        print(f"skipped {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _fmt(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

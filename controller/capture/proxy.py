@@ -1,0 +1,152 @@
+"""Run the capturing proxy: mitmproxy with the replayops addon, in all the modes the sidecar needs at once.
+
+``ProxyConfig`` names the listeners (reverse ``LISTEN:APPPORT`` pairs, a
+transparent port, an outbound forward-proxy port); ``CaptureProxy`` runs
+mitmproxy on its own event loop thread, serves ``/healthz`` and ``/metrics``
+on the health port, and writes the CA the application must trust (PEM, and a
+bundle with the system roots) when TLS unwrapping is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import certifi
+from mitmproxy import options
+from mitmproxy.tools.dump import DumpMaster
+from prometheus_client import make_wsgi_app
+
+from controller import logs
+from controller.capture.addon import Buffer, CaptureMetrics, Recorder
+
+log = logs.get("proxy")
+
+
+@dataclass
+class ProxyConfig:
+    reverse: list[tuple[int, str]] = field(default_factory=list)  # (listen port, upstream URL)
+    transparent: int | None = None
+    outbound: int | None = None
+    tls_unwrap: bool = False
+    ca_dir: Path | None = None
+    upstream_ca: Path | None = None
+    listen_host: str = "0.0.0.0"
+    outbound_host: str = "127.0.0.1"
+    service: str = ""
+    health_port: int | None = None
+
+    def modes(self) -> list[str]:
+        out = [f"reverse:{url}@{self.listen_host}:{port}" for port, url in self.reverse]
+        if self.transparent:
+            out.append(f"transparent@{self.listen_host}:{self.transparent}")
+        if self.outbound:
+            out.append(f"regular@{self.outbound_host}:{self.outbound}")
+        return out
+
+
+def parse_reverse(spec: str) -> tuple[int, str]:
+    """``LISTEN:APPPORT`` or ``LISTEN:URL`` → (listen port, upstream URL)."""
+    listen, _, target = spec.partition(":")
+    if not listen.isdigit() or not target:
+        raise ValueError(f"--reverse {spec!r}: expected LISTEN:APPPORT or LISTEN:URL")
+    url = f"http://127.0.0.1:{target}" if target.isdigit() else target
+    return int(listen), url
+
+
+class CaptureProxy:
+    def __init__(self, config: ProxyConfig, buffer: Buffer, metrics: CaptureMetrics) -> None:
+        self.config, self.buffer, self.metrics = config, buffer, metrics
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.master: DumpMaster | None = None
+        self.ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._health: Any = None
+
+    async def _main(self) -> None:
+        opts = options.Options()
+        self.master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        self.master.addons.add(Recorder(self.buffer, self.metrics, self.config.service,
+                                        tls_unwrap=self.config.tls_unwrap))
+        settings: dict[str, Any] = {"mode": self.config.modes(), "connection_strategy": "lazy",
+                                    "keep_host_header": True}
+        if self.config.ca_dir:
+            self.config.ca_dir.mkdir(parents=True, exist_ok=True)
+            settings["confdir"] = str(self.config.ca_dir)
+        if self.config.upstream_ca:
+            settings["ssl_verify_upstream_trusted_ca"] = str(self.config.upstream_ca)
+        opts.update(**settings)
+        task = asyncio.create_task(self.master.run())
+        while not self._listening():
+            if task.done():
+                await task
+                return
+            await asyncio.sleep(0.02)
+        self._write_ca()
+        self.ready.set()
+        await task
+
+    def _listening(self) -> bool:
+        servers = self.master.addons.get("proxyserver").servers if self.master else None
+        return bool(servers) and all(s.is_running for s in servers)
+
+    def _write_ca(self) -> None:
+        """ca.pem and ca-bundle.pem (system roots + ours) for the app, when unwrapping TLS."""
+        if not (self.config.tls_unwrap and self.config.ca_dir):
+            return
+        cert = self.config.ca_dir / "mitmproxy-ca-cert.pem"
+        shutil.copyfile(cert, self.config.ca_dir / "ca.pem")
+        bundle = Path(certifi.where()).read_bytes() + b"\n" + cert.read_bytes()
+        (self.config.ca_dir / "ca-bundle.pem").write_bytes(bundle)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start listening; raise RuntimeError naming the listeners when they do not come up."""
+        def run() -> None:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.loop.run_until_complete(self._main())
+            except Exception as exc:
+                log.error("proxy stopped", extra=logs.fields(error=str(exc)))
+            finally:  # end open connections' tasks before the loop goes
+                pending = asyncio.all_tasks(self.loop)
+                for task in pending:
+                    task.cancel()
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                self.loop.close()
+        self._thread = threading.Thread(target=run, name="mitmproxy", daemon=True)
+        self._thread.start()
+        if not self.ready.wait(timeout):
+            raise RuntimeError(f"proxy listeners {self.config.modes()} did not start within {timeout:.0f}s "
+                               "(port in use?)")
+        if self.config.health_port:
+            self._serve_health(self.config.health_port)
+
+    def _serve_health(self, port: int) -> None:
+        from waitress import create_server
+
+        metrics_app = make_wsgi_app(self.metrics.registry)
+
+        def app(environ: dict[str, Any], start_response: Any) -> Any:
+            if environ.get("PATH_INFO") == "/healthz":
+                ok = self.ready.is_set() and self._listening()
+                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"ok" if ok else b"not listening"]
+            return metrics_app(environ, start_response)
+
+        self._health = create_server(app, host="127.0.0.1", port=port, threads=2)
+        threading.Thread(target=self._health.run, name="health", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop listening, then deliver what is still buffered."""
+        if self.master and self.loop:
+            self.loop.call_soon_threadsafe(self.master.shutdown)
+        if self._thread:
+            self._thread.join(10)
+        if self._health:
+            self._health.close()
+        self.buffer.close()

@@ -1,0 +1,166 @@
+"""The capturing proxy with real clients (requests, httpx, curl) and real upstreams on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import requests
+
+from controller import pki
+from controller.capture.addon import Buffer, CaptureMetrics
+from controller.capture.proxy import CaptureProxy, ProxyConfig
+from controller.devcluster.cluster import free_port
+from tests.capture.servers import serve
+
+
+class Running:
+    def __init__(self, config: ProxyConfig) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.metrics = CaptureMetrics()
+        self.proxy = CaptureProxy(config, Buffer(self.records.extend, self.metrics, flush_interval=0.05),
+                                  self.metrics)
+        self.proxy.start()
+
+    def wait(self, n: int, timeout: float = 10) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.records) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.records) >= n, f"recorded {len(self.records)} of {n}"
+        return self.records
+
+
+@pytest.fixture
+def upstream() -> Iterator[int]:
+    with serve() as port:
+        yield port
+
+
+def start(**config: Any) -> Running:
+    return Running(ProxyConfig(listen_host="127.0.0.1", service="checkout", **config))
+
+
+def test_inbound_reverse_and_outbound_forward_are_both_recorded(upstream: int) -> None:
+    listen, out = free_port(), free_port()
+    run = start(reverse=[(listen, f"http://127.0.0.1:{upstream}")], outbound=out)
+    try:
+        r = requests.post(f"http://127.0.0.1:{listen}/api/orders?id=7", json={"items": ["apple"]}, timeout=5)
+        assert r.status_code == 200 and r.json()["path"] == "/api/orders?id=7"
+        with httpx.Client(proxy=f"http://127.0.0.1:{out}") as client:
+            assert client.get(f"http://127.0.0.1:{upstream}/prices/apple").status_code == 200
+        curl = subprocess.run(["curl", "-sf", "-x", f"http://127.0.0.1:{out}", f"http://127.0.0.1:{upstream}/c"],
+                              capture_output=True, text=True, timeout=10)
+        assert curl.returncode == 0 and json.loads(curl.stdout)["path"] == "/c"
+        records = run.wait(3)
+    finally:
+        run.proxy.stop()
+    inbound = [r for r in records if r["direction"] == "inbound"]
+    outbound = [r for r in records if r["direction"] == "outbound"]
+    assert len(inbound) == 1 and len(outbound) == 2
+    assert inbound[0]["request"]["method"] == "POST"
+    assert json.loads(inbound[0]["request"]["body"]) == {"items": ["apple"]}
+    assert inbound[0]["response"]["status"] == 200 and inbound[0]["service"] == "checkout"
+    assert sorted(r["request"]["url"].rsplit("/", 1)[1] for r in outbound) == ["apple", "c"]
+    assert all(r["version"] == 1 and r["duration"] >= 0 for r in records)
+
+
+def _tls_upstream(tmp_path: Path) -> tuple[pki.KeyPair, pki.KeyPair]:
+    ca = pki.make_ca("test-upstream-ca")
+    (tmp_path / "upstream-ca.pem").write_bytes(ca.cert_pem)
+    return ca, pki.issue(ca, "upstream", ips=("127.0.0.1",), dns=("localhost",))
+
+
+def test_outbound_https_is_recorded_through_tls_unwrapping(tmp_path: Path) -> None:
+    _, cert = _tls_upstream(tmp_path)
+    with serve(tls=cert, cert_dir=tmp_path) as port:
+        out = free_port()
+        run = start(outbound=out, tls_unwrap=True, ca_dir=tmp_path / "ca", upstream_ca=tmp_path / "upstream-ca.pem")
+        try:
+            bundle = tmp_path / "ca" / "ca-bundle.pem"
+            assert bundle.is_file() and (tmp_path / "ca" / "ca.pem").is_file()
+            r = requests.get(f"https://127.0.0.1:{port}/secure?q=1", proxies={"https": f"http://127.0.0.1:{out}"},
+                             verify=str(bundle), timeout=5)
+            assert r.status_code == 200
+            records = run.wait(1)
+        finally:
+            run.proxy.stop()
+    assert records[0]["request"]["url"] == f"https://127.0.0.1:{port}/secure?q=1"
+    assert json.loads(records[0]["response"]["body"])["path"] == "/secure?q=1"
+
+
+def test_without_unwrapping_outbound_tls_passes_through_unrecorded(tmp_path: Path) -> None:
+    _, cert = _tls_upstream(tmp_path)
+    with serve(tls=cert, cert_dir=tmp_path) as port:
+        out = free_port()
+        run = start(outbound=out, tls_unwrap=False, ca_dir=tmp_path / "ca")
+        try:
+            r = requests.get(f"https://127.0.0.1:{port}/x", proxies={"https": f"http://127.0.0.1:{out}"},
+                             verify=str(tmp_path / "upstream-ca.pem"), timeout=5)
+            assert r.status_code == 200, "the app's own certificate check still passes: nothing was intercepted"
+            time.sleep(0.3)
+        finally:
+            run.proxy.stop()
+    assert run.records == []
+
+
+def test_websocket_messages_are_recorded() -> None:
+    import asyncio
+
+    from aiohttp import ClientSession, WSMsgType, web
+
+    async def scenario() -> list[dict[str, Any]]:
+        async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await ws.send_str(f"echo:{msg.data}")
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/ws", ws_handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        upstream = free_port()
+        await web.TCPSite(runner, "127.0.0.1", upstream).start()
+        listen = free_port()
+        run = start(reverse=[(listen, f"http://127.0.0.1:{upstream}")])
+        try:
+            async with ClientSession() as session, session.ws_connect(f"http://127.0.0.1:{listen}/ws") as ws:
+                await ws.send_str("hello")
+                assert (await ws.receive()).data == "echo:hello"
+                await ws.send_str("bye")
+                assert (await ws.receive()).data == "echo:bye"
+            for _ in range(200):
+                if run.records:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            run.proxy.stop()
+            await runner.cleanup()
+        return run.records
+
+    records = asyncio.run(scenario())
+    assert records and records[0]["protocol"] == "websocket"
+    assert [(m["fromClient"], m["data"]) for m in records[0]["websocket"]] == [
+        (True, "hello"), (False, "echo:hello"), (True, "bye"), (False, "echo:bye")]
+
+
+def test_health_and_metrics_endpoint(upstream: int) -> None:
+    listen, health = free_port(), free_port()
+    run = start(reverse=[(listen, f"http://127.0.0.1:{upstream}")], health_port=health)
+    try:
+        assert requests.get(f"http://127.0.0.1:{health}/healthz", timeout=5).status_code == 200
+        requests.get(f"http://127.0.0.1:{listen}/a", timeout=5)
+        run.wait(1)
+        text = requests.get(f"http://127.0.0.1:{health}/metrics", timeout=5).text
+    finally:
+        run.proxy.stop()
+    assert 'replayops_capture_pairs_captured_total{direction="inbound"} 1.0' in text
+    assert "replayops_capture_buffer_fill" in text
