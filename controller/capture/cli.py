@@ -209,8 +209,8 @@ def run_capture(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.outbound:
         url = f"http://127.0.0.1:{args.outbound}"
-        env.update(HTTP_PROXY=url, HTTPS_PROXY=url, http_proxy=url, https_proxy=url,
-                   NO_PROXY="localhost,127.0.0.1,::1", no_proxy="localhost,127.0.0.1,::1")
+        # local dependencies usually listen on loopback too: proxy everything
+        env.update(HTTP_PROXY=url, HTTPS_PROXY=url, http_proxy=url, https_proxy=url, NO_PROXY="", no_proxy="")
     print(f"replayops capture: recording {args.upstream} on 127.0.0.1:{args.listen} into snapshot {name}",
           file=sys.stderr, flush=True)
     app = subprocess.Popen(command, env=env)

@@ -1,0 +1,107 @@
+"""DLP: a corpus of PII-laden pairs goes through the forwarder; no secret reaches the store's bytes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.capture import dlp, rrpair
+from controller.capture.forwarder import create_app
+from controller.store import FileStore
+
+CARD, CARD2 = "4111 1111 1111 1111", "5500-0000-0000-0004"
+SECRETS = [
+    CARD, CARD.replace(" ", ""), CARD2, "jane.doe@example.com", "hunter2-password", "tok_live_abcdef123456",
+    "AKIAIOSFODNN7EXAMPLE", "sess-9f8e7d6c5b4a", "Bearer abcDEF123ghiJKL456",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    "client-secret-value-42", "IBAN-DE89370400440532013000",
+]
+
+
+def corpus() -> list[dict]:  # type: ignore[type-arg]
+    def pair(**kw: object) -> dict:  # type: ignore[type-arg]
+        base = dict(method="POST", url="http://shop/api/pay", request_headers=[], request_body=None, status=200,
+                    response_headers=[], response_body=None, started=1.0, finished=1.1, direction="inbound",
+                    service="shop")
+        base.update(kw)
+        return rrpair.make(**base)  # type: ignore[arg-type]
+
+    return [
+        pair(request_headers=[["Authorization", "Bearer abcDEF123ghiJKL456"], ["Content-Type", "application/json"]],
+             request_body=json.dumps({"card": CARD, "email": "jane.doe@example.com",
+                                      "password": "hunter2-password", "nested": {"api_token": "tok_live_abcdef123456"},
+                                      "list": [{"cc": CARD2}]}).encode()),
+        pair(url="http://shop/api/login?email=jane.doe@example.com&access_token=tok_live_abcdef123456&page=2",
+             response_headers=[["Set-Cookie", "sid=sess-9f8e7d6c5b4a; Path=/; Secure"]],
+             response_body=b"welcome jane.doe@example.com, your key AKIAIOSFODNN7EXAMPLE"),
+        pair(request_headers=[["Cookie", "sid=sess-9f8e7d6c5b4a; theme=dark"],
+                              ["Content-Type", "application/x-www-form-urlencoded"]],
+             request_body=b"user=jane&password=hunter2-password&card=4111111111111111"),
+        pair(direction="outbound", request_headers=[["X-Client-Secret", "client-secret-value-42"]],
+             response_body=(b"token: eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
+                            b"dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U")),
+        pair(request_body=b"transfer to IBAN-DE89370400440532013000 please"),
+    ]
+
+
+POLICY = {"apiVersion": "replayops.dev/v1alpha1", "kind": "CapturePolicy",
+          "metadata": {"name": "shop", "namespace": "prod"},
+          "spec": {"selector": {"matchLabels": {"app": "shop"}},
+                   "dlp": {"patterns": [{"type": "creditCard"}, {"type": "email"}, {"type": "bearerToken"},
+                                        {"type": "awsKey"},
+                                        {"type": "custom", "name": "iban", "regex": "IBAN-[A-Z]{2}[0-9]{20}"}]}}}
+
+
+def test_no_secret_reaches_the_raw_bytes_of_any_segment(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    client = create_app(store, "t0ken", b"key", {"prod/shop": POLICY}.get).test_client()
+    body = gzip.compress(json.dumps({"policy": "prod/shop", "stream": "shop", "records": corpus()}).encode())
+    resp = client.post("/v1/batches", data=body, headers={"Authorization": "Bearer t0ken",
+                                                          "Content-Encoding": "gzip"})
+    assert resp.status_code == 202 and resp.get_json()["stored"] == 5
+    segments = list(tmp_path.rglob("*.jsonl.gz"))
+    assert segments
+    raw = b"".join(gzip.decompress(s.read_bytes()) for s in segments).decode()
+    leaked = [s for s in SECRETS if s in raw]
+    assert leaked == []
+    assert raw.count("[redacted:") >= len(SECRETS)
+    assert "theme=" in raw and "page=2" in raw, "what is not secret is kept"
+
+
+def test_same_secret_same_tag_and_the_tag_depends_on_the_key() -> None:
+    a = dlp.Redactor(dlp.Rules(), b"key-a")
+    b = dlp.Redactor(dlp.Rules(), b"key-b")
+    assert a.text("mail jane.doe@example.com") == a.text("to jane.doe@example.com").replace("to", "mail")
+    assert a.text("jane.doe@example.com") != b.text("jane.doe@example.com")
+
+
+@pytest.mark.parametrize(("number", "redacted"), [("4111 1111 1111 1111", True), ("4111 1111 1111 1112", False),
+                                                  ("1234 5678 9012 3456", False), ("378282246310005", True)])
+def test_card_numbers_need_a_valid_luhn_checksum(number: str, redacted: bool) -> None:
+    out = dlp.Redactor(dlp.Rules(), b"k").text(f"card {number} ok")
+    assert (number not in out) is redacted
+
+
+def test_forwarder_refuses_bad_tokens_and_bodies_and_keeps_good_records(tmp_path: Path) -> None:
+    client = create_app(FileStore(tmp_path), "t0ken", b"key", lambda _: None).test_client()
+    assert client.post("/v1/batches", data=b"{}", headers={"Authorization": "Bearer nope"}).status_code == 401
+    bad = client.post("/v1/batches", data=b"{not json", headers={"Authorization": "Bearer t0ken"})
+    assert bad.status_code == 400 and "not a batch" in bad.get_json()["error"]
+    records = [*corpus()[:2], {"version": 1, "id": "x"}, {"version": 99}]
+    resp = client.post("/v1/batches", json={"stream": "s", "records": records},
+                       headers={"Authorization": "Bearer t0ken"})
+    out = resp.get_json()
+    assert resp.status_code == 202 and out["stored"] == 2
+    assert out["rejected"] == ["records[2]: missing field 'direction'",
+                               "records[3]: unknown RRPair version 99 (this replayops reads up to 1)"]
+
+
+def test_policy_filters_and_sampling_apply(tmp_path: Path) -> None:
+    policy = {"spec": {"filters": {"exclude": [{"paths": ["/api/login"]}]}, "sampling": 1}}
+    client = create_app(FileStore(tmp_path), "t", b"k", lambda _: policy).test_client()
+    out = client.post("/v1/batches", json={"stream": "s", "records": corpus()},
+                      headers={"Authorization": "Bearer t"}).get_json()
+    assert out["stored"] == 4 and out["filtered"] == 1

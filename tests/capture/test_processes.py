@@ -1,0 +1,124 @@
+"""The sidecar, the forwarder and local capture as the processes users run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from controller.devcluster import stop_pid
+from controller.devcluster.cluster import free_port
+from tests.capture.servers import serve
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "examples" / "demo"
+
+
+def cli(*args: str, env: dict[str, str], **kw: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "controller.cli", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kw)  # type: ignore[call-overload]
+
+
+def wait_http(url: str, timeout: float = 20) -> None:
+    """Until ``url`` answers 200 (a proxy in front of an app that is not up yet answers 502)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, f"{url} never answered 200"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "REPLAYOPS_HOME": str(tmp_path / "home"), "REPLAYOPS_FORWARDER_TOKEN": "tok",
+            "REPLAYOPS_DLP_KEY": "test-key"}
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_forwarder_killed_mid_stream_every_app_request_still_succeeds(env: dict[str, str], tmp_path: Path) -> None:
+    fwd_port, listen, health = free_port(), free_port(), free_port()
+    with serve() as upstream:
+        forwarder = cli("forwarder", "--port", str(fwd_port), "--host", "127.0.0.1", env=env)
+        proxy = cli("proxy", "--reverse", f"{listen}:{upstream}", "--forwarder", f"http://127.0.0.1:{fwd_port}",
+                    "--policy", "shop/checkout", "--service", "checkout", "--health-port", str(health), env=env)
+        try:
+            wait_http(f"http://127.0.0.1:{fwd_port}/healthz")
+            wait_http(f"http://127.0.0.1:{health}/healthz")
+            session = requests.Session()
+            statuses = [session.get(f"http://127.0.0.1:{listen}/before/{i}", timeout=5).status_code
+                        for i in range(20)]
+            time.sleep(2)  # one flush interval: these reach the forwarder
+            stop_pid(forwarder.pid, timeout=5)
+            statuses += [session.get(f"http://127.0.0.1:{listen}/after/{i}", timeout=5).status_code
+                         for i in range(50)]
+            time.sleep(2.5)  # the sender tries, fails and drops
+            text = requests.get(f"http://127.0.0.1:{health}/metrics", timeout=5).text
+        finally:
+            stop_pid(proxy.pid)
+            stop_pid(forwarder.pid)
+    assert statuses == [200] * 70
+    assert metric(text, "replayops_capture_pairs_captured_total") == 70
+    assert metric(text, "replayops_capture_pairs_sent_total") == 20
+    assert metric(text, "replayops_capture_pairs_dropped_total") == 50
+    segments = list((tmp_path / "home" / "store" / "streams").rglob("*.jsonl.gz"))
+    assert segments, "what arrived before the kill was stored"
+
+
+def test_local_capture_records_both_directions_of_the_demo_app(env: dict[str, str], tmp_path: Path) -> None:
+    dep_port, app_port, listen, out = free_port(), free_port(), free_port(), free_port()
+    dep = subprocess.Popen([sys.executable, str(DEMO / "dependency.py"), str(dep_port)])
+    capture = cli("capture", "--listen", str(listen), "--upstream", f"http://127.0.0.1:{app_port}",
+                  "--outbound", str(out), "--name", "demo-1", "--service", "demo", "--",
+                  sys.executable, str(DEMO / "server.py"), str(app_port), f"http://127.0.0.1:{dep_port}", env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{listen}/healthz")
+        for item in ("apple", "pear", "apple"):
+            r = requests.get(f"http://127.0.0.1:{listen}/api/quote?item={item}&qty=2", timeout=5)
+            assert r.status_code == 200 and r.json()["item"] == item
+        r = requests.post(f"http://127.0.0.1:{listen}/api/orders", json={"items": ["fig"],
+                          "email": "jane.doe@example.com"}, headers={"Authorization": "Bearer abcdefgh12345"},
+                          timeout=5)
+        assert r.status_code == 201
+        capture.send_signal(signal.SIGINT)
+        stdout, stderr = capture.communicate(timeout=30)
+    finally:
+        stop_pid(dep.pid)
+        stop_pid(capture.pid)
+    assert capture.returncode == 0, stderr
+    assert "snapshot demo-1:" in stdout
+    assert "inbound  GET /api/quote" in stdout and "outbound GET /price" in stdout
+    assert "redactions:" in stdout and "email" in stdout
+    show = subprocess.run([sys.executable, "-m", "controller.cli", "snapshot", "show", "demo-1"], env=env,
+                          capture_output=True, text=True, cwd=ROOT)
+    assert show.returncode == 0 and '"count": ' in show.stdout
+    manifest = json.JSONDecoder().raw_decode(show.stdout)[0]
+    assert manifest["by_direction"]["inbound"] == 5 and manifest["by_direction"]["outbound"] == 3
+    har_path = tmp_path / "demo.har"
+    exp = subprocess.run([sys.executable, "-m", "controller.cli", "snapshot", "export", "demo-1", "--har",
+                          str(har_path)], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert exp.returncode == 0 and "jane.doe@example.com" not in har_path.read_text()
+    imp = subprocess.run([sys.executable, "-m", "controller.cli", "snapshot", "import", str(har_path), "--name",
+                          "demo-copy"], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert imp.returncode == 0 and "8 pairs imported" in imp.stdout
+    ls = subprocess.run([sys.executable, "-m", "controller.cli", "snapshot", "ls"], env=env, capture_output=True,
+                        text=True, cwd=ROOT)
+    assert "demo-1" in ls.stdout and "demo-copy" in ls.stdout

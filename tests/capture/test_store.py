@@ -1,0 +1,100 @@
+"""The store and interchange: atomic snapshots, cuts, retention, migration, and bad input named by place."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.capture import har, rrpair
+from controller.store import FileStore, Manifest, ReadProblem, StoreError
+
+
+def rec(i: int, service: str = "shop", at: float = 100.0) -> dict:  # type: ignore[type-arg]
+    return rrpair.make(method="GET", url=f"http://shop/items/{i}", request_headers=[["Accept", "*/*"]],
+                       request_body=None, status=200, response_headers=[], response_body=b"\xff\x00binary",
+                       started=at + i, finished=at + i + 0.01, direction="inbound", service=service)
+
+
+def test_snapshot_round_trip_with_manifest(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.write_snapshot(Manifest(name="s1", service="shop"), [rec(i) for i in range(3)])
+    m = store.manifest("s1")
+    assert (m.count, m.start, m.by_direction) == (3, 100.0, {"inbound": 3})
+    back = list(store.read("s1"))
+    assert [r["request"]["url"] for r in back] == [f"http://shop/items/{i}" for i in range(3)]
+    assert rrpair.decode_body(back[0]["response"]) == b"\xff\x00binary"
+    assert [s.name for s in store.snapshots()] == ["s1"]
+    with pytest.raises(StoreError, match="already exists"):
+        store.write_snapshot(Manifest(name="s1"), [])
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")], "no temporary file left"
+
+
+def test_cut_by_service_and_window_then_remove(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.append("shop.pod-a", [rec(i) for i in range(10)])
+    store.append("cart.pod-b", [rec(i, service="cart") for i in range(10)])
+    m = store.cut("morning", service="shop", start=103, end=106)
+    assert m.count == 4
+    assert store.remove("morning") and not store.exists("morning") and not store.remove("morning")
+
+
+def test_retention_expires_old_stream_segments(tmp_path: Path) -> None:
+    import os
+    store = FileStore(tmp_path)
+    store.append("shop", [rec(1)])
+    old = next(tmp_path.rglob("*.jsonl.gz"))
+    os.utime(old, (1000, 1000))
+    store.append("shop", [rec(2)])
+    assert store.expire(max_age_s=3600) == [str(old)]
+    assert len(list(tmp_path.rglob("*.jsonl.gz"))) == 1
+
+
+def test_truncated_and_corrupt_segments_are_named_and_the_rest_is_kept(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.write_snapshot(Manifest(name="s"), [rec(i) for i in range(3)])
+    seg = next((tmp_path / "snapshots" / "s" / "segments").glob("*.jsonl.gz"))
+    good = gzip.decompress(seg.read_bytes()).decode().splitlines()
+    seg.write_bytes(gzip.compress(("\n".join([good[0], "{broken", good[2]]) + "\n").encode()))
+    truncated = seg.with_name("000002.jsonl.gz")
+    truncated.write_bytes(gzip.compress(("\n".join(good) + "\n").encode())[:-12])
+    with pytest.raises(StoreError, match=r"000001.jsonl.gz:2: not an RRPair"):
+        list(store.read("s"))
+    problems: list[ReadProblem] = []
+    kept = list(store.read("s", strict=False, problems=problems))
+    assert [(Path(p.file).name, p.line) for p in problems] == [("000001.jsonl.gz", 2), ("000002.jsonl.gz", 3)]
+    assert "corrupt or truncated" in str(problems[1])
+    assert len(kept) == 4, "every readable record of both segments is kept"
+
+
+def test_version_0_records_are_migrated_on_read() -> None:
+    old = {"id": "a", "start": 1.0, "end": 1.5, "status": 201, "direction": "outbound",
+           "request": {"method": "PUT", "url": "http://x/y", "headers": {"Accept": "json"}},
+           "response": {"headers": {"X": "1"}, "body": "ok"}}
+    new = rrpair.migrate(old)
+    assert new["version"] == 1 and new["response"]["status"] == 201 and new["duration"] == 500.0
+    assert new["request"]["headers"] == [["Accept", "json"]]
+
+
+def test_har_round_trip_and_bad_entries(tmp_path: Path) -> None:
+    records = [rec(i) for i in range(3)]
+    doc = har.to_har(records)
+    doc["log"]["entries"].insert(1, {"request": {"url": "http://x"}, "response": {"status": 200}})
+    path = tmp_path / "in.har"
+    path.write_text(json.dumps(doc))
+    back, problems = har.read_har(path)
+    assert [r["id"] for r in back] == [r["id"] for r in records]
+    assert back[0]["response"]["body"] == records[0]["response"]["body"]
+    assert problems == [f"{path}: log.entries[1]: request.method is missing"]
+
+
+def test_har_that_is_not_json_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.har"
+    path.write_text('{\n  "log": {\n    "entries": [,]\n  }\n}\n')
+    with pytest.raises(har.HarError, match=r"bad.har:3: not JSON"):
+        har.read_har(path)
+    (tmp_path / "empty.har").write_text("{}")
+    with pytest.raises(har.HarError, match="log.entries is missing"):
+        har.read_har(tmp_path / "empty.har")
