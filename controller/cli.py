@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from controller import gitops_cli, up
 from controller.capture import cli as capture_cli
+from controller.capture import iptables
 from controller.devcluster import cli as dev_cli
 from controller.webhook import cli as webhook_cli
 
@@ -15,7 +16,7 @@ from controller.webhook import cli as webhook_cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="replayops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (dev_cli, up, webhook_cli, gitops_cli, capture_cli):
+    for module in (dev_cli, up, webhook_cli, gitops_cli, capture_cli, iptables):
         module.add_parser(sub)
     return parser
 

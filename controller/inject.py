@@ -160,8 +160,7 @@ def _init_container(spec: Mapping[str, Any], ports: list[int], config: InjectCon
     return {
         "name": INIT,
         "image": config.image,
-        "args": ["iptables", "--proxy-port", listen, "--ports", ",".join(map(str, ports)),
-                 "--proxy-uid", str(PROXY_UID)],
+        "args": ["iptables", "--proxy-port", listen, "--ports", ",".join(map(str, ports))],
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
         "securityContext": {"runAsUser": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
                             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}},
