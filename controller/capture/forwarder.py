@@ -44,8 +44,8 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
     received = Counter("replayops_forwarder_records", "Records by outcome", ["outcome"], registry=registry)
     redactions = Counter("replayops_forwarder_redactions", "Values redacted", ["kind"], registry=registry)
 
-    def reply(status: int, **body: Any) -> Response:
-        return Response(json.dumps(body), status=status, mimetype="application/json")
+    def reply(code: int, **body: Any) -> Response:
+        return Response(json.dumps(body), status=code, mimetype="application/json")
 
     @app.post("/v1/batches")
     def batches() -> Response:

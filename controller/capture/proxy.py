@@ -72,7 +72,7 @@ class CaptureProxy:
         self.master = DumpMaster(opts, with_termlog=False, with_dumper=False)
         self.master.addons.add(Recorder(self.buffer, self.metrics, self.config.service,
                                         tls_unwrap=self.config.tls_unwrap))
-        settings: dict[str, Any] = {"mode": self.config.modes(), "connection_strategy": "lazy",
+        settings: dict[str, Any] = {"mode": self.config.modes(),
                                     "keep_host_header": True}
         if self.config.ca_dir:
             self.config.ca_dir.mkdir(parents=True, exist_ok=True)

@@ -54,3 +54,80 @@ def serve(handler: type[BaseHTTPRequestHandler] = Echo, *, tls: pki.KeyPair | No
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def serve_h2(tls: pki.KeyPair, cert_dir: Path) -> Iterator[int]:
+    """An HTTP/2-only TLS server (ALPN h2) built on the h2 library: echoes the request body; answers
+    ``application/grpc`` requests with gRPC framing and a ``grpc-status`` trailer."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    tls.write(cert_dir / "h2.crt", cert_dir / "h2.key")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_dir / "h2.crt", cert_dir / "h2.key")
+    ctx.set_alpn_protocols(["h2"])
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def handle(raw: socket.socket) -> None:
+        try:
+            sock = ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        headers: dict[int, dict[str, str]] = {}
+        bodies: dict[int, bytes] = {}
+        with sock:
+            while not stop.is_set():
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        headers[event.stream_id] = dict(event.headers)
+                        bodies[event.stream_id] = b""
+                    elif isinstance(event, h2.events.DataReceived):
+                        bodies[event.stream_id] += event.data
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        sid = event.stream_id
+                        grpc = headers[sid].get("content-type", "").startswith("application/grpc")
+                        body = bodies[sid] if grpc else json.dumps(
+                            {"path": headers[sid].get(":path"), "protocol": "h2"}).encode()
+                        ctype = "application/grpc" if grpc else "application/json"
+                        conn.send_headers(sid, [(":status", "200"), ("content-type", ctype)])
+                        conn.send_data(sid, body, end_stream=not grpc)
+                        if grpc:
+                            conn.send_headers(sid, [("grpc-status", "0")], end_stream=True)
+                sock.sendall(conn.data_to_send())
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(raw,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        stop.set()
+        thread.join(2)
+        listener.close()

@@ -105,3 +105,10 @@ def test_policy_filters_and_sampling_apply(tmp_path: Path) -> None:
     out = client.post("/v1/batches", json={"stream": "s", "records": corpus()},
                       headers={"Authorization": "Bearer t"}).get_json()
     assert out["stored"] == 4 and out["filtered"] == 1
+
+
+def test_forwarder_health_and_metrics(tmp_path: Path) -> None:
+    client = create_app(FileStore(tmp_path), "t", b"k", lambda _: None).test_client()
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    client.post("/v1/batches", json={"stream": "s", "records": corpus()[:1]}, headers={"Authorization": "Bearer t"})
+    assert 'replayops_forwarder_records_total{outcome="stored"} 1.0' in client.get("/metrics").get_data(as_text=True)

@@ -34,7 +34,7 @@ def wait_http(url: str, timeout: float = 20) -> None:
         try:
             if requests.get(url, timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:
             pass
         assert time.monotonic() < deadline, f"{url} never answered 200"
         time.sleep(0.1)

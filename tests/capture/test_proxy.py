@@ -164,3 +164,33 @@ def test_health_and_metrics_endpoint(upstream: int) -> None:
         run.proxy.stop()
     assert 'replayops_capture_pairs_captured_total{direction="inbound"} 1.0' in text
     assert "replayops_capture_buffer_fill" in text
+
+
+def test_http2_and_grpc_are_recorded_with_their_bodies(tmp_path: Path) -> None:
+    import struct
+
+    from tests.capture.servers import serve_h2
+
+    _, cert = _tls_upstream(tmp_path)
+    with serve_h2(cert, tmp_path) as port:
+        out = free_port()
+        run = start(outbound=out, tls_unwrap=True, ca_dir=tmp_path / "ca", upstream_ca=tmp_path / "upstream-ca.pem")
+        try:
+            bundle = str(tmp_path / "ca" / "ca-bundle.pem")
+            with httpx.Client(http2=True, proxy=f"http://127.0.0.1:{out}", verify=bundle) as client:
+                r = client.get(f"https://127.0.0.1:{port}/h2/items")
+                assert r.http_version == "HTTP/2" and r.json()["protocol"] == "h2"
+                message = b"\x0a\x05apple"  # a protobuf field 1 = "apple"
+                frame = b"\x00" + struct.pack(">I", len(message)) + message
+                g = client.post(f"https://127.0.0.1:{port}/shop.Prices/Get", content=frame,
+                                headers={"content-type": "application/grpc", "te": "trailers"})
+                assert g.status_code == 200 and g.content == frame
+            records = run.wait(2)
+        finally:
+            run.proxy.stop()
+    by_path = {r["request"]["url"].split(str(port))[1]: r for r in records}
+    assert by_path["/h2/items"]["protocol"] == "http/2"
+    grpc = by_path["/shop.Prices/Get"]
+    assert grpc["protocol"] == "grpc"
+    from controller.capture.rrpair import decode_body
+    assert decode_body(grpc["request"]) == frame and decode_body(grpc["response"]) == frame

@@ -59,8 +59,8 @@ def test_redirected_inbound_traffic_is_recorded_with_its_original_destination(po
         pytest.skip(f"the kernel refused iptables in the namespace: {iptables.stderr.strip()}")
     assert iptables.returncode == 0, iptables.stderr
     procs = [
-        subprocess.Popen([*inside, sys.executable, str(ROOT / "examples" / "demo" / "dependency.py"), "8080", "0.0.0.0"],
-                         cwd=ROOT),
+        subprocess.Popen([*inside, sys.executable, str(ROOT / "examples" / "demo" / "dependency.py"), "8080",
+                          "0.0.0.0"], cwd=ROOT),
         subprocess.Popen([*inside, *py, "forwarder", "--host", "127.0.0.1", "--port", "8090"], env=env, cwd=ROOT),
         subprocess.Popen([*inside, *py, "proxy", "--transparent", "15001", "--forwarder", "http://127.0.0.1:8090",
                           "--service", "prices", "--health-port", "15020"], env=env, cwd=ROOT),
