@@ -10,19 +10,27 @@ from controller import gitops_cli, up
 from controller.capture import cli as capture_cli
 from controller.capture import iptables
 from controller.devcluster import cli as dev_cli
+from controller.replay import cli as replay_cli
 from controller.webhook import cli as webhook_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="replayops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (dev_cli, up, webhook_cli, gitops_cli, capture_cli, iptables):
+    for module in (dev_cli, up, webhook_cli, gitops_cli, capture_cli, iptables, replay_cli):
         module.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a sub-command; whatever follows a ``--`` is a command line of its own (``args.command``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1:]
     args = build_parser().parse_args(argv)
+    args.command = command
     return int(args.func(args) or 0)
 
 

@@ -79,14 +79,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     f.add_argument("--store", type=Path, help="store directory (default $REPLAYOPS_HOME/store)")
     f.set_defaults(func=run_forwarder)
 
-    c = sub.add_parser("capture", help="record an app locally: replayops capture --listen 8081 --upstream URL -- CMD")
+    c = sub.add_parser("capture", help="record an app locally: replayops capture --listen 8081 --upstream URL -- CMD",
+                       epilog="the app command follows --")
     c.add_argument("--listen", type=_port, required=True)
     c.add_argument("--upstream", required=True, help="the app's URL, e.g. http://127.0.0.1:8080")
     c.add_argument("--outbound", type=_port, help="forward-proxy port given to the app as HTTP_PROXY")
     c.add_argument("--name", help="snapshot name (default: generated and printed)")
     c.add_argument("--service", default="local")
     c.add_argument("--store", type=Path)
-    c.add_argument("command", nargs=argparse.REMAINDER, help="-- the app command")
     c.set_defaults(func=run_capture)
 
     s = sub.add_parser("snapshot", help="list, show, cut, remove, import and export snapshots")
@@ -184,7 +184,7 @@ def summary(records: list[dict[str, Any]], redactions: Counter[str]) -> str:
 
 
 def run_capture(args: argparse.Namespace) -> int:
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = args.command
     if not command:
         print("replayops capture: give the app command after --", file=sys.stderr)
         return 2

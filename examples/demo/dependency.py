@@ -10,6 +10,7 @@ PRICES = {"apple": 3, "pear": 4, "fig": 9}
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802
         url = urlsplit(self.path)

@@ -14,6 +14,7 @@ def make_handler(dependency: str, variant: str) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
         def _send(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode()

@@ -17,6 +17,7 @@ class Echo(BaseHTTPRequestHandler):
     """Answers every request with JSON describing it (and a Set-Cookie, to exercise DLP)."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

@@ -1,0 +1,1 @@
+"""The replay data plane: generator (load + comparison), responder (mocks), reports."""

@@ -1,0 +1,253 @@
+"""``replayops replay | mock | report show``: the replay commands, local mode (no cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from controller import logs, schema
+from controller.replay import generator, report
+from controller.replay.matcher import Ignore, Matcher
+from controller.replay.responder import Options, Responder, serve, tls_context
+from controller.store import FileStore, StoreError
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    r = sub.add_parser("replay", help="replay a snapshot's inbound requests against a target and compare")
+    r.add_argument("snapshot")
+    r.add_argument("--target", required=True, help="base URL of the service under test")
+    r.add_argument("--report-dir", type=Path, help="where reports go (default $REPLAYOPS_HOME/reports)")
+    r.add_argument("--spec", type=Path, help="a TrafficReplay YAML whose spec drives load, transforms, goals")
+    r.add_argument("--copies", type=int, help="virtual users")
+    r.add_argument("--iterations", type=int)
+    r.add_argument("--duration", help="e.g. 30s, 5m")
+    r.add_argument("--rate", type=_positive, help="hold this many requests per second")
+    r.add_argument("--wait", choices=["zero", "recorded", "fixedMs"])
+    r.add_argument("--fixed-ms", type=int)
+    r.add_argument("--loop", action="store_true", default=None)
+    r.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    r.add_argument("--request-timeout", type=_positive, default=10.0)
+    r.add_argument("--min-success-rate", type=_fraction)
+    r.add_argument("--min-rps", type=_positive)
+    r.add_argument("--max-p99", type=_positive, help="ms")
+    r.add_argument("--ignore-path", action="append", default=[], help="JSON path left out of the comparison")
+    r.add_argument("--secrets-dir", type=Path, help="mounted secrets for bearerRefresh (dir/name/key)")
+    r.add_argument("--store", type=Path)
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=run_replay)
+
+    m = sub.add_parser("mock", help="serve a snapshot's outbound calls as mocks")
+    m.add_argument("snapshot")
+    m.add_argument("--listen", type=int, required=True)
+    m.add_argument("--host", default="127.0.0.1")
+    m.add_argument("--tls-listen", type=int)
+    m.add_argument("--tls-cert", type=Path)
+    m.add_argument("--tls-key", type=Path)
+    m.add_argument("--timing", choices=["none", "recorded", "multiplier"], default="none")
+    m.add_argument("--multiplier", type=_positive, default=1.0)
+    m.add_argument("--on-miss", choices=["notFound", "passthrough"], default="notFound")
+    m.add_argument("--no-fuzzy", action="store_true")
+    m.add_argument("--ignore-header", action="append", default=[])
+    m.add_argument("--ignore-query", action="append", default=[])
+    m.add_argument("--ignore-json-path", action="append", default=[])
+    m.add_argument("--chaos-error-rate", type=_fraction, default=0.0)
+    m.add_argument("--chaos-drop-rate", type=_fraction, default=0.0)
+    m.add_argument("--chaos-delay-rate", type=_fraction, default=0.0)
+    m.add_argument("--chaos-delay-ms", type=_positive, default=0.0)
+    m.add_argument("--miss-log", type=Path)
+    m.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    m.add_argument("--store", type=Path)
+    m.set_defaults(func=run_mock)
+
+    rep = sub.add_parser("report", help="replay reports")
+    verbs = rep.add_subparsers(dest="verb", required=True)
+    show = verbs.add_parser("show", help="a terminal summary of a report")
+    show.add_argument("id")
+    show.add_argument("--report-dir", type=Path)
+    show.add_argument("--json", action="store_true")
+    rep.set_defaults(func=run_report)
+
+
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.spec:
+        return {"snapshot": args.snapshot}
+    doc = YAML(typ="safe").load(args.spec.read_text())
+    errors = schema.validate(doc)
+    if errors:
+        raise ValueError("; ".join(f"{args.spec}: {e}" for e in errors))
+    spec = dict(doc["spec"])
+    spec["snapshot"] = args.snapshot
+    return spec
+
+
+def _start_target(command: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], Any]:
+    out = open(log_path, "wb")  # noqa: SIM115 - closed after the run
+    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True), out
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    logs.setup("WARNING")
+    try:
+        spec = _spec(args)
+    except (OSError, ValueError) as exc:
+        print(f"replayops replay: {exc}", file=sys.stderr)
+        return 2
+    goals = dict(spec.get("goals") or {})
+    if args.min_success_rate is not None:
+        goals["minSuccessRate"] = args.min_success_rate
+    if args.min_rps is not None:
+        goals["minRPS"] = args.min_rps
+    if args.max_p99 is not None:
+        goals.setdefault("maxLatencyMs", {})["p99"] = args.max_p99
+    stages = [{"duration": args.duration or "1h", "targetRPS": args.rate, "ramp": "step"}] if args.rate else None
+    plan = generator.Plan.from_spec(
+        spec, args.target, store_root=args.store, copies=args.copies, iterations=args.iterations,
+        duration=generator.parse_duration(args.duration), wait=args.wait, fixed_ms=args.fixed_ms, loop=args.loop,
+        workers=args.workers, request_timeout=args.request_timeout, secrets_dir=args.secrets_dir, stages=stages)
+    if args.ignore_path:
+        plan.rules = generator.compare.Rules(**{**plan.rules.__dict__,
+                                                "ignore": (*plan.rules.ignore, *args.ignore_path)})
+    command = args.command
+    report_id = report.new_id(args.snapshot)
+    target_proc, target_log, log_path = None, None, None
+    if command:
+        log_path = (args.report_dir or report.reports_dir()) / f"{report_id}.target.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        target_proc, target_log = _start_target(command, log_path)
+        time.sleep(0.5)
+    started = time.time()
+    total = None
+    try:
+        total = FileStore(args.store).manifest(args.snapshot).count
+    except StoreError as exc:
+        print(f"replayops replay: {exc}", file=sys.stderr)
+        return 2
+    progress = None if args.no_progress or not sys.stderr.isatty() else _progress(total * plan.copies)
+    problems: list[Any] = []
+    try:
+        stats, noise, errors = generator.run(plan, on_progress=progress)
+    except StoreError as exc:
+        print(f"replayops replay: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if target_proc is not None:
+            os.killpg(target_proc.pid, signal.SIGTERM)
+            target_proc.wait(10)
+            target_log.close()  # type: ignore[union-attr]
+    finished = time.time()
+    store = FileStore(args.store)
+    list(store.read(args.snapshot, strict=False, problems=problems))
+    collected = log_path.read_text(errors="replace") if log_path else ""
+    rep = report.build(stats, report_id=report_id, snapshot=args.snapshot, target=args.target, started=started,
+                       finished=finished, goals=goals, noise=noise, errors=errors, logs=collected,
+                       read_problems=[str(p) for p in problems])
+    where = report.save(rep, args.report_dir)
+    print(report.terminal_summary(rep))
+    print(f"report: {where / 'report.html'}")
+    if stats.requests and stats.failures == stats.requests:
+        print(f"replayops replay: every request to {args.target} failed: "
+              f"{next(iter(rep['errors']), 'no answer')}", file=sys.stderr)
+    return 0 if rep["goalsMet"] else 1
+
+
+def _progress(total: int) -> Any:
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task("replaying", total=total or None)
+    bar.start()
+
+    def update(done: int) -> None:
+        bar.update(task, completed=done)
+        if total and done >= total:
+            bar.stop()
+    return update
+
+
+def _mock_process(args: argparse.Namespace, ready: Any) -> None:
+    store = FileStore(args.store)
+    matcher = Matcher(Ignore(frozenset(h.lower() for h in args.ignore_header), frozenset(args.ignore_query),
+                             tuple(args.ignore_json_path)), fuzzy=not args.no_fuzzy)
+    matcher.load(store.read(args.snapshot, strict=False))
+    options = Options(args.timing, args.multiplier, args.on_miss, args.chaos_error_rate, 503, args.chaos_drop_rate,
+                      args.chaos_delay_rate, args.chaos_delay_ms, args.miss_log)
+    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_listen else None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.call_soon(ready.set)
+        await serve(Responder(matcher, options), host=args.host, port=args.listen, tls=tls,
+                    tls_port=args.tls_listen, stop=stop)
+    asyncio.run(main())
+
+
+def run_mock(args: argparse.Namespace) -> int:
+    logs.setup("WARNING")
+    try:
+        manifest = FileStore(args.store).manifest(args.snapshot)
+    except StoreError as exc:
+        print(f"replayops mock: {exc}", file=sys.stderr)
+        return 2
+    if args.tls_listen and not (args.tls_cert and args.tls_key):
+        print("replayops mock: --tls-listen needs --tls-cert and --tls-key", file=sys.stderr)
+        return 2
+    ctx = mp.get_context("fork")
+    events = [ctx.Event() for _ in range(max(1, args.workers))]
+    procs = [ctx.Process(target=_mock_process, args=(args, e)) for e in events]
+    for p in procs:
+        p.start()
+    for e in events:
+        e.wait(30)
+    outbound = manifest.by_direction.get("outbound", 0)
+    print(f"replayops mock: serving {outbound} recorded outbound calls of {args.snapshot} on "
+          f"http://{args.host}:{args.listen}" + (f" and https://{args.host}:{args.tls_listen}" if args.tls_listen
+                                                 else ""), file=sys.stderr, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.is_set() and any(p.is_alive() for p in procs):
+        stop.wait(0.5)
+    for p in procs:
+        if p.pid:
+            os.kill(p.pid, signal.SIGTERM)
+        p.join(10)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    try:
+        rep = report.load(args.id, args.report_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"replayops report show: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(rep, indent=2) if args.json else report.terminal_summary(rep))
+    return 0
