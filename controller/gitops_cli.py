@@ -15,10 +15,6 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from controller import desired, logs, paths, rules
-from controller.gitsource import Auth, GitSource
-from controller.kube import KubeError, connect
-from controller.kube.lookup import ClusterLookup
-from controller.reconcile import OUR_API, Options, Reconciler
 
 log = logs.get("controller")
 VOLATILE_META = ("managedFields", "resourceVersion", "generation", "uid", "creationTimestamp")
@@ -115,6 +111,10 @@ def _normalise(obj: dict[str, Any] | None) -> str:
 
 
 def run_diff(args: argparse.Namespace) -> int:
+    from controller.kube import KubeError, connect
+    from controller.kube.lookup import ClusterLookup
+
+
     try:
         kube = connect(args.kubeconfig)
         state = desired.build(desired.read_dir(args.path), lookup=ClusterLookup(kube), namespace=args.namespace)
@@ -149,9 +149,11 @@ def run_controller(args: argparse.Namespace) -> int:
     from prometheus_client import make_wsgi_app
 
     from controller import receiver
+    from controller.gitsource import Auth, GitSource
+    from controller.kube import KubeError, connect
     from controller.kube.watch import Watcher
     from controller.leader import LeaderElector
-    from controller.reconcile import MANAGED_BY, SOURCE, Metrics
+    from controller.reconcile import MANAGED_BY, OUR_API, SOURCE, Metrics, Options, Reconciler
 
     logs.setup()
     allowed = desired.DEFAULT_ALLOWED_KINDS | frozenset(args.allow_kind)

@@ -21,8 +21,6 @@ from ruamel.yaml import YAML
 
 from controller import logs, paths
 from controller.capture import dlp, har, rrpair
-from controller.capture.addon import Buffer, CaptureMetrics, forwarder_sink
-from controller.capture.proxy import CaptureProxy, ProxyConfig, parse_reverse
 from controller.store import FileStore, Manifest, ReadProblem, StoreError
 
 
@@ -114,6 +112,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run_proxy(args: argparse.Namespace) -> int:
+    from controller.capture.addon import Buffer, CaptureMetrics, forwarder_sink
+    from controller.capture.proxy import CaptureProxy, ProxyConfig, parse_reverse
+
     logs.setup()
     try:
         config = ProxyConfig(reverse=[parse_reverse(r) for r in args.reverse], transparent=args.transparent,
@@ -184,6 +185,9 @@ def summary(records: list[dict[str, Any]], redactions: Counter[str]) -> str:
 
 
 def run_capture(args: argparse.Namespace) -> int:
+    from controller.capture.addon import Buffer, CaptureMetrics
+    from controller.capture.proxy import CaptureProxy, ProxyConfig
+
     command = args.command
     if not command:
         print("replayops capture: give the app command after --", file=sys.stderr)

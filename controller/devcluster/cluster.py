@@ -262,10 +262,16 @@ class DevCluster:
 
 
 def stop_pid(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the process group of ``pid``, then SIGKILL it if it is still alive after ``timeout``."""
+    """SIGTERM the process group of ``pid`` (or the process, when it leads none), then SIGKILL it if it is
+    still alive after ``timeout``."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
             os.killpg(pid, sig)
+        except ProcessLookupError:  # not a group leader: signal the process itself
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        except PermissionError:
+            pass
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if not pid_alive(pid):

@@ -19,6 +19,8 @@ from typing import Any
 from controller import paths
 from controller.replay.generator import Stats
 
+DEFAULT_GOALS = {"minSuccessRate": 1.0}  # with no goals given, every response must match
+
 
 def percentile(hist: Counter[float], q: float) -> float:
     total = sum(hist.values())
@@ -74,7 +76,7 @@ def build(stats: Stats, *, report_id: str, snapshot: str, target: str, started: 
     endpoints = {name: {"requests": ep["requests"], "mismatches": ep["mismatches"], "errors": ep["errors"],
                         **_lat(ep["latency"]), "examples": ep["examples"]}
                  for name, ep in sorted(stats.endpoints.items())}
-    evaluated = evaluate(goals, summary, endpoints)
+    evaluated = evaluate(goals or DEFAULT_GOALS, summary, endpoints)
     timeline = [{"t": sec, "requests": n, "failures": bad, **_lat(lat)}
                 for sec, (n, bad, lat) in sorted(stats.timeline.items())]
     return {
