@@ -111,6 +111,23 @@ def _start_target(command: list[str], log_path: Path) -> tuple[subprocess.Popen[
     return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True), out
 
 
+def _wait_listening(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
+    """Until the target accepts connections (True), or its command exits or ``timeout`` passes (False)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(address, timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
 def run_replay(args: argparse.Namespace) -> int:
     logs.setup("WARNING")
     try:
@@ -140,7 +157,11 @@ def run_replay(args: argparse.Namespace) -> int:
         log_path = (args.report_dir or report.reports_dir()) / f"{report_id}.target.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         target_proc, target_log = _start_target(command, log_path)
-        time.sleep(0.5)
+        if not _wait_listening(args.target, target_proc):
+            os.killpg(target_proc.pid, signal.SIGTERM)
+            print(f"replayops replay: the target command exited or never listened on {args.target}; "
+                  f"its output is in {log_path}", file=sys.stderr)
+            return 2
     started = time.time()
     total = None
     try:

@@ -263,3 +263,20 @@ def test_unreachable_resetting_and_slow_targets_give_errors_and_a_partial_report
     report_id = timed_out.stdout.split()[1].rstrip(":")
     rep = json.loads(cli(recorded, "report", "show", report_id, "--json").stdout)
     assert rep["summary"]["errors"] == 4 and rep["summary"]["requests"] == 4, "every request is accounted for"
+
+
+def test_a_local_target_command_is_started_and_its_output_collected(recorded: dict[str, str], tmp_path: Path) -> None:
+    dep_port, port = free_port(), free_port()
+    dep = subprocess.Popen([sys.executable, str(DEMO / "dependency.py"), str(dep_port)])
+    script = tmp_path / "target.py"
+    script.write_text("import runpy, sys\nprint('target booting', flush=True)\n"
+                      f"sys.argv = ['server.py', '{port}', 'http://127.0.0.1:{dep_port}']\n"
+                      f"runpy.run_path({str(DEMO / 'server.py')!r}, run_name='__main__')\n")
+    try:
+        out = cli(recorded, "replay", "demo", "--target", f"http://127.0.0.1:{port}", "--no-progress",
+                  "--ignore-path", "$.order", "--", sys.executable, str(script))
+    finally:
+        stop_pid(dep.pid)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rep = json.loads(cli(recorded, "report", "show", out.stdout.split()[1].rstrip(":"), "--json").stdout)
+    assert "target booting" in rep["logs"]
