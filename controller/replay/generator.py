@@ -172,16 +172,20 @@ def signature(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(f"{req['method']} {req['url']} ".encode() + rrpair.decode_body(req)).hexdigest()
 
 
+NOISE_SIGNATURES = 20000  # distinct requests remembered for noise detection (bounds its memory)
+
+
 def detect_noise(store: FileStore, name: str) -> dict[str, set[str]]:
-    """Per endpoint, the JSON paths that differ between recordings of the same request."""
+    """Per endpoint, the JSON paths that differ between recordings of the same request (among the first
+    ``NOISE_SIGNATURES`` distinct requests, so memory stays bounded on huge snapshots)."""
     first: dict[str, dict[str, Any]] = {}
     found: dict[str, set[str]] = defaultdict(set)
     for record in inbound(store, name):
         sig = signature(record)
         if sig in first:
-            found[rrpair.endpoint(record)] |= compare.noise(first[sig]["response"], record["response"])
-        else:
-            first[sig] = record
+            found[rrpair.endpoint(record)] |= compare.noise(first[sig], record["response"])
+        elif len(first) < NOISE_SIGNATURES:
+            first[sig] = record["response"]
     return dict(found)
 
 

@@ -98,3 +98,19 @@ def test_har_that_is_not_json_names_the_line(tmp_path: Path) -> None:
     (tmp_path / "empty.har").write_text("{}")
     with pytest.raises(har.HarError, match="log.entries is missing"):
         har.read_har(tmp_path / "empty.har")
+
+
+def test_mitmproxy_flow_files_are_imported(tmp_path: Path) -> None:
+    from mitmproxy import io
+    from mitmproxy.test import tflow
+
+    path = tmp_path / "flows.mitm"
+    with open(path, "wb") as fh:
+        writer = io.FlowWriter(fh)
+        for _ in range(3):
+            writer.add(tflow.tflow(resp=True))
+    records = list(har.read_flows(path, "shop"))
+    assert len(records) == 3 and all(r["service"] == "shop" and r["response"]["status"] == 200 for r in records)
+    (tmp_path / "junk.mitm").write_bytes(b"not a flow file at all")
+    with pytest.raises(har.HarError, match="junk.mitm: not a mitmproxy flow file"):
+        list(har.read_flows(tmp_path / "junk.mitm"))

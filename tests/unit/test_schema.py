@@ -45,3 +45,4 @@ def test_missing_name_is_reported() -> None:
     obj = replay()
     del obj["metadata"]["name"]
     assert [e.path for e in schema.validate(obj)] == ["metadata.name"]
+
