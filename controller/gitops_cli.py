@@ -63,7 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--kubeconfig", type=Path, default=None)
     r.add_argument("--cache", type=Path, default=None, help="git cache directory")
     r.add_argument("--token-file", type=Path, help="https token")
-    r.add_argument("--ssh-key", type=Path, help="ssh private key (public key beside it, .pub)")
+    r.add_argument("--ssh-key", type=Path, help="ssh private key (public key beside it, .pub); the host must "
+                   "be in ~/.ssh/known_hosts")
+    r.add_argument("--ca-file", type=Path, help="CA bundle for an https git server with a private CA")
     r.add_argument("--push-port", type=int, default=0, help="serve the push-webhook receiver on this port")
     r.add_argument("--push-secret-file", type=Path, help="HMAC secret / GitLab token for pushes")
     r.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
@@ -161,7 +163,8 @@ def run_controller(args: argparse.Namespace) -> int:
                       self_heal=args.self_heal, prune=args.prune, dry_run=args.dry_run, allowed_kinds=allowed)
     token = args.token_file.read_text().strip() if args.token_file else None
     source = GitSource(args.repo, cache=args.cache or paths.home() / "git", branch=args.branch, tag=args.tag,
-                       commit=args.commit, path=args.path, auth=Auth(token=token, ssh_private_key=args.ssh_key))
+                       commit=args.commit, path=args.path,
+                       auth=Auth(token=token, ssh_private_key=args.ssh_key, ca_file=args.ca_file))
     try:
         kube = connect(args.kubeconfig)
     except Exception as exc:

@@ -43,6 +43,7 @@ class Auth:
     username: str | None = None
     ssh_private_key: Path | None = None
     ssh_public_key: Path | None = None
+    ca_file: Path | None = None  # extra CA for https remotes (a private git server)
 
 
 class _Callbacks(pygit2.RemoteCallbacks):  # type: ignore[misc]
@@ -93,6 +94,8 @@ class GitSource:
     def fetch(self) -> Revision:
         """Fetch the remote and resolve the configured ref; raise GitError saying what failed."""
         repo = self._open()
+        if self.auth.ca_file:
+            pygit2.settings.set_ssl_cert_locations(str(self.auth.ca_file), None)
         try:
             repo.remotes["origin"].fetch(REFSPECS, callbacks=_Callbacks(self.auth),
                                          prune=pygit2.enums.FetchPrune.PRUNE)

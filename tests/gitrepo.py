@@ -40,3 +40,64 @@ class Repo:
         self.git("rm", "-q", name)
         self.git("commit", "-q", "-m", message)
         return self.git("rev-parse", "HEAD")
+
+
+def serve_https(root: Path, token: str, cert_dir: Path) -> tuple[int, object]:
+    """A smart-HTTP git server over TLS (git http-backend behind Basic auth with ``token`` as password).
+    Returns (port, server); call ``server.shutdown()`` when done."""
+    import base64
+    import os
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    from controller import pki
+
+    ca = pki.make_ca("git-test-ca")
+    (cert_dir / "git-ca.pem").write_bytes(ca.cert_pem)
+    pki.issue(ca, "git", ips=("127.0.0.1",)).write(cert_dir / "git.crt", cert_dir / "git.key")
+
+    class Handler(BaseHTTPRequestHandler):
+        def _run(self) -> None:
+            given = self.headers.get("Authorization", "")
+            if not given.startswith("Basic ") or base64.b64decode(given[6:]).decode().split(":", 1)[-1] != token:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            url = urlsplit(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            env = {**os.environ, "GIT_PROJECT_ROOT": str(root), "GIT_HTTP_EXPORT_ALL": "1",
+                   "PATH_INFO": url.path, "QUERY_STRING": url.query, "REQUEST_METHOD": self.command,
+                   "CONTENT_TYPE": self.headers.get("Content-Type", ""), "CONTENT_LENGTH": str(len(body)),
+                   "REMOTE_USER": "git", "HTTP_GIT_PROTOCOL": self.headers.get("Git-Protocol", "")}
+            out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
+            head, _, payload = out.partition(b"\r\n\r\n")
+            status = 200
+            headers = []
+            for line in head.decode().split("\r\n"):
+                name, _, value = line.partition(": ")
+                if name.lower() == "status":
+                    status = int(value.split()[0])
+                elif name:
+                    headers.append((name, value))
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _run  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_dir / "git.crt", cert_dir / "git.key")
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1], server

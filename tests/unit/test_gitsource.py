@@ -89,3 +89,23 @@ def test_fetch_over_git_daemon_on_loopback(tmp_path: Path) -> None:
     finally:
         daemon.terminate()
         daemon.wait(timeout=10)
+
+
+def test_fetch_over_https_with_a_token(tmp_path: Path) -> None:
+    from controller.gitsource import Auth
+    from tests.gitrepo import serve_https
+
+    repo = Repo(tmp_path / "root" / "team.git")
+    sha = repo.commit("one", {"replays/a.yaml": "v: 1"})
+    port, server = serve_https(tmp_path / "root", "s3cret-token", tmp_path)
+    try:
+        url = f"https://127.0.0.1:{port}/team.git"
+        source = GitSource(url, cache=tmp_path / "cache",
+                           auth=Auth(token="s3cret-token", ca_file=tmp_path / "git-ca.pem"))
+        rev = source.fetch()
+        assert rev.sha == sha and source.files(rev) == {"replays/a.yaml": b"v: 1"}
+        wrong = GitSource(url, cache=tmp_path / "cache2", auth=Auth(token="guess", ca_file=tmp_path / "git-ca.pem"))
+        with pytest.raises(GitError, match=f"fetch {url}"):
+            wrong.fetch()
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
