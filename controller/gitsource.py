@@ -53,6 +53,8 @@ class _Callbacks(pygit2.RemoteCallbacks):  # type: ignore[misc]
 
     def credentials(self, url: str, username_from_url: str | None, allowed_types: int) -> object:
         user = self.auth.username or username_from_url or "git"
+        if allowed_types & pygit2.enums.CredentialType.USERNAME:  # ssh asks for the user name first
+            return pygit2.Username(user)
         if self.auth.ssh_private_key and allowed_types & pygit2.enums.CredentialType.SSH_KEY:
             public = self.auth.ssh_public_key or Path(f"{self.auth.ssh_private_key}.pub")
             return pygit2.Keypair(user, str(public), str(self.auth.ssh_private_key), "")
