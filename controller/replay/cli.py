@@ -182,8 +182,8 @@ def run_replay(args: argparse.Namespace) -> int:
             target_proc.wait(10)
             target_log.close()  # type: ignore[union-attr]
     finished = time.time()
-    store = FileStore(args.store)
-    list(store.read(args.snapshot, strict=False, problems=problems))
+    for _ in FileStore(args.store).read(args.snapshot, strict=False, problems=problems):
+        pass  # only the problems are wanted: streamed, never held
     collected = log_path.read_text(errors="replace") if log_path else ""
     rep = report.build(stats, report_id=report_id, snapshot=args.snapshot, target=args.target, started=started,
                        finished=finished, goals=goals, noise=noise, errors=errors, logs=collected,

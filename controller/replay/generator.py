@@ -210,32 +210,47 @@ class Bucket:
             await asyncio.sleep(max(0.001, (1 - self.tokens) / max(rate * self.share, 0.001)))
 
 
+IN_MEMORY = 20000  # snapshots up to this many requests are parsed once per worker; larger ones are streamed
+
+
+def records_of(store: FileStore, plan: Plan, cached: list[dict[str, Any]] | None) -> Iterator[dict[str, Any]]:
+    return iter(cached) if cached is not None else inbound(store, plan.snapshot)
+
+
 async def _user(plan: Plan, store: FileStore, session: aiohttp.ClientSession, bucket: Bucket, stats: Stats,
-                started: float, deadline: float | None, progress: Any) -> None:
+                started: float, deadline: float | None, progress: Any, cached: list[dict[str, Any]] | None) -> None:
     state = transforms.Session(plan.transforms, plan.secrets_dir)
     base = urlsplit(plan.target)
-    iteration = 0
-    while True:
-        previous_at: float | None = None
-        for record in inbound(store, plan.snapshot):
-            if deadline and time.monotonic() >= deadline:
+    iteration = sent = 0
+    try:
+        while True:
+            previous_at: float | None = None
+            for record in records_of(store, plan, cached):
+                if deadline and time.monotonic() >= deadline:
+                    return
+                recorded_at = float(record["timestamps"]["request"])
+                if plan.wait == "recorded" and previous_at is not None:
+                    await asyncio.sleep(min(max(recorded_at - previous_at, 0), 60))
+                elif plan.wait == "fixedMs":
+                    await asyncio.sleep(plan.fixed_ms / 1000)
+                previous_at = recorded_at
+                await bucket.take()
+                await _send(plan, base, record, session, state, stats, started)
+                sent += 1
+                if progress is not None and sent % 100 == 0:
+                    _advance(progress, 100)
+            iteration += 1
+            if not (plan.loop and deadline) and iteration >= plan.iterations:
                 return
-            recorded_at = float(record["timestamps"]["request"])
-            if plan.wait == "recorded" and previous_at is not None:
-                await asyncio.sleep(min(max(recorded_at - previous_at, 0), 60))
-            elif plan.wait == "fixedMs":
-                await asyncio.sleep(plan.fixed_ms / 1000)
-            previous_at = recorded_at
-            await bucket.take()
-            await _send(plan, base, record, session, state, stats, started)
-            if progress is not None:
-                with progress.get_lock():
-                    progress.value += 1
-        iteration += 1
-        if plan.loop and deadline:
-            continue
-        if iteration >= plan.iterations:
-            return
+    finally:
+        if progress is not None:
+            _advance(progress, sent % 100)
+
+
+def _advance(progress: Any, n: int) -> None:
+    """Add to the shared progress counter (in steps, so its lock is rarely taken)."""
+    with progress.get_lock():
+        progress.value += n
 
 
 async def _send(plan: Plan, base: Any, record: Mapping[str, Any], session: aiohttp.ClientSession,
@@ -291,9 +306,12 @@ async def _worker_main(plan: Plan, users: int, share: float, started_wall: float
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=plan.request_timeout)
     bucket = Bucket(plan, share, started)
+    cached = None
+    if store.manifest(plan.snapshot).by_direction.get("inbound", 0) <= IN_MEMORY:
+        cached = list(inbound(store, plan.snapshot))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False,
                                      auto_decompress=True) as session:
-        await asyncio.gather(*(_user(plan, store, session, bucket, stats, started, deadline, progress)
+        await asyncio.gather(*(_user(plan, store, session, bucket, stats, started, deadline, progress, cached)
                                for _ in range(users)))
     return stats
 
@@ -303,7 +321,13 @@ def _worker(plan: Plan, users: int, share: float, started_wall: float, progress:
     _NOISE.clear()
     _NOISE.update(noise)
     try:
-        out.put(("ok", asyncio.run(_worker_main(plan, users, share, started_wall, progress))))
+        try:
+            import uvloop  # a faster event loop when installed
+
+            runner: Any = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        out.put(("ok", runner(_worker_main(plan, users, share, started_wall, progress))))
     except BaseException as exc:  # report, never hang the parent
         out.put(("error", f"{type(exc).__name__}: {exc}"))
 
