@@ -15,19 +15,18 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from controller import desired, logs, paths, rules
+from controller.durations import parse_duration
 
 log = logs.get("controller")
 VOLATILE_META = ("managedFields", "resourceVersion", "generation", "uid", "creationTimestamp")
 
 
 def _duration(text: str) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    for unit in ("ms", "s", "m", "h"):
-        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
-            return float(text[: -len(unit)]) * units[unit]
-    if text.replace(".", "", 1).isdigit():
-        return float(text)
-    raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 5m)")
+    try:
+        seconds = float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return float(seconds or 0)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

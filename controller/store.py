@@ -81,6 +81,8 @@ class Store(Protocol):
     def cut(self, name: str, *, service: str, start: float, end: float, stream: str | None = None) -> Manifest: ...
     def remove(self, name: str) -> bool: ...
     def exists(self, name: str) -> bool: ...
+    def expire(self, *, max_age_s: float | None = None, max_bytes: int | None = None, stream: str | None = None,
+               now: float | None = None) -> list[str]: ...
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -232,14 +234,30 @@ class FileStore:
         shutil.rmtree(trash)
         return True
 
-    def expire(self, *, max_age_s: float, now: float | None = None) -> list[str]:
-        """Retention: delete stream segments older than ``max_age_s``; return their names."""
+    def expire(self, *, max_age_s: float | None = None, max_bytes: int | None = None, stream: str | None = None,
+               now: float | None = None) -> list[str]:
+        """Retention for capture streams (one, or all): delete segments older than ``max_age_s``, then the
+        oldest until the stream fits ``max_bytes``; return what was deleted."""
         now = now or time.time()
+        base = self.root / "streams"
+        every = [p for p in base.iterdir() if p.is_dir()] if base.is_dir() else []
+        dirs = [base / _safe(stream)] if stream else every
         removed = []
-        for segment in (self.root / "streams").glob("*/*.jsonl.gz") if (self.root / "streams").is_dir() else []:
-            if now - segment.stat().st_mtime > max_age_s:
-                segment.unlink()
-                removed.append(str(segment))
+        for directory in dirs:
+            segments = sorted(directory.glob("*.jsonl.gz"), key=lambda p: p.stat().st_mtime)
+            keep = []
+            for segment in segments:
+                if max_age_s is not None and now - segment.stat().st_mtime > max_age_s:
+                    segment.unlink()
+                    removed.append(str(segment))
+                else:
+                    keep.append(segment)
+            total = sum(p.stat().st_size for p in keep)
+            while max_bytes is not None and keep and total > max_bytes:
+                oldest = keep.pop(0)
+                total -= oldest.stat().st_size
+                oldest.unlink()
+                removed.append(str(oldest))
         return removed
 
 

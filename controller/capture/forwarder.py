@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hmac
 import json
+import time
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,9 +23,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from controller import logs
 from controller.capture import dlp, rrpair
 from controller.capture.filters import Filter
+from controller.durations import parse_duration
 from controller.store import Store
 
 MAX_BODY = 16 * 1024 * 1024
+RETENTION_EVERY = 60.0
 MAX_INFLATED = 64 * 1024 * 1024
 log = logs.get("forwarder")
 PolicyGetter = Callable[[str], Mapping[str, Any] | None]
@@ -46,6 +49,19 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
 
     def reply(code: int, **body: Any) -> Response:
         return Response(json.dumps(body), status=code, mimetype="application/json")
+
+    last_expiry: dict[str, float] = {}
+
+    def _retain(stream: str, retention: Mapping[str, Any]) -> None:
+        """Apply the policy's retention to the stream, at most once a minute."""
+        if not retention or time.monotonic() - last_expiry.get(stream, -RETENTION_EVERY) < RETENTION_EVERY:
+            return
+        last_expiry[stream] = time.monotonic()
+        max_mb = retention.get("maxSizeMB")
+        removed = store.expire(stream=stream, max_age_s=parse_duration(retention.get("maxAge")),
+                               max_bytes=int(max_mb) * 1024 * 1024 if max_mb else None)
+        if removed:
+            log.info("retention expired segments", extra=logs.fields(stream=stream, count=len(removed)))
 
     @app.post("/v1/batches")
     def batches() -> Response:
@@ -77,6 +93,7 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
                 continue
             good.append(redactor.record(record))
         store.append(stream, good)
+        _retain(stream, spec.get("retention") or {})
         received.labels("stored").inc(len(good))
         received.labels("filtered").inc(filtered)
         received.labels("rejected").inc(len(rejected))

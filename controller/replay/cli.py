@@ -18,6 +18,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from controller import logs, schema
+from controller.durations import parse_duration
 from controller.replay import generator, report
 from controller.replay.matcher import Ignore, Matcher
 from controller.replay.responder import Options, Responder, serve, tls_context
@@ -145,7 +146,7 @@ def run_replay(args: argparse.Namespace) -> int:
     stages = [{"duration": args.duration or "1h", "targetRPS": args.rate, "ramp": "step"}] if args.rate else None
     plan = generator.Plan.from_spec(
         spec, args.target, store_root=args.store, copies=args.copies, iterations=args.iterations,
-        duration=generator.parse_duration(args.duration), wait=args.wait, fixed_ms=args.fixed_ms, loop=args.loop,
+        duration=parse_duration(args.duration), wait=args.wait, fixed_ms=args.fixed_ms, loop=args.loop,
         workers=args.workers, request_timeout=args.request_timeout, secrets_dir=args.secrets_dir, stages=stages)
     if args.ignore_path:
         plan.rules = generator.compare.Rules(**{**plan.rules.__dict__,

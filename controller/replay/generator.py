@@ -28,21 +28,11 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from controller.capture import rrpair
+from controller.durations import parse_duration
 from controller.replay import compare, transforms
 from controller.store import FileStore, ReadProblem
 
 EXAMPLES = 3
-
-
-def parse_duration(text: str | None) -> float | None:
-    if not text:
-        return None
-    import re
-
-    total = 0.0
-    for value, unit in re.findall(r"([0-9.]+)(ms|s|m|h)", text):
-        total += float(value) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
-    return total
 
 
 @dataclass

@@ -112,3 +112,16 @@ def test_forwarder_health_and_metrics(tmp_path: Path) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     client.post("/v1/batches", json={"stream": "s", "records": corpus()[:1]}, headers={"Authorization": "Bearer t"})
     assert 'replayops_forwarder_records_total{outcome="stored"} 1.0' in client.get("/metrics").get_data(as_text=True)
+
+
+def test_forwarder_applies_the_policy_retention(tmp_path: Path) -> None:
+    import os
+
+    policy = {"spec": {"retention": {"maxAge": "1h"}}}
+    store = FileStore(tmp_path)
+    store.append("s", corpus()[:1])
+    old = next(tmp_path.rglob("*.jsonl.gz"))
+    os.utime(old, (1000, 1000))
+    client = create_app(store, "t", b"k", lambda _: policy).test_client()
+    client.post("/v1/batches", json={"stream": "s", "records": corpus()[:1]}, headers={"Authorization": "Bearer t"})
+    assert not old.exists() and len(list(tmp_path.rglob("*.jsonl.gz"))) == 1

@@ -50,6 +50,11 @@ def test_retention_expires_old_stream_segments(tmp_path: Path) -> None:
     store.append("shop", [rec(2)])
     assert store.expire(max_age_s=3600) == [str(old)]
     assert len(list(tmp_path.rglob("*.jsonl.gz"))) == 1
+    for i in range(3):
+        store.append("shop", [rec(i) for i in range(50)])
+    size = sum(p.stat().st_size for p in tmp_path.rglob("*.jsonl.gz"))
+    removed = store.expire(max_bytes=size // 2, stream="shop")
+    assert removed and sum(p.stat().st_size for p in tmp_path.rglob("*.jsonl.gz")) <= size // 2
 
 
 def test_truncated_and_corrupt_segments_are_named_and_the_rest_is_kept(tmp_path: Path) -> None:
