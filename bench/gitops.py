@@ -102,7 +102,8 @@ def main() -> None:
             print(f"commit -> converged ({args.commits} commits each):")
             print(f"  push webhook   p50 {statistics.median(pushed):6.3f} s  max {max(pushed):6.3f} s"
                   "   (target p50 <= 1 s)")
-            print(f"  polling {args.poll_interval:>4}   p50 {statistics.median(polled):6.3f} s  max {max(polled):6.3f} s")
+            print(f"  polling {args.poll_interval:>4}   p50 {statistics.median(polled):6.3f} s  "
+                  f"max {max(polled):6.3f} s")
             print(f"  ratio push/poll p50: {statistics.median(pushed) / statistics.median(polled):.3f}")
 
             for i in range(args.workloads):

@@ -51,7 +51,8 @@ def wrk_rps(url: str, seconds: float, connections: int) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
 
-def replay_rps(env: dict[str, str], target: str, seconds: float, users: int, snapshot: str = "one") -> tuple[float, int]:
+def replay_rps(env: dict[str, str], target: str, seconds: float, users: int,
+               snapshot: str = "one") -> tuple[float, int]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     out = subprocess.run([str(BIN / "replayops"), "replay", snapshot, "--target", target, "--copies", str(users),
                           "--duration", f"{seconds:.0f}s", "--loop", "--no-progress", "--workers", "2"],
@@ -120,7 +121,8 @@ def main() -> None:
             for i in range(100):
                 (mappings / f"m{i}.json").write_text(json.dumps({
                     "request": {"method": "GET", "url": f"/api/item/{i}"},
-                    "response": {"status": 200, "body": BODY.decode(), "headers": {"Content-Type": "application/json"}}}))
+                    "response": {"status": 200, "body": BODY.decode(),
+                                 "headers": {"Content-Type": "application/json"}}}))
             procs.append(subprocess.Popen([str(BIN / "replayops"), "mock", "mocks", "--listen", str(mock_port),
                                            "--workers", "2", "--no-fuzzy"], env=env, start_new_session=True,
                                           stderr=subprocess.DEVNULL))
