@@ -51,7 +51,8 @@ class _Callbacks(pygit2.RemoteCallbacks):  # type: ignore[misc]
         super().__init__()
         self.auth = auth
 
-    def credentials(self, url: str, username_from_url: str | None, allowed_types: int) -> object:
+    def credentials(self, url: str, username_from_url: str | None,
+                    allowed_types: int) -> pygit2.Username | pygit2.UserPass | pygit2.Keypair:
         user = self.auth.username or username_from_url or "git"
         if allowed_types & pygit2.enums.CredentialType.USERNAME:  # ssh asks for the user name first
             return pygit2.Username(user)
@@ -110,12 +111,10 @@ class GitSource:
         repo = self._open()
         try:
             if self.commit:
-                obj = repo.revparse_single(self.commit)
-            elif self.tag:
-                obj = repo.references[f"refs/tags/{self.tag}"].peel(pygit2.Commit)
+                commit = repo.revparse_single(self.commit).peel(pygit2.Commit)
             else:
-                obj = repo.references[f"refs/heads/{self.branch}"].peel(pygit2.Commit)
-            commit = obj.peel(pygit2.Commit)
+                ref = f"refs/tags/{self.tag}" if self.tag else f"refs/heads/{self.branch}"
+                commit = repo.references[ref].peel(pygit2.Commit)
         except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError) as exc:
             raise GitError(f"{self.url}: ref {self.ref!r} not found") from exc
         return Revision(self.ref, str(commit.id))
@@ -123,22 +122,24 @@ class GitSource:
     def files(self, revision: Revision) -> dict[str, bytes]:
         """Every YAML file under the sub-path at ``revision``, by repository path (no checkout)."""
         repo = self._open()
-        tree = repo.get(revision.sha).peel(pygit2.Tree)
+        tree = repo.revparse_single(revision.sha).peel(pygit2.Tree)
         if self.path:
             try:
-                tree = repo.get(tree[self.path].id)
+                sub = repo[tree[self.path].id]
             except KeyError as exc:
                 raise GitError(f"{self.url} at {revision}: path {self.path!r} does not exist") from exc
-            if not isinstance(tree, pygit2.Tree):
+            if not isinstance(sub, pygit2.Tree):
                 raise GitError(f"{self.url} at {revision}: path {self.path!r} is not a directory")
+            tree = sub
         out: dict[str, bytes] = {}
         self._walk(repo, tree, self.path, out)
         return out
 
     def _walk(self, repo: pygit2.Repository, tree: pygit2.Tree, prefix: str, out: dict[str, bytes]) -> None:
         for entry in tree:
-            name = f"{prefix}/{entry.name}" if prefix else entry.name
-            if entry.type_str == "tree":
-                self._walk(repo, repo.get(entry.id), name, out)
-            elif entry.type_str == "blob" and name.endswith(YAML_SUFFIXES):
-                out[name] = repo.get(entry.id).data
+            name = f"{prefix}/{entry.name}" if prefix else str(entry.name)
+            obj = repo[entry.id]
+            if isinstance(obj, pygit2.Tree):
+                self._walk(repo, obj, name, out)
+            elif isinstance(obj, pygit2.Blob) and name.endswith(YAML_SUFFIXES):
+                out[name] = obj.data

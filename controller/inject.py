@@ -94,7 +94,8 @@ def _app_ports(pod: Mapping[str, Any], spec: Mapping[str, Any]) -> list[int]:
 def _reverse_ports(spec: Mapping[str, Any], count: int) -> list[int]:
     """Listen ports of the reverse proxies: from inbound.proxyPort up, skipping the outbound and health ports."""
     reserved = {HEALTH_PORT, int(spec.get("outbound", {}).get("proxyPort", 15002))}
-    port, out = int(spec.get("inbound", {}).get("proxyPort", 15001)), []
+    port = int(spec.get("inbound", {}).get("proxyPort", 15001))
+    out: list[int] = []
     while len(out) < count:
         if port not in reserved:
             out.append(port)

@@ -54,7 +54,7 @@ def create_app(secret: bytes, branch: str, on_push: Callable[[str], None]) -> Fl
         if provider not in ("github", "gitea", "gitlab"):
             return reply(404, f"unknown provider {provider!r}; use github, gitea or gitlab")
         body = request.get_data(cache=False)
-        headers = request.headers  # case-insensitive
+        headers: Mapping[str, str] = request.headers  # type: ignore[assignment]  # case-insensitive
         if not verify(provider, secret, headers, body):
             log.warning("push rejected", extra=logs.fields(provider=provider, reason="bad signature"))
             return reply(401, "signature or token does not verify")

@@ -263,7 +263,7 @@ class Reconciler:
         condition = {"type": "Ready", "status": "True" if ready else "False",
                      "reason": "Selected" if ready else "Conflict", "message": message,
                      "observedGeneration": live.get("metadata", {}).get("generation", 0)}
-        previous = next((c for c in old.get("conditions", []) if c.get("type") == "Ready"), {})
+        previous: dict[str, Any] = next((c for c in old.get("conditions", []) if c.get("type") == "Ready"), {})
         same = all(previous.get(k) == v for k, v in condition.items())
         condition["lastTransitionTime"] = previous.get("lastTransitionTime") if same else _now()
         status = {"observedGeneration": condition["observedGeneration"], "selectedCount": len(entries),

@@ -49,7 +49,7 @@ class FieldError:
 def load_crds() -> tuple[dict[str, Any], ...]:
     """All CustomResourceDefinitions in ``crds_dir()``, parsed."""
     yaml = YAML(typ="safe")
-    docs = []
+    docs: list[dict[str, Any]] = []
     for path in sorted(crds_dir().glob("*.yaml")):
         docs.extend(d for d in yaml.load_all(path.read_text()) if d and d.get("kind") == "CustomResourceDefinition")
     return tuple(docs)

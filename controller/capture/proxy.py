@@ -92,7 +92,7 @@ class CaptureProxy:
 
     def _listening(self) -> bool:
         servers = self.master.addons.get("proxyserver").servers if self.master else None
-        return bool(servers) and all(s.is_running for s in servers)
+        return servers is not None and bool(servers) and all(s.is_running for s in servers)
 
     def _write_ca(self) -> None:
         """ca.pem and ca-bundle.pem (system roots + ours) for the app, when unwrapping TLS."""

@@ -8,6 +8,7 @@ import ssl
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from controller import paths
 from controller.devcluster.build import ensure_binaries
@@ -56,7 +57,8 @@ def down(workdir: Path) -> list[str]:
     """Stop whatever a previous ``up`` left in ``workdir``; return the names stopped."""
     state = read_state(workdir)
     stopped = []
-    for proc in reversed(state["procs"] if state else []):  # type: ignore[arg-type]
+    procs: list[dict[str, Any]] = list(state["procs"]) if state else []  # type: ignore[call-overload]
+    for proc in reversed(procs):
         stop_pid(int(proc["pid"]))
         stopped.append(f"{proc['name']} (pid {proc['pid']})")
     if workdir.exists():

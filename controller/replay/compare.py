@@ -79,9 +79,9 @@ def compare(recorded: Mapping[str, Any], status: int, headers: Mapping[str, str]
         diff.lines.append(f"status: recorded {recorded['status']}, got {status}")
     lowered = {k.lower(): v for k, v in headers.items()}
     for name in rules.headers:
-        want = rrpair.header(recorded, name)
-        if want != lowered.get(name):
-            diff.lines.append(f"header {name}: recorded {want!r}, got {lowered.get(name)!r}")
+        recorded_value = rrpair.header(recorded, name)
+        if recorded_value != lowered.get(name):
+            diff.lines.append(f"header {name}: recorded {recorded_value!r}, got {lowered.get(name)!r}")
     if rules.body == "none":
         return diff
     want_body = rrpair.decode_body(recorded)

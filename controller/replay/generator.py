@@ -337,7 +337,8 @@ def run(plan: Plan, *, on_progress: Any = None) -> tuple[Stats, dict[str, set[st
                          daemon=True) for n in per]
     for p in procs:
         p.start()
-    results, errors = [], []
+    results: list[Stats] = []
+    errors: list[str] = []
     while len(results) + len(errors) < len(procs):
         if on_progress:
             on_progress(progress.value)

@@ -17,7 +17,7 @@ import contextlib
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,7 @@ def shift_text(text: str, delta: float, recorded_at: float) -> str:
 class Session:
     """One virtual user's transform state."""
 
-    transforms: list[Mapping[str, Any]]
+    transforms: Sequence[Mapping[str, Any]]
     secrets_dir: Path | None = None
     ids: dict[str, str] = field(default_factory=dict)
     token: str | None = None
