@@ -16,6 +16,7 @@ import requests
 from controller.devcluster import stop_pid
 from controller.devcluster.cluster import free_port
 from tests.capture.servers import serve
+from tests.helpers import wait_200
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo"
@@ -25,19 +26,6 @@ def cli(*args: str, env: dict[str, str], **kw: object) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "controller.cli", *args], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, **kw)  # type: ignore[call-overload]
-
-
-def wait_http(url: str, timeout: float = 20) -> None:
-    """Until ``url`` answers 200 (a proxy in front of an app that is not up yet answers 502)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, f"{url} never answered 200"
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -61,8 +49,8 @@ def test_forwarder_killed_mid_stream_every_app_request_still_succeeds(env: dict[
         proxy = cli("proxy", "--reverse", f"{listen}:{upstream}", "--forwarder", f"http://127.0.0.1:{fwd_port}",
                     "--policy", "shop/checkout", "--service", "checkout", "--health-port", str(health), env=env)
         try:
-            wait_http(f"http://127.0.0.1:{fwd_port}/healthz")
-            wait_http(f"http://127.0.0.1:{health}/healthz")
+            wait_200(f"http://127.0.0.1:{fwd_port}/healthz")
+            wait_200(f"http://127.0.0.1:{health}/healthz")
             session = requests.Session()
             statuses = [session.get(f"http://127.0.0.1:{listen}/before/{i}", timeout=5).status_code
                         for i in range(20)]
@@ -90,7 +78,7 @@ def test_local_capture_records_both_directions_of_the_demo_app(env: dict[str, st
                   "--outbound", str(out), "--name", "demo-1", "--service", "demo", "--",
                   sys.executable, str(DEMO / "server.py"), str(app_port), f"http://127.0.0.1:{dep_port}", env=env)
     try:
-        wait_http(f"http://127.0.0.1:{listen}/healthz")
+        wait_200(f"http://127.0.0.1:{listen}/healthz")
         for item in ("apple", "pear", "apple"):
             r = requests.get(f"http://127.0.0.1:{listen}/api/quote?item={item}&qty=2", timeout=5)
             assert r.status_code == 200 and r.json()["item"] == item

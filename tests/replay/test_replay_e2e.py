@@ -23,6 +23,7 @@ from controller.capture import rrpair
 from controller.devcluster import stop_pid
 from controller.devcluster.cluster import free_port
 from controller.store import FileStore, Manifest
+from tests.helpers import wait_200
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo"
@@ -31,18 +32,6 @@ DEMO = ROOT / "examples" / "demo"
 def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "controller.cli", *args], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def wait_200(url: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, f"{url} never answered 200"
-        time.sleep(0.1)
 
 
 def app(port: int, dependency: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
