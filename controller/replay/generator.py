@@ -18,6 +18,7 @@ import hashlib
 import multiprocessing as mp
 import os
 import time
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import aiohttp
 from controller.capture import rrpair
 from controller.durations import parse_duration
 from controller.replay import compare, transforms
+from controller.replay.client import Connection
 from controller.store import FileStore, ReadProblem
 
 EXAMPLES = 3
@@ -211,6 +213,7 @@ async def _user(plan: Plan, store: FileStore, session: aiohttp.ClientSession, bu
                 started: float, deadline: float | None, progress: Any, cached: list[dict[str, Any]] | None) -> None:
     state = transforms.Session(plan.transforms, plan.secrets_dir)
     base = urlsplit(plan.target)
+    conn = Connection(base.hostname or "127.0.0.1", base.port or 80) if base.scheme == "http" else None
     iteration = sent = 0
     try:
         while True:
@@ -225,7 +228,7 @@ async def _user(plan: Plan, store: FileStore, session: aiohttp.ClientSession, bu
                     await asyncio.sleep(plan.fixed_ms / 1000)
                 previous_at = recorded_at
                 await bucket.take()
-                await _send(plan, base, record, session, state, stats, started)
+                await _send(plan, base, record, session, conn, state, stats, started)
                 sent += 1
                 if progress is not None and sent % 100 == 0:
                     _advance(progress, 100)
@@ -233,6 +236,8 @@ async def _user(plan: Plan, store: FileStore, session: aiohttp.ClientSession, bu
             if not (plan.loop and deadline) and iteration >= plan.iterations:
                 return
     finally:
+        if conn is not None:
+            conn.close()
         if progress is not None:
             _advance(progress, sent % 100)
 
@@ -244,7 +249,7 @@ def _advance(progress: Any, n: int) -> None:
 
 
 async def _send(plan: Plan, base: Any, record: Mapping[str, Any], session: aiohttp.ClientSession,
-                state: transforms.Session, stats: Stats, started: float) -> None:
+                conn: Connection | None, state: transforms.Session, stats: Stats, started: float) -> None:
     rec_req = record["request"]
     parts = urlsplit(rec_req["url"])
     url = f"{base.scheme}://{base.netloc}{base.path.rstrip('/')}{parts.path or '/'}"
@@ -261,18 +266,22 @@ async def _send(plan: Plan, base: Any, record: Mapping[str, Any], session: aioht
                                        data=str(login.get("body", "")).encode()) as resp:
                 state.login_done(login, await resp.read())
         req = state.apply(req, float(record["timestamps"]["request"]), time.time())
+        sent_to = urlsplit(req.url)
         t0 = time.monotonic()
-        async with session.request(req.method, req.url, headers=[(k, v) for k, v in req.headers],
-                                   data=req.body or None, allow_redirects=False) as resp:
-            body = await resp.read()
-            ms = (time.monotonic() - t0) * 1000
-            headers = {k: v for k, v in resp.headers.items()}
-            diff = compare.compare(record["response"], resp.status, headers, body, plan.rules,
-                                   plan_noise(plan, name))
-            state.learn(record["response"], rec_req, resp.status, headers, body)
-            stats.add(name, ms, int(time.monotonic() - started), status=str(resp.status),
-                      diff=[f"{name}: {line}" for line in diff.lines] or None, error=None)
-    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+        if conn is not None and sent_to.netloc == base.netloc:
+            target = f"{sent_to.path or '/'}?{sent_to.query}" if sent_to.query else (sent_to.path or "/")
+            status, headers, body = await conn.request(req.method, target, req.headers, req.body,
+                                                       plan.request_timeout)
+        else:
+            async with session.request(req.method, req.url, headers=[(k, v) for k, v in req.headers],
+                                       data=req.body or None, allow_redirects=False) as resp:
+                status, headers, body = resp.status, {k: v for k, v in resp.headers.items()}, await resp.read()
+        ms = (time.monotonic() - t0) * 1000
+        diff = compare.compare(record["response"], status, headers, body, plan.rules, plan_noise(plan, name))
+        state.learn(record["response"], rec_req, status, headers, body)
+        stats.add(name, ms, int(time.monotonic() - started), status=str(status),
+                  diff=[f"{name}: {line}" for line in diff.lines] or None, error=None)
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError, zlib.error) as exc:
         ms = (time.monotonic() - t0) * 1000
         message = f"{type(exc).__name__}: {exc}".strip().rstrip(":")[:200] or type(exc).__name__
         stats.add(name, ms, int(time.monotonic() - started), status="error", diff=None, error=message)
