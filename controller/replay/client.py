@@ -56,6 +56,11 @@ class _Protocol(asyncio.Protocol):
             self.done.set_result(None)
 
 
+def _expire(done: asyncio.Future[None], timeout: float) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError(f"no complete response within {timeout:g}s"))
+
+
 class Connection:
     """Sequential requests to one host:port over a kept-alive connection."""
 
@@ -65,19 +70,17 @@ class Connection:
 
     async def request(self, method: str, target: str, headers: Sequence[Sequence[str]], body: bytes,
                       timeout: float) -> tuple[int, dict[str, str], bytes]:
-        """(status, headers, decoded body); raises ConnectionError or asyncio.TimeoutError."""
-        return await asyncio.wait_for(self._request(method, target, headers, body), timeout)
-
-    async def _request(self, method: str, target: str, headers: Sequence[Sequence[str]],
-                       body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, decoded body); raises ConnectionError or TimeoutError."""
+        loop = asyncio.get_running_loop()
         proto = self._proto
         if proto is None or proto.transport is None:
-            loop = asyncio.get_running_loop()
-            _, proto = await loop.create_connection(_Protocol, self.host, self.port)
+            _, proto = await asyncio.wait_for(loop.create_connection(_Protocol, self.host, self.port), timeout)
             self._proto = proto
+        assert proto is not None
         proto.headers, proto.body = {}, []
         proto.parser = httptools.HttpResponseParser(proto)
-        proto.done = asyncio.get_running_loop().create_future()
+        done = proto.done = loop.create_future()
+        timer = loop.call_later(timeout, _expire, done, timeout)  # cheaper than a wait_for task per request
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         lines += [f"{k}: {v}" for k, v in headers if k.lower() not in ("host", "content-length")]
         if body or method in ("POST", "PUT", "PATCH"):
@@ -85,10 +88,12 @@ class Connection:
         assert proto.transport is not None
         proto.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         try:
-            await proto.done
+            await done
         except BaseException:
             self.close()
             raise
+        finally:
+            timer.cancel()
         status = proto.parser.get_status_code()
         data = b"".join(proto.body)
         encoding = next((v for k, v in proto.headers.items() if k.lower() == "content-encoding"), "")

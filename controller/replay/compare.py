@@ -77,7 +77,7 @@ def compare(recorded: Mapping[str, Any], status: int, headers: Mapping[str, str]
     diff = Diff()
     if rules.status and recorded["status"] != status:
         diff.lines.append(f"status: recorded {recorded['status']}, got {status}")
-    lowered = {k.lower(): v for k, v in headers.items()}
+    lowered = {k.lower(): v for k, v in headers.items()} if rules.headers else {}
     for name in rules.headers:
         recorded_value = rrpair.header(recorded, name)
         if recorded_value != lowered.get(name):

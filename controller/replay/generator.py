@@ -189,6 +189,8 @@ class Bucket:
         self.tokens, self.last = 0.0, started
 
     async def take(self) -> None:
+        if not self.plan.stages:
+            return  # no rate to hold: as fast as the users go
         while True:
             now = time.monotonic()
             rate = self.plan.rate_at(now - self.started)
@@ -248,16 +250,28 @@ def _advance(progress: Any, n: int) -> None:
         progress.value += n
 
 
-async def _send(plan: Plan, base: Any, record: Mapping[str, Any], session: aiohttp.ClientSession,
+SKIP_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding", "accept-encoding"})
+
+
+def _prepared(base: Any, record: dict[str, Any]) -> tuple[str, tuple[tuple[str, str], ...], bytes, str]:
+    """What is sent for ``record`` before transforms (URL on the target, headers, body, endpoint name);
+    kept on the record, so a snapshot held in memory is prepared once per worker."""
+    prep = record.get("_prepared")
+    if prep is None:
+        rec_req = record["request"]
+        parts = urlsplit(rec_req["url"])
+        url = f"{base.scheme}://{base.netloc}{base.path.rstrip('/')}{parts.path or '/'}"
+        url += f"?{parts.query}" if parts.query else ""
+        headers = tuple((k, v) for k, v in rec_req["headers"] if k.lower() not in SKIP_HEADERS)
+        prep = record["_prepared"] = (url, headers, rrpair.decode_body(rec_req), rrpair.endpoint(record))
+    return prep  # type: ignore[no-any-return]
+
+
+async def _send(plan: Plan, base: Any, record: dict[str, Any], session: aiohttp.ClientSession,
                 conn: Connection | None, state: transforms.Session, stats: Stats, started: float) -> None:
     rec_req = record["request"]
-    parts = urlsplit(rec_req["url"])
-    url = f"{base.scheme}://{base.netloc}{base.path.rstrip('/')}{parts.path or '/'}"
-    url += f"?{parts.query}" if parts.query else ""
-    skip = {"host", "content-length", "connection", "transfer-encoding", "accept-encoding"}
-    req = transforms.Request(rec_req["method"], url, [[k, v] for k, v in rec_req["headers"] if k.lower() not in skip],
-                             rrpair.decode_body(rec_req))
-    name = rrpair.endpoint(record)
+    url, headers_out, body_out, name = _prepared(base, record)
+    req = transforms.Request(rec_req["method"], url, [list(h) for h in headers_out], body_out)
     t0 = time.monotonic()
     try:
         login = state.needs_login()
@@ -265,11 +279,14 @@ async def _send(plan: Plan, base: Any, record: Mapping[str, Any], session: aioht
             async with session.request(login.get("method", "POST"), f"{base.scheme}://{base.netloc}{login['path']}",
                                        data=str(login.get("body", "")).encode()) as resp:
                 state.login_done(login, await resp.read())
-        req = state.apply(req, float(record["timestamps"]["request"]), time.time())
-        sent_to = urlsplit(req.url)
+        if state.transforms or state.ids:
+            req = state.apply(req, float(record["timestamps"]["request"]), time.time())
+            sent_to = urlsplit(req.url)
+            netloc, target = sent_to.netloc, (sent_to.path or "/") + (f"?{sent_to.query}" if sent_to.query else "")
+        else:  # sent as recorded: the prepared request is the request
+            netloc, target = base.netloc, url[len(f"{base.scheme}://{base.netloc}"):]
         t0 = time.monotonic()
-        if conn is not None and sent_to.netloc == base.netloc:
-            target = f"{sent_to.path or '/'}?{sent_to.query}" if sent_to.query else (sent_to.path or "/")
+        if conn is not None and netloc == base.netloc:
             status, headers, body = await conn.request(req.method, target, req.headers, req.body,
                                                        plan.request_timeout)
         else:
