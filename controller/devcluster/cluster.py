@@ -79,11 +79,12 @@ class DevCluster:
     """A local control plane living in ``workdir`` (certs, etcd data, logs, kubeconfig)."""
 
     def __init__(self, workdir: Path, binaries: Binaries, *, controller_manager: bool = True,
-                 detached: bool = False) -> None:
+                 detached: bool = False, apiserver_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.binaries = binaries
         self.with_controller_manager = controller_manager
         self.detached = detached
+        self.apiserver_args = apiserver_args
         self.procs: list[Proc] = []
         self.ports = Endpoints.pick()
 
@@ -170,7 +171,7 @@ class DevCluster:
                 f"--service-account-key-file={p / 'sa.pub'}",
                 f"--service-account-signing-key-file={p / 'sa.key'}",
                 "--disable-admission-plugins=ServiceAccount",
-                f"--cert-dir={p}", "--endpoint-reconciler-type=none", "-v=1"]
+                f"--cert-dir={p}", "--endpoint-reconciler-type=none", "-v=1", *self.apiserver_args]
 
     def _kcm_argv(self) -> list[str]:
         p = self.workdir / "pki"

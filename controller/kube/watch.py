@@ -18,12 +18,14 @@ class Watcher(threading.Thread):
     """Calls ``on_event(type, object)`` for every change of one kind (optionally label-selected)."""
 
     def __init__(self, kube: Kube, api_version: str, kind: str, on_event: Callable[[str, dict[str, Any]], None],
-                 stop: threading.Event, *, label_selector: str | None = None, timeout: int = 60) -> None:
+                 stop: threading.Event, *, label_selector: str | None = None, timeout: int = 60,
+                 resource_version: str | None = None) -> None:
         super().__init__(name=f"watch-{kind}", daemon=True)
         self.kube, self.api_version, self.kind = kube, api_version, kind
         self.on_event, self.stop_event = on_event, stop
         self.label_selector, self.timeout = label_selector, timeout
         self.relists = 0
+        self.resume_from = resource_version  # resume a watch from here instead of listing first
 
     def _list(self) -> str:
         res = self.kube.resource(self.api_version, self.kind)
@@ -32,7 +34,7 @@ class Watcher(threading.Thread):
         return str(listing.metadata.resourceVersion)
 
     def run(self) -> None:
-        rv: str | None = None
+        rv: str | None = self.resume_from
         while not self.stop_event.is_set():
             try:
                 if rv is None:

@@ -105,8 +105,9 @@ def test_push_webhook_over_git_daemon_converges_without_polling(
     try:
         secret_file = tmp_path / "secret"
         secret_file.write_bytes(b"hush")
+        metrics_port = free_port()
         controllers.start(f"git://127.0.0.1:{git_port}/repo", "--interval", "10m", "--push-port", str(push_port),
-                          "--push-secret-file", str(secret_file))
+                          "--push-secret-file", str(secret_file), "--metrics-port", str(metrics_port))
         wait("the first revision", lambda: copies(cluster, namespace, "r1") == 1)
         repo.commit("two", {"r1.yaml": replay_yaml("r1", copies=3)})
         bad = urllib.request.Request(f"http://127.0.0.1:{push_port}/hooks/github", data=b"{}", method="POST",
@@ -118,6 +119,10 @@ def test_push_webhook_over_git_daemon_converges_without_polling(
         assert copies(cluster, namespace, "r1") == 1, "a rejected push fetches nothing"
         assert _push(push_port, b"hush") == 202
         wait("the pushed revision", lambda: copies(cluster, namespace, "r1") == 3, timeout=20)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert 'replayops_revisions_total{outcome="applied"}' in text
+        assert "replayops_objects_applied_total 2.0" in text and "replayops_reconcile_duration_seconds_count" in text
     finally:
         daemon.terminate()
         daemon.wait(timeout=10)

@@ -1,0 +1,44 @@
+"""Watches resume from a resourceVersion and relist when the apiserver answers 410 Gone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from controller.devcluster import DevCluster, ensure_binaries
+from controller.kube import connect
+from controller.kube.watch import Watcher
+
+
+def test_a_compacted_resource_version_is_relisted_and_the_watch_goes_on(tmp_path: Path) -> None:
+    # no watch cache and fast compaction: an old resourceVersion really is gone
+    dev = DevCluster(tmp_path, ensure_binaries(), controller_manager=False,
+                     apiserver_args=("--watch-cache=false", "--etcd-compaction-interval=5s"))
+    dev.start()
+    stop = threading.Event()
+    try:
+        kube = connect(dev.kubeconfig)
+        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "w", "namespace": "default"},
+              "data": {"i": "0"}}
+        old = kube.apply(cm)["metadata"]["resourceVersion"]
+        for i in range(1, 20):
+            cm["data"]["i"] = str(i)
+            kube.apply(cm)
+        time.sleep(8)  # past a compaction
+        seen: list[str] = []
+        watcher = Watcher(kube, "v1", "ConfigMap", lambda _t, o: seen.append(o["data"]["i"]), stop,
+                          resource_version=old, timeout=5)
+        watcher.start()
+        deadline = time.monotonic() + 20
+        while watcher.relists == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert watcher.relists == 1, "410 Gone made the watcher list again"
+        cm["data"]["i"] = "after"
+        kube.apply(cm)
+        while "after" not in seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert seen == ["after"], "no stale replay of compacted history, and the new change arrives"
+    finally:
+        stop.set()
+        dev.stop()
