@@ -229,7 +229,8 @@ async def _user(plan: Plan, store: FileStore, session: aiohttp.ClientSession, bu
                 elif plan.wait == "fixedMs":
                     await asyncio.sleep(plan.fixed_ms / 1000)
                 previous_at = recorded_at
-                await bucket.take()
+                if plan.stages:
+                    await bucket.take()
                 await _send(plan, base, record, session, conn, state, stats, started)
                 sent += 1
                 if progress is not None and sent % 100 == 0:
@@ -271,15 +272,16 @@ async def _send(plan: Plan, base: Any, record: dict[str, Any], session: aiohttp.
                 conn: Connection | None, state: transforms.Session, stats: Stats, started: float) -> None:
     rec_req = record["request"]
     url, headers_out, body_out, name = _prepared(base, record)
-    req = transforms.Request(rec_req["method"], url, [list(h) for h in headers_out], body_out)
+    req = transforms.Request(rec_req["method"], url, headers_out, body_out)  # type: ignore[arg-type]
     t0 = time.monotonic()
     try:
-        login = state.needs_login()
+        login = state.needs_login() if state.transforms else None
         if login:
             async with session.request(login.get("method", "POST"), f"{base.scheme}://{base.netloc}{login['path']}",
                                        data=str(login.get("body", "")).encode()) as resp:
                 state.login_done(login, await resp.read())
         if state.transforms or state.ids:
+            req.headers = [list(h) for h in headers_out]  # transforms edit a copy of the prepared headers
             req = state.apply(req, float(record["timestamps"]["request"]), time.time())
             sent_to = urlsplit(req.url)
             netloc, target = sent_to.netloc, (sent_to.path or "/") + (f"?{sent_to.query}" if sent_to.query else "")
@@ -295,7 +297,8 @@ async def _send(plan: Plan, base: Any, record: dict[str, Any], session: aiohttp.
                 status, headers, body = resp.status, {k: v for k, v in resp.headers.items()}, await resp.read()
         ms = (time.monotonic() - t0) * 1000
         diff = compare.compare(record["response"], status, headers, body, plan.rules, plan_noise(plan, name))
-        state.learn(record["response"], rec_req, status, headers, body)
+        if state.transforms:
+            state.learn(record["response"], rec_req, status, headers, body)
         stats.add(name, ms, int(time.monotonic() - started), status=str(status),
                   diff=[f"{name}: {line}" for line in diff.lines] or None, error=None)
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError, zlib.error) as exc:
