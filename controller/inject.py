@@ -29,8 +29,6 @@ CA_DIR = "/etc/replayops/ca"
 HEALTH_PORT = 15020
 PROXY_UID = 1337
 EXCLUDED_NAMESPACES = frozenset({"kube-system", "replayops-system"})
-PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
-CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "JAVA_TOOL_OPTIONS")
 
 
 @dataclass(frozen=True)
