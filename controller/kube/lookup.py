@@ -9,9 +9,10 @@ from typing import Any
 
 from controller.kube import Kube, KubeError
 from controller.rules import ACTIVE_PHASES
+from controller.schema import API_VERSION
 
 WORKLOAD_API = {"Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1"}
-REPLAYOPS_API = "replayops.dev/v1alpha1"
+REPLAYOPS_API = API_VERSION
 
 
 class TTLCache:

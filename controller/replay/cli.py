@@ -173,7 +173,7 @@ def run_replay(args: argparse.Namespace) -> int:
     progress = None if args.no_progress or not sys.stderr.isatty() else _progress(total * plan.copies)
     problems: list[Any] = []
     try:
-        stats, noise, errors = generator.run(plan, on_progress=progress)
+        stats, noise, errors = generator.run(plan, on_progress=progress, problems=problems)
     except StoreError as exc:
         print(f"replayops replay: {exc}", file=sys.stderr)
         return 2
@@ -183,8 +183,6 @@ def run_replay(args: argparse.Namespace) -> int:
             target_proc.wait(10)
             target_log.close()  # type: ignore[union-attr]
     finished = time.time()
-    for _ in FileStore(args.store).read(args.snapshot, strict=False, problems=problems):
-        pass  # only the problems are wanted: streamed, never held
     collected = log_path.read_text(errors="replace") if log_path else ""
     rep = report.build(stats, report_id=report_id, snapshot=args.snapshot, target=args.target, started=started,
                        finished=finished, goals=goals, noise=noise, errors=errors, logs=collected,

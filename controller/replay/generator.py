@@ -167,12 +167,12 @@ def signature(record: Mapping[str, Any]) -> str:
 NOISE_SIGNATURES = 20000  # distinct requests remembered for noise detection (bounds its memory)
 
 
-def detect_noise(store: FileStore, name: str) -> dict[str, set[str]]:
+def detect_noise(store: FileStore, name: str, problems: list[ReadProblem] | None = None) -> dict[str, set[str]]:
     """Per endpoint, the JSON paths that differ between recordings of the same request (among the first
     ``NOISE_SIGNATURES`` distinct requests, so memory stays bounded on huge snapshots)."""
     first: dict[str, dict[str, Any]] = {}
     found: dict[str, set[str]] = defaultdict(set)
-    for record in inbound(store, name):
+    for record in inbound(store, name, problems):
         sig = signature(record)
         if sig in first:
             found[rrpair.endpoint(record)] |= compare.noise(first[sig], record["response"])
@@ -351,11 +351,18 @@ def _worker(plan: Plan, users: int, share: float, started_wall: float, progress:
         out.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def run(plan: Plan, *, on_progress: Any = None) -> tuple[Stats, dict[str, set[str]], list[str]]:
-    """Run the plan on worker processes; return the merged stats, the noise found, and run errors."""
+def run(plan: Plan, *, on_progress: Any = None,
+        problems: list[ReadProblem] | None = None) -> tuple[Stats, dict[str, set[str]], list[str]]:
+    """Run the plan on worker processes; return the merged stats, the noise found, and run errors.
+    One streamed pass before the load detects noise and collects the snapshot's read ``problems``."""
     store = FileStore(plan.store_root)
     store.manifest(plan.snapshot)  # a missing snapshot is an error before any load
-    noise = detect_noise(store, plan.snapshot) if plan.detect_noise else {}
+    if plan.detect_noise:
+        noise = detect_noise(store, plan.snapshot, problems)
+    else:
+        noise = {}
+        for _ in inbound(store, plan.snapshot, problems):
+            pass
     workers = max(1, min(plan.workers or os.cpu_count() or 1, plan.copies))
     ctx = mp.get_context("fork")
     out = ctx.Queue()

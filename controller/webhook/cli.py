@@ -10,6 +10,7 @@ from pathlib import Path
 from controller import inject, logs, rules
 from controller.kube import KubeError, connect
 from controller.kube.lookup import ClusterLookup
+from controller.store import FileStore, StoreError
 from controller.webhook import certs, register
 from controller.webhook.app import Deps, create_app
 from controller.webhook.serve import WebhookServer
@@ -42,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     serve.add_argument("--image", default=inject.InjectConfig.image, help="the sidecar image")
     serve.add_argument("--forwarder-url", default=inject.InjectConfig.forwarder_url)
     serve.add_argument("--store", type=Path, default=None,
-                       help="snapshot store directory, to check that replayed snapshots exist")
+                       help="snapshot store root (holds snapshots/), to check that replayed snapshots exist")
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--threads", type=int, default=8)
     hook.set_defaults(func=run)
@@ -52,7 +53,10 @@ def _snapshot_check(store: Path | None) -> Callable[[str], bool | None]:
     def exists(name: str) -> bool | None:
         if store is None or not store.is_dir():
             return None
-        return (store / "snapshots" / name / "manifest.json").is_file()
+        try:
+            return FileStore(store).exists(name)
+        except StoreError:  # not a valid snapshot name: it cannot be there
+            return False
     return exists
 
 

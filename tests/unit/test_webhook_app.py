@@ -171,3 +171,14 @@ def test_health_endpoints() -> None:
     client = make_client()
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
+
+
+def test_snapshot_check_asks_the_store(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from controller.store import FileStore, Manifest
+    from controller.webhook.cli import _snapshot_check
+
+    FileStore(tmp_path).write_snapshot(Manifest(name="checkout-1"), [])
+    exists = _snapshot_check(tmp_path)
+    assert exists("checkout-1") is True and exists("other") is False and exists("Not A Name") is False
+    assert _snapshot_check(None)("checkout-1") is None
+    assert _snapshot_check(tmp_path / "absent")("checkout-1") is None
