@@ -75,6 +75,14 @@ def plan(policies: Iterable[Mapping[str, Any]], workloads: Iterable[Mapping[str,
     return out
 
 
-def ours(annotations: Mapping[str, str]) -> dict[str, str]:
-    """The capture annotations among a template's annotations."""
-    return {k: v for k, v in annotations.items() if k in OWNED}
+def ours(workload: Mapping[str, Any], manager: str) -> dict[str, str]:
+    """The capture annotations on a workload's template that ``manager`` set (per managedFields): only
+    those are ours to change or remove; ones a user or another tool set are left alone."""
+    owned: set[str] = set()
+    for entry in workload["metadata"].get("managedFields") or []:
+        if entry.get("manager") != manager:
+            continue
+        fields = (((entry.get("fieldsV1") or {}).get("f:spec") or {}).get("f:template") or {})
+        notes = ((fields.get("f:metadata") or {}).get("f:annotations") or {})
+        owned |= {k[2:] for k in notes if k[2:] in OWNED}
+    return {k: v for k, v in template_annotations(workload).items() if k in owned}

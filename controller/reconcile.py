@@ -19,10 +19,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from controller import converge, defaults, desired, logs, rules
+from controller import converge, defaults, desired, logs, rules, schema
 from controller.gitsource import GitError, GitSource, Revision
 from controller.inject import CONFIG_HASH, INJECTED
-from controller.kube import Kube, KubeError
+from controller.kube import FIELD_MANAGER, Kube, KubeError
 from controller.kube.lookup import ClusterLookup
 from controller.policy import selector_matches
 
@@ -35,7 +35,7 @@ PRUNE = "replayops.dev/prune"
 ROLLED_FOR = "replayops.dev/rolled-for"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 WORKLOAD_API = "apps/v1"
-OUR_API = "replayops.dev/v1alpha1"
+OUR_API = schema.API_VERSION
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ class Reconciler:
             wkey = converge.key(wl)
             if wkey in wanted.conflicts:
                 continue
-            have = converge.ours(converge.template_annotations(wl))
+            have = converge.ours(wl, FIELD_MANAGER)
             want = wanted.wanted.get(wkey, {})
             if have == want:
                 continue

@@ -46,3 +46,15 @@ def test_kinds_other_namespaces_and_opt_out_are_respected() -> None:
         wl("StatefulSet", "elsewhere", {"app": "x"}, ns="other"),
         wl("StatefulSet", "out", {"app": "x"}, **{"sidecar.replayops.dev/inject": "false"})])
     assert list(out.wanted) == [("shop", "StatefulSet", "s")]
+
+
+def test_only_annotations_our_field_manager_set_are_ours() -> None:
+    mine = wl("Deployment", "w", {"app": "x"})
+    mine["spec"]["template"]["metadata"]["annotations"] = {CAPTURE: "p", CONFIG_HASH: "h", "team": "a"}
+    mine["metadata"]["managedFields"] = [
+        {"manager": "replayops-controller", "fieldsV1": {"f:spec": {"f:template": {"f:metadata": {
+            "f:annotations": {f"f:{CAPTURE}": {}, f"f:{CONFIG_HASH}": {}}}}}}},
+        {"manager": "kubectl", "fieldsV1": {"f:spec": {"f:template": {"f:metadata": {
+            "f:annotations": {"f:team": {}}}}}}}]
+    assert converge.ours(mine, "replayops-controller") == {CAPTURE: "p", CONFIG_HASH: "h"}
+    assert converge.ours(mine, "someone-else") == {}, "a capture annotation a user set is not ours to remove"
