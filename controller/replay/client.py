@@ -85,7 +85,10 @@ class Connection:
         lines += [f"{k}: {v}" for k, v in headers if k.lower() not in ("host", "content-length")]
         if body or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body)}")
-        assert proto.transport is not None
+        if proto.transport is None:  # closed by the server between connecting and sending
+            timer.cancel()
+            self.close()
+            raise ConnectionClosed("server closed the connection before the request was sent")
         proto.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         try:
             await done

@@ -247,7 +247,8 @@ def test_unreachable_resetting_and_slow_targets_give_errors_and_a_partial_report
         slow.shutdown()
     assert reset.returncode == 1
     reset_report = json.loads(cli(recorded, "report", "show", reset.stdout.split()[1].rstrip(":"), "--json").stdout)
-    assert reset_report["summary"]["errors"] == 4 and reset_report["errors"], "each reset is an error, named"
+    assert reset_report["summary"]["errors"] == 4 and reset_report["errors"], ("each reset is an error, named",
+                                                                               reset.stdout, reset_report)
     assert timed_out.returncode == 1 and "TimeoutError" in timed_out.stdout
     report_id = timed_out.stdout.split()[1].rstrip(":")
     rep = json.loads(cli(recorded, "report", "show", report_id, "--json").stdout)
