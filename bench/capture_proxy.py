@@ -1,6 +1,7 @@
 """Benchmark the capturing sidecar against nginx direct and bare mitmdump, with wrk (Debian) as the load.
 
-For each of: nginx direct, bare `mitmdump` in reverse mode, and `replayops proxy` (recording every pair and
+For each of: nginx direct, bare `mitmdump` in reverse mode, mitmproxy with only the sidecar's addon set
+(bench/lean_mitmproxy.py: the recorder's cost alone), and `replayops proxy` (recording every pair and
 delivering it to a running `replayops forwarder`), wrk measures
   - maximum throughput (closed loop, --connections, --seconds), and
   - latency at a fixed ~500 req/s (wrk's Lua `delay()` paces each connection).
@@ -91,22 +92,25 @@ def main() -> None:
         tmp = Path(tmpdir)
         env = {**os.environ, "REPLAYOPS_HOME": str(tmp / "home"), "REPLAYOPS_FORWARDER_TOKEN": "bench",
                "REPLAYOPS_DLP_KEY": "bench"}
-        up, bare, ours, fwd, health = (free_port() for _ in range(5))
+        up, bare, lean, ours, fwd, health = (free_port() for _ in range(6))
         paced = tmp / "paced.lua"
         paced.write_text(PACED.format(delay=round(args.connections * 1000 / 500)))
         procs = [nginx(tmp, up),
                  subprocess.Popen([str(BIN / "mitmdump"), "-q", "--mode", f"reverse:http://127.0.0.1:{up}@{bare}"],
                                   start_new_session=True),
+                 subprocess.Popen([sys.executable, str(Path(__file__).with_name("lean_mitmproxy.py")),
+                                   f"reverse:http://127.0.0.1:{up}@{lean}"], start_new_session=True),
                  subprocess.Popen([str(BIN / "replayops"), "forwarder", "--host", "127.0.0.1", "--port", str(fwd)],
                                   env=env, start_new_session=True, stderr=subprocess.DEVNULL),
                  subprocess.Popen([str(BIN / "replayops"), "proxy", "--reverse", f"{ours}:{up}", "--forwarder",
                                    f"http://127.0.0.1:{fwd}", "--service", "bench", "--health-port", str(health)],
                                   env=env, start_new_session=True, stderr=subprocess.DEVNULL)]
         try:
-            for port in (up, bare, ours):
+            for port in (up, bare, lean, ours):
                 wait_port(port)
             results = {}
-            for name, port in (("nginx direct", up), ("bare mitmdump", bare), ("replayops proxy", ours)):
+            for name, port in (("nginx direct", up), ("bare mitmdump", bare), ("sidecar addons only", lean),
+                               ("replayops proxy", ours)):
                 results[name] = (wrk(port, args.seconds, args.connections),
                                  wrk(port, args.seconds, args.connections, paced))
             print(f"wrk -t1 -c{args.connections} -d{args.seconds:.0f}s against nginx on loopback")
@@ -115,12 +119,15 @@ def main() -> None:
             for name, (full, slow) in results.items():
                 print(f"{name:18} {full['rps']:10.0f} {full['p50']:8.2f} {full['p99']:8.2f} | {'':11}"
                       f"{slow['rps']:7.0f} {slow['p50']:7.2f} {slow['p99']:7.2f}")
-            bare_full, ours_full = results["bare mitmdump"][0], results["replayops proxy"][0]
+            bare_full, lean_full = results["bare mitmdump"][0], results["sidecar addons only"][0]
+            ours_full = results["replayops proxy"][0]
             direct_slow, ours_slow = results["nginx direct"][1], results["replayops proxy"][1]
             print(f"throughput ours/bare mitmdump: {ours_full['rps'] / bare_full['rps']:.2f}   (target >= 0.85)")
+            print(f"throughput ours/same mitmproxy without the recorder: {ours_full['rps'] / lean_full['rps']:.2f}"
+                  "   (the recorder's own cost)")
             print(f"added latency at ~500/s vs direct: p50 {ours_slow['p50'] - direct_slow['p50']:.2f} ms, "
                   f"p99 {ours_slow['p99'] - direct_slow['p99']:.2f} ms   (target p99 <= 3 ms)")
-            sidecar = procs[3].pid
+            sidecar = procs[4].pid
             samples = [rss_mb(sidecar)]
             load = subprocess.Popen(["wrk", "-t1", f"-c{args.connections}", f"-d{args.soak:.0f}s", "-s", str(paced),
                                      f"http://127.0.0.1:{ours}/api/price"], stdout=subprocess.DEVNULL)

@@ -38,7 +38,8 @@ class CaptureMetrics:
                             registry=r)
         self.dropped = Counter("replayops_capture_pairs_dropped", "RRPairs dropped (buffer full or sink down)",
                                ["reason"], registry=r)
-        self.buffer = Gauge("replayops_capture_buffer_fill", "RRPairs waiting in the buffer", registry=r)
+        self.buffer = Gauge("replayops_capture_buffer_fill", "RRPairs waiting in the buffer", registry=r,
+                            multiprocess_mode="livesum")
         self.upstream_errors = Counter("replayops_capture_upstream_errors", "Flows that failed upstream",
                                        registry=r)
 
@@ -147,8 +148,13 @@ def forwarder_sink(url: str, token: str, *, policy: str, stream: str,
     """Deliver batches to the forwarder: gzip'd JSON, bearer token, short timeout."""
     client = httpx.Client(timeout=timeout, trust_env=False)
 
+    head = json.dumps({"policy": policy, "stream": stream})[:-1].encode() + b', "records": ['
+
     def deliver(batch: list[dict[str, Any]]) -> None:
-        body = gzip.compress(json.dumps({"policy": policy, "stream": stream, "records": batch}).encode(), 1)
+        # one json.dumps per record: a single call over the whole batch would hold the GIL for
+        # milliseconds and stall the proxy's event loop thread (zlib releases it while compressing)
+        records = b",".join(json.dumps(record).encode() for record in batch)
+        body = gzip.compress(head + records + b"]}", 1)
         resp = client.post(url.rstrip("/") + "/v1/batches", content=body, headers={
             "Authorization": f"Bearer {token}", "Content-Type": "application/json", "Content-Encoding": "gzip"})
         if resp.status_code != 202:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import os
 import secrets
@@ -27,6 +28,12 @@ from controller.store import FileStore, Manifest, ReadProblem, StoreError
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count from 1 to 64")
     return int(text)
 
 
@@ -65,6 +72,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--service", default=os.environ.get("POD_NAME", ""), help="service name in records")
     p.add_argument("--health-port", type=_port, default=15020)
     p.add_argument("--buffer", type=int, default=10000, help="records kept while the forwarder is slow")
+    p.add_argument("--workers", type=_count, default=1,
+                   help="proxy processes sharing the ports (SO_REUSEPORT); one process uses at most one core")
     p.set_defaults(func=run_proxy)
 
     f = sub.add_parser("forwarder", help="receive RRPair batches, apply policy and DLP, write the store")
@@ -114,6 +123,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run_proxy(args: argparse.Namespace) -> int:
     from controller.capture.addon import Buffer, CaptureMetrics, forwarder_sink
     from controller.capture.proxy import CaptureProxy, ProxyConfig, parse_reverse
+    from controller.capture.workers import Sink, Supervisor
 
     logs.setup()
     try:
@@ -126,23 +136,40 @@ def run_proxy(args: argparse.Namespace) -> int:
     if not config.modes():
         print("replayops proxy: give at least one of --reverse, --transparent, --outbound", file=sys.stderr)
         return 2
-    metrics = CaptureMetrics()
     token = os.environ.get("REPLAYOPS_FORWARDER_TOKEN", "")
+    if not token:
+        print("replayops proxy: no token for the forwarder: set $REPLAYOPS_FORWARDER_TOKEN", file=sys.stderr)
+        return 2
     stream = f"{args.policy.replace('/', '.') or 'default'}.{args.service or 'proxy'}"
-    buffer = Buffer(forwarder_sink(args.forwarder, token, policy=args.policy, stream=stream), metrics,
-                    capacity=args.buffer)
-    proxy = CaptureProxy(config, buffer, metrics)
+    sink = Sink(args.forwarder, token, args.policy, stream,
+                capacity=max(1, args.buffer // args.workers))
+    proxy: CaptureProxy | Supervisor
+    if args.workers > 1:
+        proxy = Supervisor(config, sink, args.workers)
+    else:
+        metrics = CaptureMetrics()
+        buffer = Buffer(forwarder_sink(sink.url, sink.token, policy=sink.policy, stream=sink.stream), metrics,
+                        capacity=sink.capacity)
+        proxy = CaptureProxy(config, buffer, metrics)
     try:
         proxy.start()
     except RuntimeError as exc:
         print(f"replayops proxy: {exc}", file=sys.stderr)
         return 1
+    # everything loaded so far lives as long as the process: keep it out of the cyclic GC's full
+    # collections, which otherwise scan it all and stall every in-flight request for ~50 ms
+    gc.freeze()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"replayops proxy listening: {', '.join(config.modes())}", file=sys.stderr, flush=True)
-    stop.wait()
-    proxy.stop()
+    print(f"replayops proxy listening: {', '.join(config.modes())}"
+          + (f" ({args.workers} workers)" if args.workers > 1 else ""), file=sys.stderr, flush=True)
+    if isinstance(proxy, Supervisor):
+        proxy.run(stop.is_set)
+        proxy.close()
+    else:
+        stop.wait()
+        proxy.stop()
     return 0
 
 

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import certifi
 from mitmproxy import options
-from mitmproxy.tools.dump import DumpMaster
-from prometheus_client import make_wsgi_app
+from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig, update_alt_svc
+from mitmproxy.master import Master
+from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from controller import logs
 from controller.capture.addon import Buffer, CaptureMetrics, Recorder
@@ -58,20 +60,54 @@ def parse_reverse(spec: str) -> tuple[int, str]:
     return int(listen), url
 
 
+def serve_health(host: str, port: int, healthy: Callable[[], bool], registry: CollectorRegistry) -> Any:
+    """``/healthz`` (200 while ``healthy()``, else 503) and ``/metrics`` on ``host:port``, in a thread.
+
+    The sidecar listens on all addresses: the kubelet's probes and Prometheus come to the pod IP.
+    """
+    from waitress import create_server
+
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == "/healthz":
+            ok = healthy()
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"ok" if ok else b"not listening"]
+        return metrics_app(environ, start_response)
+
+    server = create_server(app, host=host, port=port, threads=2)
+    threading.Thread(target=server.run, name="health", daemon=True).start()
+    return server
+
+
+def sidecar_addons() -> list[Any]:
+    """The mitmproxy addons a capturing sidecar needs, and no more.
+
+    mitmdump loads ~30 addons (playback, scripts, map-local, blocklists...) and
+    calls every one of them for each hook of each flow: that dispatch is most
+    of its per-request cost. It also loads ``Block``, which kills connections
+    from public IP addresses — wrong for a sidecar in front of an app that
+    serves the internet (capture must never block the app's traffic).
+    """
+    return [core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
+            disable_h2c.DisableH2C(), update_alt_svc.UpdateAltSvc(), errorcheck.ErrorCheck()]
+
+
 class CaptureProxy:
     def __init__(self, config: ProxyConfig, buffer: Buffer, metrics: CaptureMetrics) -> None:
         self.config, self.buffer, self.metrics = config, buffer, metrics
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.master: DumpMaster | None = None
+        self.master: Master | None = None
         self.ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._health: Any = None
 
     async def _main(self) -> None:
         opts = options.Options()
-        self.master = DumpMaster(opts, with_termlog=False, with_dumper=False)
-        self.master.addons.add(Recorder(self.buffer, self.metrics, self.config.service,
-                                        tls_unwrap=self.config.tls_unwrap))
+        self.master = Master(opts, with_termlog=False)
+        self.master.addons.add(*sidecar_addons(), Recorder(self.buffer, self.metrics, self.config.service,
+                                                           tls_unwrap=self.config.tls_unwrap))
         settings: dict[str, Any] = {"mode": self.config.modes(),
                                     "keep_host_header": True}
         if self.config.ca_dir:
@@ -124,22 +160,11 @@ class CaptureProxy:
             raise RuntimeError(f"proxy listeners {self.config.modes()} did not start within {timeout:.0f}s "
                                "(port in use?)")
         if self.config.health_port:
-            self._serve_health(self.config.health_port)
+            self._health = serve_health(self.config.listen_host, self.config.health_port, self.healthy,
+                                        self.metrics.registry)
 
-    def _serve_health(self, port: int) -> None:
-        from waitress import create_server
-
-        metrics_app = make_wsgi_app(self.metrics.registry)
-
-        def app(environ: dict[str, Any], start_response: Any) -> Any:
-            if environ.get("PATH_INFO") == "/healthz":
-                ok = self.ready.is_set() and self._listening()
-                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
-                return [b"ok" if ok else b"not listening"]
-            return metrics_app(environ, start_response)
-
-        self._health = create_server(app, host="127.0.0.1", port=port, threads=2)
-        threading.Thread(target=self._health.run, name="health", daemon=True).start()
+    def healthy(self) -> bool:
+        return self.ready.is_set() and self._listening()
 
     def stop(self) -> None:
         """Stop listening, then deliver what is still buffered."""

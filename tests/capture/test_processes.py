@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import requests
 
 from controller.devcluster import stop_pid
 from controller.devcluster.cluster import free_port
+from controller.store import FileStore
 from tests.capture.servers import serve
 from tests.helpers import wait_200
 
@@ -110,3 +112,73 @@ def test_local_capture_records_both_directions_of_the_demo_app(env: dict[str, st
     ls = subprocess.run([sys.executable, "-m", "controller.cli", "snapshot", "ls"], env=env, capture_output=True,
                         text=True, cwd=ROOT)
     assert "demo-1" in ls.stdout and "demo-copy" in ls.stdout
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "--ppid", str(pid), "-o", "pid=,args="], capture_output=True, text=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines() if "multiprocessing.spawn" in line}
+
+
+def _listeners(port: int) -> int:
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return len(out.splitlines())
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_workers_share_the_ports_are_restarted_and_deliver_everything_on_stop(env: dict[str, str],
+                                                                               tmp_path: Path) -> None:
+    fwd_port, listen, health = free_port(), free_port(), free_port()
+    with serve() as upstream:
+        forwarder = cli("forwarder", "--port", str(fwd_port), "--host", "127.0.0.1", env=env)
+        proxy = cli("proxy", "--workers", "2", "--reverse", f"{listen}:{upstream}", "--forwarder",
+                    f"http://127.0.0.1:{fwd_port}", "--service", "checkout", "--health-port", str(health), env=env)
+        try:
+            wait_200(f"http://127.0.0.1:{fwd_port}/healthz")
+            wait_200(f"http://127.0.0.1:{health}/healthz")
+            workers = _children(proxy.pid)
+            assert len(workers) == 2
+            # a new connection per request: the kernel spreads them over both workers' sockets
+            statuses = [requests.get(f"http://127.0.0.1:{listen}/a/{i}", timeout=5).status_code for i in range(30)]
+            assert _listeners(listen) == 2
+            os.kill(min(workers), signal.SIGKILL)
+            # connections the kernel already queued on the dead worker's socket are reset with it, as
+            # with any crash; new ones go to the living worker once that socket is closed
+            _wait(lambda: _listeners(listen) == 1, "the killed worker's socket to close")
+            statuses += [requests.get(f"http://127.0.0.1:{listen}/b/{i}", timeout=5).status_code for i in range(30)]
+            _wait(lambda: len(_children(proxy.pid)) == 2 and _listeners(listen) == 2, "the worker's restart")
+            restarted = _children(proxy.pid)
+            wait_200(f"http://127.0.0.1:{health}/healthz")
+            statuses += [requests.get(f"http://127.0.0.1:{listen}/c/{i}", timeout=5).status_code for i in range(30)]
+            text = requests.get(f"http://127.0.0.1:{health}/metrics", timeout=5).text
+            proxy.send_signal(signal.SIGTERM)
+            _, stderr = proxy.communicate(timeout=30)
+        finally:
+            stop_pid(proxy.pid)
+            stop_pid(forwarder.pid)
+    assert statuses == [200] * 90
+    assert len(restarted) == 2 and min(workers) not in restarted
+    assert "proxy worker died; restarting" in stderr
+    assert proxy.returncode == 0 and not _children(proxy.pid)
+    # the metrics of all workers, the killed one's counts included, in one scrape
+    assert metric(text, "replayops_capture_pairs_captured_total") == 90
+    store = FileStore(tmp_path / "home" / "store")
+    paths = {r["request"]["url"].split("/", 3)[3] for stream in store.streams() for r in store.stream_records(stream)}
+    # what the live workers held was delivered when they stopped; only the killed worker's buffer can be lost
+    assert {f"c/{i}" for i in range(30)} <= paths
+    assert len(paths) >= 60
+
+
+def test_proxy_without_a_forwarder_token_says_so(env: dict[str, str]) -> None:
+    del env["REPLAYOPS_FORWARDER_TOKEN"]
+    proxy = cli("proxy", "--reverse", f"{free_port()}:8080", "--forwarder", "http://127.0.0.1:1", env=env)
+    _, stderr = proxy.communicate(timeout=30)
+    assert proxy.returncode == 2 and "REPLAYOPS_FORWARDER_TOKEN" in stderr
+    bad = cli("proxy", "--workers", "0", "--reverse", "1:2", "--forwarder", "x", env=env)
+    _, stderr = bad.communicate(timeout=30)
+    assert bad.returncode == 2 and "--workers: '0' is not a count from 1 to 64" in stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -12,6 +13,9 @@ from typing import Any
 import httpx
 import pytest
 import requests
+from mitmproxy import connection
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.proxy.server_hooks import ClientConnectedHook
 
 from controller import pki
 from controller.capture.addon import Buffer, CaptureMetrics
@@ -68,6 +72,26 @@ def test_inbound_reverse_and_outbound_forward_are_both_recorded(upstream: int) -
     assert inbound[0]["response"]["status"] == 200 and inbound[0]["service"] == "checkout"
     assert sorted(r["request"]["url"].rsplit("/", 1)[1] for r in outbound) == ["apple", "c"]
     assert all(r["version"] == 1 and r["duration"] >= 0 for r in records)
+
+
+def test_clients_from_public_addresses_are_not_blocked(upstream: int) -> None:
+    """mitmdump's default ``Block`` addon kills clients with a global address; a sidecar must not.
+
+    The hook chain of the running proxy is asked about a client at a public address (no packet
+    leaves the machine: the hook decides before any I/O).
+    """
+    listen = free_port()
+    run = start(reverse=[(listen, f"http://127.0.0.1:{upstream}")])
+    try:
+        assert run.proxy.master and run.proxy.loop
+        client = connection.Client(peername=("8.8.8.8", 40000), sockname=("127.0.0.1", listen),
+                                   proxy_mode=ProxyMode.parse(f"reverse:http://127.0.0.1:{upstream}"))
+        asyncio.run_coroutine_threadsafe(run.proxy.master.addons.handle_lifecycle(ClientConnectedHook(client)),
+                                         run.proxy.loop).result(5)
+        assert client.error is None
+        assert requests.get(f"http://127.0.0.1:{listen}/still-served", timeout=5).status_code == 200
+    finally:
+        run.proxy.stop()
 
 
 def _tls_upstream(tmp_path: Path) -> tuple[pki.KeyPair, pki.KeyPair]:
