@@ -26,6 +26,8 @@ PROXY = "replayops-proxy"
 INIT = "replayops-init"
 CA_VOLUME = "replayops-ca"
 CA_DIR = "/etc/replayops/ca"
+RUN_VOLUME = "replayops-run"  # the sidecar's writable state: its root filesystem is read-only
+RUN_DIR = "/var/run/replayops"
 HEALTH_PORT = 15020
 PROXY_UID = 1337
 EXCLUDED_NAMESPACES = frozenset({"kube-system", "replayops-system"})
@@ -113,10 +115,10 @@ def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], conf
     else:
         pairs = zip(_reverse_ports(spec, len(ports)), ports, strict=True)
         args += [a for lp, p in pairs for a in ("--reverse", f"{lp}:{p}")]
+    unwrap = outbound.get("enabled") and outbound.get("tlsUnwrap")
     if outbound.get("enabled"):
         args += ["--outbound", str(outbound.get("proxyPort", 15002))]
-        if outbound.get("tlsUnwrap"):
-            args += ["--tls-unwrap", "--ca-dir", CA_DIR]
+    args += ["--tls-unwrap", "--ca-dir", CA_DIR] if unwrap else ["--ca-dir", f"{RUN_DIR}/mitmproxy"]
     return args
 
 
@@ -138,6 +140,7 @@ def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config:
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "REPLAYOPS_FORWARDER_TOKEN", "valueFrom": {"secretKeyRef": {
                 "name": config.forwarder_token_secret, "key": "token", "optional": True}}},
+            {"name": "TMPDIR", "value": RUN_DIR},
         ],
         "ports": container_ports,
         "resources": {"requests": {"cpu": config.cpu_request, "memory": config.memory_request},
@@ -149,8 +152,9 @@ def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config:
                             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
+    sidecar["volumeMounts"] = [{"name": RUN_VOLUME, "mountPath": RUN_DIR}]
     if outbound.get("enabled") and outbound.get("tlsUnwrap"):
-        sidecar["volumeMounts"] = [{"name": CA_VOLUME, "mountPath": CA_DIR}]
+        sidecar["volumeMounts"].append({"name": CA_VOLUME, "mountPath": CA_DIR})
     return sidecar
 
 
@@ -204,7 +208,7 @@ class Injected:
             return cls(list(raw.get("initContainers", [])), list(raw.get("volumes", [])),
                        dict(raw.get("env", {})), dict(raw.get("mounts", {})))
         except (ValueError, AttributeError, TypeError):
-            return cls([PROXY, INIT], [CA_VOLUME])
+            return cls([PROXY, INIT], [RUN_VOLUME, CA_VOLUME])
 
 
 def strip(pod: dict[str, Any]) -> dict[str, Any]:
@@ -249,10 +253,11 @@ def inject(pod: Mapping[str, Any], namespace: str, policy_spec: Mapping[str, Any
     done.init_containers = [c["name"] for c in ours]
     env = _app_env(policy_spec)
     tls = policy_spec.get("outbound", {}).get("enabled") and policy_spec.get("outbound", {}).get("tlsUnwrap")
+    volumes = [{"name": RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}]
     if tls:
-        spec["volumes"] = list(spec.get("volumes") or []) + [
-            {"name": CA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}]
-        done.volumes = [CA_VOLUME]
+        volumes.append({"name": CA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
+    spec["volumes"] = list(spec.get("volumes") or []) + volumes
+    done.volumes = [v["name"] for v in volumes]
     for container in spec.get("containers", []):
         name = container["name"]
         existing = {e["name"] for e in container.get("env") or []}

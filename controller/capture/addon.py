@@ -151,6 +151,8 @@ def forwarder_sink(url: str, token: str, *, policy: str, stream: str,
     head = json.dumps({"policy": policy, "stream": stream})[:-1].encode() + b', "records": ['
 
     def deliver(batch: list[dict[str, Any]]) -> None:
+        if not token:
+            raise RuntimeError("no forwarder token ($REPLAYOPS_FORWARDER_TOKEN is empty)")
         # one json.dumps per record: a single call over the whole batch would hold the GIL for
         # milliseconds and stall the proxy's event loop thread (zlib releases it while compressing)
         records = b",".join(json.dumps(record).encode() for record in batch)

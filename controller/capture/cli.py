@@ -24,6 +24,8 @@ from controller import logs, paths
 from controller.capture import dlp, har, rrpair
 from controller.store import FileStore, Manifest, ReadProblem, StoreError
 
+log = logs.get("capture")
+
 
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
@@ -137,9 +139,8 @@ def run_proxy(args: argparse.Namespace) -> int:
         print("replayops proxy: give at least one of --reverse, --transparent, --outbound", file=sys.stderr)
         return 2
     token = os.environ.get("REPLAYOPS_FORWARDER_TOKEN", "")
-    if not token:
-        print("replayops proxy: no token for the forwarder: set $REPLAYOPS_FORWARDER_TOKEN", file=sys.stderr)
-        return 2
+    if not token:  # capture must never keep the app from starting: run, and drop what cannot be sent
+        log.warning("no forwarder token ($REPLAYOPS_FORWARDER_TOKEN is empty): records will be dropped")
     stream = f"{args.policy.replace('/', '.') or 'default'}.{args.service or 'proxy'}"
     sink = Sink(args.forwarder, token, args.policy, stream,
                 capacity=max(1, args.buffer // args.workers))

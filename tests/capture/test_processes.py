@@ -174,11 +174,29 @@ def test_workers_share_the_ports_are_restarted_and_deliver_everything_on_stop(en
     assert len(paths) >= 60
 
 
-def test_proxy_without_a_forwarder_token_says_so(env: dict[str, str]) -> None:
+def test_proxy_without_a_forwarder_token_serves_the_app_and_drops_with_the_reason(env: dict[str, str]) -> None:
     del env["REPLAYOPS_FORWARDER_TOKEN"]
-    proxy = cli("proxy", "--reverse", f"{free_port()}:8080", "--forwarder", "http://127.0.0.1:1", env=env)
-    _, stderr = proxy.communicate(timeout=30)
-    assert proxy.returncode == 2 and "REPLAYOPS_FORWARDER_TOKEN" in stderr
-    bad = cli("proxy", "--workers", "0", "--reverse", "1:2", "--forwarder", "x", env=env)
+    listen, health = free_port(), free_port()
+    with serve() as upstream:
+        proxy = cli("proxy", "--reverse", f"{listen}:{upstream}", "--forwarder", "http://127.0.0.1:1",
+                    "--health-port", str(health), env=env)
+        try:
+            wait_200(f"http://127.0.0.1:{health}/healthz")
+            assert requests.get(f"http://127.0.0.1:{listen}/x", timeout=5).status_code == 200
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                text = requests.get(f"http://127.0.0.1:{health}/metrics", timeout=5).text
+                if metric(text, "replayops_capture_pairs_dropped_total"):
+                    break
+                time.sleep(0.2)
+        finally:
+            proxy.send_signal(signal.SIGTERM)
+            _, stderr = proxy.communicate(timeout=30)
+    assert metric(text, 'replayops_capture_pairs_dropped_total{reason="sink-error"}') == 1
+    assert "no forwarder token ($REPLAYOPS_FORWARDER_TOKEN is empty)" in stderr
+
+
+def test_proxy_flags_are_checked() -> None:
+    bad = cli("proxy", "--workers", "0", "--reverse", "1:2", "--forwarder", "x", env=dict(os.environ))
     _, stderr = bad.communicate(timeout=30)
     assert bad.returncode == 2 and "--workers: '0' is not a count from 1 to 64" in stderr
