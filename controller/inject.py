@@ -253,7 +253,7 @@ def inject(pod: Mapping[str, Any], namespace: str, policy_spec: Mapping[str, Any
     done.init_containers = [c["name"] for c in ours]
     env = _app_env(policy_spec)
     tls = policy_spec.get("outbound", {}).get("enabled") and policy_spec.get("outbound", {}).get("tlsUnwrap")
-    volumes = [{"name": RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}]
+    volumes: list[dict[str, Any]] = [{"name": RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}]
     if tls:
         volumes.append({"name": CA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
     spec["volumes"] = list(spec.get("volumes") or []) + volumes
