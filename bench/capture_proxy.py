@@ -1,23 +1,24 @@
 """Benchmark the capturing sidecar against nginx direct and bare mitmdump, with wrk (Debian) as the load.
 
-For each of: nginx direct, bare `mitmdump` in reverse mode, mitmproxy with only the sidecar's addon set
-(bench/lean_mitmproxy.py: the recorder's cost alone), and `replayops proxy` (recording every pair and
-delivering it to a running `replayops forwarder`), wrk measures
-  - maximum throughput (closed loop, --connections, --seconds), and
-  - latency at a fixed ~500 req/s (wrk's Lua `delay()` paces each connection).
+Targets on loopback, all forwarding to one nginx: nginx direct; bare `mitmdump` in reverse mode;
+mitmproxy with only the sidecar's addon set and no recorder (bench/lean_mitmproxy.py: isolates
+the recorder's own cost); `replayops proxy` (records every pair and delivers it to a running
+`replayops forwarder` on the same cores); and `replayops proxy --workers 2`.
+For each, wrk measures maximum throughput (closed loop) and latency at a fixed 500 req/s (open
+loop, evenly spaced: bench/wrk.py). Rounds alternate the targets; medians are printed.
 Then the sidecar's RSS is sampled over a soak run to show whether memory stays flat.
 Targets: the addon costs <= 15% of bare mitmdump's throughput; added p99 <= 3 ms at 500 req/s.
 
 Prerequisites: `apt-get install wrk nginx-light`.
-Run: .venv/bin/python bench/capture_proxy.py [--seconds 10] [--soak 60]
+Run: .venv/bin/python bench/capture_proxy.py [--seconds 8] [--rounds 3] [--soak 60]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import wrk  # noqa: E402
 from controller.devcluster import stop_pid  # noqa: E402
 from controller.devcluster.cluster import free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
-PACED = "request = function() return wrk.request() end\ndelay = function() return {delay} end\n"
 
 
 def nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
@@ -57,21 +58,6 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"nothing answered on {port}")
 
 
-def wrk(port: int, seconds: float, connections: int, script: Path | None = None) -> dict[str, float]:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--latency"]
-    if script:
-        argv += ["-s", str(script)]
-    out = subprocess.run([*argv, f"http://127.0.0.1:{port}/api/price"], capture_output=True, text=True,
-                         check=True).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
-    for pct in ("50", "99"):
-        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)", out, re.M)
-        assert m, out
-        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-        result[f"p{pct}"] = float(m.group(1)) * scale
-    return result
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -81,7 +67,9 @@ def rss_mb(pid: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--soak", type=float, default=60, help="seconds of load while sampling the sidecar's RSS")
     args = parser.parse_args()
@@ -92,9 +80,15 @@ def main() -> None:
         tmp = Path(tmpdir)
         env = {**os.environ, "REPLAYOPS_HOME": str(tmp / "home"), "REPLAYOPS_FORWARDER_TOKEN": "bench",
                "REPLAYOPS_DLP_KEY": "bench"}
-        up, bare, lean, ours, fwd, health = (free_port() for _ in range(6))
-        paced = tmp / "paced.lua"
-        paced.write_text(PACED.format(delay=round(args.connections * 1000 / 500)))
+        up, bare, lean, ours, ours2, fwd, health, health2 = (free_port() for _ in range(8))
+        paced = wrk.script(tmp / "paced.lua", rate=args.rate)
+
+        def proxy(port: int, health_port: int, *extra: str) -> subprocess.Popen[bytes]:
+            return subprocess.Popen([str(BIN / "replayops"), "proxy", "--reverse", f"{port}:{up}", "--forwarder",
+                                     f"http://127.0.0.1:{fwd}", "--service", "bench", "--health-port",
+                                     str(health_port), *extra], env=env, start_new_session=True,
+                                    stderr=subprocess.DEVNULL)
+
         procs = [nginx(tmp, up),
                  subprocess.Popen([str(BIN / "mitmdump"), "-q", "--mode", f"reverse:http://127.0.0.1:{up}@{bare}"],
                                   start_new_session=True),
@@ -102,31 +96,42 @@ def main() -> None:
                                    f"reverse:http://127.0.0.1:{up}@{lean}"], start_new_session=True),
                  subprocess.Popen([str(BIN / "replayops"), "forwarder", "--host", "127.0.0.1", "--port", str(fwd)],
                                   env=env, start_new_session=True, stderr=subprocess.DEVNULL),
-                 subprocess.Popen([str(BIN / "replayops"), "proxy", "--reverse", f"{ours}:{up}", "--forwarder",
-                                   f"http://127.0.0.1:{fwd}", "--service", "bench", "--health-port", str(health)],
-                                  env=env, start_new_session=True, stderr=subprocess.DEVNULL)]
+                 proxy(ours, health), proxy(ours2, health2, "--workers", "2")]
+        targets = {"nginx direct": up, "bare mitmdump": bare, "sidecar addons only": lean,
+                   "replayops proxy": ours, "replayops proxy -w2": ours2}
         try:
-            for port in (up, bare, lean, ours):
+            for port in targets.values():
                 wait_port(port)
-            results = {}
-            for name, port in (("nginx direct", up), ("bare mitmdump", bare), ("sidecar addons only", lean),
-                               ("replayops proxy", ours)):
-                results[name] = (wrk(port, args.seconds, args.connections),
-                                 wrk(port, args.seconds, args.connections, paced))
-            print(f"wrk -t1 -c{args.connections} -d{args.seconds:.0f}s against nginx on loopback")
-            print(f"{'':18} {'max req/s':>10} {'p50 ms':>8} {'p99 ms':>8} | at ~500/s: {'req/s':>7} "
-                  f"{'p50 ms':>7} {'p99 ms':>7}")
-            for name, (full, slow) in results.items():
-                print(f"{name:18} {full['rps']:10.0f} {full['p50']:8.2f} {full['p99']:8.2f} | {'':11}"
-                      f"{slow['rps']:7.0f} {slow['p50']:7.2f} {slow['p99']:7.2f}")
-            bare_full, lean_full = results["bare mitmdump"][0], results["sidecar addons only"][0]
-            ours_full = results["replayops proxy"][0]
-            direct_slow, ours_slow = results["nginx direct"][1], results["replayops proxy"][1]
-            print(f"throughput ours/bare mitmdump: {ours_full['rps'] / bare_full['rps']:.2f}   (target >= 0.85)")
-            print(f"throughput ours/same mitmproxy without the recorder: {ours_full['rps'] / lean_full['rps']:.2f}"
+                wrk.run(f"http://127.0.0.1:{port}/api/price", 2, args.connections)  # warm up
+            runs: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {name: [] for name in targets}
+            for _ in range(args.rounds):
+                for name, port in targets.items():
+                    url = f"http://127.0.0.1:{port}/api/price"
+                    runs[name].append((wrk.run(url, args.seconds, args.connections),
+                                       wrk.run(url, args.seconds, args.connections, paced)))
+
+            def med(name: str, which: int, key: str) -> float:
+                return statistics.median(r[which][key] for r in runs[name])
+
+            print(f"wrk -t1 -c{args.connections}, {args.seconds:.0f}s per run, median of {args.rounds} rounds "
+                  f"(alternating targets)")
+            print(f"{'':20} {'max req/s':>9} | at {args.rate:.0f}/s: {'req/s':>6} {'p50 ms':>7} {'p90 ms':>7} "
+                  f"{'p99 ms':>7}  (p99 of each round)")
+            for name in targets:
+                p99s = " ".join(f"{r[1]['p99']:.2f}" for r in runs[name])
+                print(f"{name:20} {med(name, 0, 'rps'):9.0f} | {'':8} {med(name, 1, 'rps'):6.0f} "
+                      f"{med(name, 1, 'p50'):7.2f} {med(name, 1, 'p90'):7.2f} {med(name, 1, 'p99'):7.2f}  ({p99s})")
+            ratio = med("replayops proxy", 0, "rps") / med("bare mitmdump", 0, "rps")
+            print(f"throughput ours/bare mitmdump: {ratio:.2f}   (target >= 0.85)")
+            print(f"throughput ours/same mitmproxy without the recorder: "
+                  f"{med('replayops proxy', 0, 'rps') / med('sidecar addons only', 0, 'rps'):.2f}"
                   "   (the recorder's own cost)")
-            print(f"added latency at ~500/s vs direct: p50 {ours_slow['p50'] - direct_slow['p50']:.2f} ms, "
-                  f"p99 {ours_slow['p99'] - direct_slow['p99']:.2f} ms   (target p99 <= 3 ms)")
+            print(f"throughput 2 workers/1 worker: "
+                  f"{med('replayops proxy -w2', 0, 'rps') / med('replayops proxy', 0, 'rps'):.2f}")
+            for name in ("bare mitmdump", "replayops proxy", "replayops proxy -w2"):
+                print(f"added latency at {args.rate:.0f}/s vs direct, {name}: "
+                      f"p50 {med(name, 1, 'p50') - med('nginx direct', 1, 'p50'):.2f} ms, "
+                      f"p99 {med(name, 1, 'p99') - med('nginx direct', 1, 'p99'):.2f} ms   (target p99 <= 3 ms)")
             sidecar = procs[4].pid
             samples = [rss_mb(sidecar)]
             load = subprocess.Popen(["wrk", "-t1", f"-c{args.connections}", f"-d{args.soak:.0f}s", "-s", str(paced),
@@ -138,7 +143,7 @@ def main() -> None:
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{health}/metrics", timeout=5).read().decode()
             sent = sum(float(line.split()[-1]) for line in metrics.splitlines()
                        if line.startswith("replayops_capture_pairs_sent_total"))
-            print(f"sidecar RSS over a {args.soak:.0f}s soak at ~500/s (MB): "
+            print(f"sidecar RSS over a {args.soak:.0f}s soak at {args.rate:.0f}/s (MB): "
                   + " ".join(f"{s:.0f}" for s in samples))
             half = len(samples) // 2
             print(f"  first half mean {sum(samples[:half]) / half:.1f} MB, second half mean "

@@ -6,6 +6,7 @@ Run: .venv/bin/python bench/lean_mitmproxy.py reverse:http://127.0.0.1:8080@8081
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from pathlib import Path
 
@@ -22,7 +23,10 @@ async def main(mode: str) -> None:
     master = Master(opts, with_termlog=False)
     master.addons.add(*sidecar_addons())
     opts.update(mode=[mode], keep_host_header=True)
-    await master.run()
+    task = asyncio.create_task(master.run())
+    await asyncio.sleep(1)
+    gc.freeze()  # as `replayops proxy` does once it listens
+    await task
 
 
 if __name__ == "__main__":

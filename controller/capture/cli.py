@@ -123,9 +123,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run_proxy(args: argparse.Namespace) -> int:
-    from controller.capture.addon import Buffer, CaptureMetrics, forwarder_sink
+    from controller.capture.addon import CaptureMetrics, Sink
     from controller.capture.proxy import CaptureProxy, ProxyConfig, parse_reverse
-    from controller.capture.workers import Sink, Supervisor
+    from controller.capture.workers import Supervisor
 
     logs.setup()
     try:
@@ -149,9 +149,7 @@ def run_proxy(args: argparse.Namespace) -> int:
         proxy = Supervisor(config, sink, args.workers)
     else:
         metrics = CaptureMetrics()
-        buffer = Buffer(forwarder_sink(sink.url, sink.token, policy=sink.policy, stream=sink.stream), metrics,
-                        capacity=sink.capacity)
-        proxy = CaptureProxy(config, buffer, metrics)
+        proxy = CaptureProxy(config, sink.buffer(metrics), metrics)
     try:
         proxy.start()
     except RuntimeError as exc:

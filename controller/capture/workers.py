@@ -19,27 +19,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from controller import logs
+from controller.capture.addon import Sink
 from controller.capture.proxy import ProxyConfig
 
 log = logs.get("proxy")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-@dataclass(frozen=True)
-class Sink:
-    """Where workers deliver their batches (plain values: it crosses the process boundary)."""
-
-    url: str
-    token: str
-    policy: str
-    stream: str
-    capacity: int
 
 
 def share_ports() -> None:
@@ -64,7 +53,7 @@ def _worker(config: ProxyConfig, sink: Sink, ready: Connection) -> None:
     """One proxy process: says ready on ``ready``, runs until SIGTERM (SIGINT is the supervisor's)."""
     import gc
 
-    from controller.capture.addon import Buffer, CaptureMetrics, forwarder_sink
+    from controller.capture.addon import CaptureMetrics
     from controller.capture.proxy import CaptureProxy
 
     terminated = threading.Event()
@@ -73,9 +62,7 @@ def _worker(config: ProxyConfig, sink: Sink, ready: Connection) -> None:
     logs.setup()
     share_ports()
     metrics = CaptureMetrics()
-    buffer = Buffer(forwarder_sink(sink.url, sink.token, policy=sink.policy, stream=sink.stream), metrics,
-                    capacity=sink.capacity)
-    proxy = CaptureProxy(config, buffer, metrics)
+    proxy = CaptureProxy(config, sink.buffer(metrics), metrics)
     try:
         proxy.start()
     except RuntimeError as exc:
