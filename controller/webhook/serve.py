@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,12 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from controller.webhook.certs import CertPaths, Reloader
+
+
+def _freeze_loaded(_worker: Any) -> None:
+    """The loaded app lives as long as the worker: keep it out of the cyclic GC's full collections,
+    which otherwise scan it all and stall the requests in flight."""
+    gc.freeze()
 
 
 class WebhookServer(BaseApplication):  # type: ignore[misc]
@@ -23,7 +30,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
             "bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": "gthread",
             "certfile": str(certs.cert), "keyfile": str(certs.key), "timeout": 30,
             "graceful_timeout": 10, "keepalive": 30, "accesslog": None, "loglevel": "warning",
-            "ssl_context": self._ssl_context,
+            "ssl_context": self._ssl_context, "post_worker_init": _freeze_loaded,
         }
         super().__init__()
 
