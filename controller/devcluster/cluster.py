@@ -79,8 +79,9 @@ class DevCluster:
     """A local control plane living in ``workdir`` (certs, etcd data, logs, kubeconfig)."""
 
     def __init__(self, workdir: Path, binaries: Binaries, *, controller_manager: bool = True,
-                 detached: bool = False, apiserver_args: tuple[str, ...] = ()) -> None:
+                 detached: bool = False, apiserver_args: tuple[str, ...] = (), durable: bool = False) -> None:
         self.workdir = workdir
+        self.durable = durable  # etcd fsyncs its WAL as in production (off by default: tests need speed)
         self.binaries = binaries
         self.with_controller_manager = controller_manager
         self.detached = detached
@@ -154,7 +155,7 @@ class DevCluster:
         return [str(self.binaries.etcd), "--name", "default", "--data-dir", str(self.workdir / "etcd"),
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"default={peer}", "--unsafe-no-fsync=true",
+                "--initial-cluster", f"default={peer}", f"--unsafe-no-fsync={str(not self.durable).lower()}",
                 "--log-level", "warn"]
 
     def _apiserver_argv(self) -> list[str]:
