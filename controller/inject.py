@@ -183,8 +183,8 @@ def _app_env(spec: Mapping[str, Any]) -> list[dict[str, str]]:
         bundle = f"{CA_DIR}/ca-bundle.pem"
         env += [{"name": "SSL_CERT_FILE", "value": bundle}, {"name": "REQUESTS_CA_BUNDLE", "value": bundle},
                 {"name": "NODE_EXTRA_CA_CERTS", "value": f"{CA_DIR}/ca.pem"},
-                {"name": "JAVA_TOOL_OPTIONS", "value": f"-Djavax.net.ssl.trustStore={CA_DIR}/truststore.p12 "
-                 "-Djavax.net.ssl.trustStorePassword=changeit -Djavax.net.ssl.trustStoreType=PKCS12"}]
+                {"name": "JAVA_TOOL_OPTIONS", "value": f"-Djavax.net.ssl.trustStore={CA_DIR}/truststore.jks "
+                 "-Djavax.net.ssl.trustStorePassword=changeit -Djavax.net.ssl.trustStoreType=JKS"}]
     return env
 
 

@@ -24,6 +24,7 @@ from mitmproxy.master import Master
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from controller import logs
+from controller.capture import javatrust
 from controller.capture.addon import Buffer, CaptureMetrics, Recorder
 
 log = logs.get("proxy")
@@ -131,13 +132,15 @@ class CaptureProxy:
         return servers is not None and bool(servers) and all(s.is_running for s in servers)
 
     def _write_ca(self) -> None:
-        """ca.pem and ca-bundle.pem (system roots + ours) for the app, when unwrapping TLS."""
+        """ca.pem, ca-bundle.pem (system roots + ours) and truststore.jks (the same, for JVMs), when
+        unwrapping TLS."""
         if not (self.config.tls_unwrap and self.config.ca_dir):
             return
         cert = self.config.ca_dir / "mitmproxy-ca-cert.pem"
         shutil.copyfile(cert, self.config.ca_dir / "ca.pem")
-        bundle = Path(certifi.where()).read_bytes() + b"\n" + cert.read_bytes()
-        (self.config.ca_dir / "ca-bundle.pem").write_bytes(bundle)
+        roots = Path(certifi.where()).read_bytes()
+        (self.config.ca_dir / "ca-bundle.pem").write_bytes(roots + b"\n" + cert.read_bytes())
+        (self.config.ca_dir / "truststore.jks").write_bytes(javatrust.from_pem(cert.read_bytes(), roots))
 
     def start(self, timeout: float = 30.0) -> None:
         """Start listening; raise RuntimeError naming the listeners when they do not come up."""

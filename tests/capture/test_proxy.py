@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ from mitmproxy import connection
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy.server_hooks import ClientConnectedHook
 
-from controller import pki
+from controller import inject, pki
 from controller.capture.addon import Buffer, CaptureMetrics
 from controller.capture.proxy import CaptureProxy, ProxyConfig
 from controller.devcluster.cluster import free_port
@@ -116,6 +118,38 @@ def test_outbound_https_is_recorded_through_tls_unwrapping(tmp_path: Path) -> No
             run.proxy.stop()
     assert records[0]["request"]["url"] == f"https://127.0.0.1:{port}/secure?q=1"
     assert json.loads(records[0]["response"]["body"])["path"] == "/secure?q=1"
+
+
+def _java_tool_options(ca_dir: Path) -> str:
+    """JAVA_TOOL_OPTIONS as the injector renders it for TLS unwrapping, pointed at ``ca_dir``."""
+    policy = {"outbound": {"enabled": True, "tlsUnwrap": True}}
+    env = {e["name"]: e["value"] for e in inject._app_env(policy)}
+    return env["JAVA_TOOL_OPTIONS"].replace(inject.CA_DIR, str(ca_dir))
+
+
+def test_a_java_app_trusts_the_unwrapping_ca_through_the_injected_truststore(tmp_path: Path) -> None:
+    if not shutil.which("java"):
+        pytest.skip("no java on this machine")
+    _, cert = _tls_upstream(tmp_path)
+    with serve(tls=cert, cert_dir=tmp_path) as port:
+        out = free_port()
+        run = start(outbound=out, tls_unwrap=True, ca_dir=tmp_path / "ca", upstream_ca=tmp_path / "upstream-ca.pem")
+        try:
+            env = {**os.environ, "JAVA_TOOL_OPTIONS": _java_tool_options(tmp_path / "ca")}
+            java = subprocess.run(["java", str(Path(__file__).with_name("java") / "Get.java"),
+                                   f"https://127.0.0.1:{port}/from-java", str(out)], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            untrusted = subprocess.run(["java", str(Path(__file__).with_name("java") / "Get.java"),
+                                        f"https://127.0.0.1:{port}/no-truststore", str(out)],
+                                       capture_output=True, text=True, timeout=120)
+            records = run.wait(1)
+        finally:
+            run.proxy.stop()
+    assert java.returncode == 0, java.stderr[-2000:]
+    assert java.stdout.startswith("200 ") and "/from-java" in java.stdout
+    assert [r["request"]["url"] for r in records] == [f"https://127.0.0.1:{port}/from-java"]
+    # without the truststore the JVM refuses our CA: the test above is not passing by accident
+    assert untrusted.returncode != 0 and "PKIX" in untrusted.stderr
 
 
 def test_without_unwrapping_outbound_tls_passes_through_unrecorded(tmp_path: Path) -> None:
