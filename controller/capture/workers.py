@@ -12,6 +12,7 @@ that dies, and on SIGTERM stops them all, each delivering what it buffered.
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import signal
@@ -51,8 +52,6 @@ def share_ports() -> None:
 
 def _worker(config: ProxyConfig, sink: Sink, ready: Connection) -> None:
     """One proxy process: says ready on ``ready``, runs until SIGTERM (SIGINT is the supervisor's)."""
-    import gc
-
     from controller.capture.addon import CaptureMetrics
     from controller.capture.proxy import CaptureProxy
 
