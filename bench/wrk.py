@@ -46,9 +46,9 @@ def script(path: Path, *, rate: float | None = None, body: bytes | None = None) 
     return path
 
 
-def run(url: str, seconds: float, connections: int, lua: Path | None = None) -> dict[str, float]:
-    """req/s and latency p50/p90/p99 (ms) of one wrk run with one thread."""
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--latency"]
+def run(url: str, seconds: float, connections: int, lua: Path | None = None, threads: int = 1) -> dict[str, float]:
+    """req/s and latency p50/p90/p99 (ms) of one wrk run."""
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s", "--latency"]
     if lua:
         argv += ["-s", str(lua)]
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout

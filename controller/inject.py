@@ -103,6 +103,12 @@ def _reverse_ports(spec: Mapping[str, Any], count: int) -> list[int]:
     return out
 
 
+def _unwraps_tls(spec: Mapping[str, Any]) -> bool:
+    """Whether the policy captures outbound traffic with TLS unwrapping (the pod then gets our CA)."""
+    outbound = spec.get("outbound", {})
+    return bool(outbound.get("enabled") and outbound.get("tlsUnwrap"))
+
+
 def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config: InjectConfig) -> list[str]:
     inbound = spec.get("inbound", {})
     outbound = spec.get("outbound", {})
@@ -115,15 +121,14 @@ def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], conf
     else:
         pairs = zip(_reverse_ports(spec, len(ports)), ports, strict=True)
         args += [a for lp, p in pairs for a in ("--reverse", f"{lp}:{p}")]
-    unwrap = outbound.get("enabled") and outbound.get("tlsUnwrap")
     if outbound.get("enabled"):
         args += ["--outbound", str(outbound.get("proxyPort", 15002))]
-    args += ["--tls-unwrap", "--ca-dir", CA_DIR] if unwrap else ["--ca-dir", f"{RUN_DIR}/mitmproxy"]
+    args += ["--tls-unwrap", "--ca-dir", CA_DIR] if _unwraps_tls(spec) else ["--ca-dir", f"{RUN_DIR}/mitmproxy"]
     return args
 
 
 def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config: InjectConfig) -> dict[str, Any]:
-    inbound, outbound = spec.get("inbound", {}), spec.get("outbound", {})
+    inbound = spec.get("inbound", {})
     container_ports = [{"name": "rops-health", "containerPort": HEALTH_PORT, "protocol": "TCP"}]
     if inbound.get("mode", "reverse") == "reverse":
         container_ports += [{"name": f"rops-in-{i}", "containerPort": lp, "protocol": "TCP"}
@@ -153,7 +158,7 @@ def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config:
                             "capabilities": {"drop": ["ALL"]}},
     }
     sidecar["volumeMounts"] = [{"name": RUN_VOLUME, "mountPath": RUN_DIR}]
-    if outbound.get("enabled") and outbound.get("tlsUnwrap"):
+    if _unwraps_tls(spec):
         sidecar["volumeMounts"].append({"name": CA_VOLUME, "mountPath": CA_DIR})
     return sidecar
 
@@ -252,7 +257,7 @@ def inject(pod: Mapping[str, Any], namespace: str, policy_spec: Mapping[str, Any
     spec["initContainers"] = ours + list(spec.get("initContainers") or [])
     done.init_containers = [c["name"] for c in ours]
     env = _app_env(policy_spec)
-    tls = policy_spec.get("outbound", {}).get("enabled") and policy_spec.get("outbound", {}).get("tlsUnwrap")
+    tls = _unwraps_tls(policy_spec)
     volumes: list[dict[str, Any]] = [{"name": RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}]
     if tls:
         volumes.append({"name": CA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})

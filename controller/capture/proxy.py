@@ -10,7 +10,6 @@ bundle with the system roots) when TLS unwrapping is on.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,11 +135,11 @@ class CaptureProxy:
         unwrapping TLS."""
         if not (self.config.tls_unwrap and self.config.ca_dir):
             return
-        cert = self.config.ca_dir / "mitmproxy-ca-cert.pem"
-        shutil.copyfile(cert, self.config.ca_dir / "ca.pem")
+        ours = (self.config.ca_dir / "mitmproxy-ca-cert.pem").read_bytes()
         roots = Path(certifi.where()).read_bytes()
-        (self.config.ca_dir / "ca-bundle.pem").write_bytes(roots + b"\n" + cert.read_bytes())
-        (self.config.ca_dir / "truststore.jks").write_bytes(javatrust.from_pem(cert.read_bytes(), roots))
+        (self.config.ca_dir / "ca.pem").write_bytes(ours)
+        (self.config.ca_dir / "ca-bundle.pem").write_bytes(roots + b"\n" + ours)
+        (self.config.ca_dir / "truststore.jks").write_bytes(javatrust.from_pem(ours, roots))
 
     def start(self, timeout: float = 30.0) -> None:
         """Start listening; raise RuntimeError naming the listeners when they do not come up."""

@@ -12,6 +12,7 @@ that dies, and on SIGTERM stops them all, each delivering what it buffered.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import multiprocessing
 import os
@@ -89,7 +90,7 @@ class Supervisor:
 
     def _spawn(self, timeout: float) -> BaseProcess:
         receive, send = self.ctx.Pipe(duplex=False)
-        worker_config = ProxyConfig(**{**self.config.__dict__, "health_port": None})
+        worker_config = dataclasses.replace(self.config, health_port=None)  # the supervisor serves health
         proc = self.ctx.Process(target=_worker, args=(worker_config, self.sink, send),
                                 name="replayops-proxy-worker")
         proc.start()
