@@ -133,8 +133,11 @@ def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config:
     if inbound.get("mode", "reverse") == "reverse":
         container_ports += [{"name": f"rops-in-{i}", "containerPort": lp, "protocol": "TCP"}
                             for i, lp in enumerate(_reverse_ports(spec, len(ports)))]
-    probe = {"httpGet": {"path": "/healthz", "port": HEALTH_PORT}, "periodSeconds": 10,
-             "timeoutSeconds": 2}
+
+    def probe(**overrides: int) -> dict[str, Any]:
+        return {"httpGet": {"path": "/healthz", "port": HEALTH_PORT}, "periodSeconds": 10, "timeoutSeconds": 2,
+                **overrides}
+
     sidecar: dict[str, Any] = {
         "name": PROXY,
         "image": config.image,
@@ -150,9 +153,9 @@ def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config:
         "ports": container_ports,
         "resources": {"requests": {"cpu": config.cpu_request, "memory": config.memory_request},
                       "limits": {"memory": config.memory_limit}},
-        "startupProbe": {**copy.deepcopy(probe), "periodSeconds": 1, "failureThreshold": 30},
-        "readinessProbe": copy.deepcopy(probe),
-        "livenessProbe": {**copy.deepcopy(probe), "failureThreshold": 3},
+        "startupProbe": probe(periodSeconds=1, failureThreshold=30),
+        "readinessProbe": probe(),
+        "livenessProbe": probe(failureThreshold=3),
         "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": True,
                             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},

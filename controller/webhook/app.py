@@ -11,6 +11,7 @@ never as a 500.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -98,9 +99,24 @@ def _mutate_pod(req: review.Request, deps: Deps) -> dict[str, Any]:
     if policy is None:
         return review.response(req.uid, warnings=[
             f"replayops: not injected: CapturePolicy {req.namespace}/{decision.policy} not found"])
-    spec = defaults.default_policy(policy).get("spec", {})
-    mutated = inject.inject(pod, req.namespace, spec, deps.inject_config)
-    return review.response(req.uid, patch=inject.patch(pod, mutated))
+    unnamed = {**pod, "metadata": {k: v for k, v in (pod.get("metadata") or {}).items() if k != "name"}}
+    return review.response(req.uid, patch=_injection_patch(req.namespace, json.dumps(unnamed),
+                                                            json.dumps(policy), deps.inject_config))
+
+
+@functools.lru_cache(maxsize=1024)
+def _injection_patch(namespace: str, pod_json: str, policy_json: str, config: inject.InjectConfig) -> str | None:
+    """The encoded patch injecting a pod (given as JSON without its name, which no patch touches) under a
+    CapturePolicy. Keyed by that JSON: a ReplicaSet's pods reach admission identical (their names are
+    generated after it), so a rollout of any size renders its sidecar once."""
+    pod = json.loads(pod_json)
+    return review.encode_patch(inject.patch(pod, inject.inject(pod, namespace, _policy_spec(policy_json), config)))
+
+
+@functools.lru_cache(maxsize=256)
+def _policy_spec(policy_json: str) -> Mapping[str, Any]:
+    """The defaulted spec of a CapturePolicy given as JSON (read-only: it is shared)."""
+    return defaults.default_policy(json.loads(policy_json)).get("spec", {})  # type: ignore[no-any-return]
 
 
 def _mutator(default: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Callable[..., dict[str, Any]]:
@@ -109,7 +125,7 @@ def _mutator(default: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Callable
             return review.response(req.uid)
         if schema.validate(req.object):  # defaults only for well-formed objects; validation says why not
             return review.response(req.uid)
-        return review.response(req.uid, patch=inject.patch(req.object, default(req.object)))
+        return review.response(req.uid, patch=review.encode_patch(inject.patch(req.object, default(req.object))))
     return handle
 
 

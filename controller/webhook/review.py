@@ -104,16 +104,21 @@ def _check_metadata(where: str, obj: dict[str, Any] | None) -> None:
             raise BadReview(f"request.{where}.metadata.{key} is not a string")
 
 
+def encode_patch(ops: list[dict[str, Any]]) -> str | None:
+    """A JSONPatch as the response carries it (base64 of its JSON); None when there is nothing to change."""
+    return base64.b64encode(json.dumps(ops).encode()).decode() if ops else None
+
+
 def response(uid: str, *, allowed: bool = True, message: str = "", code: int | None = None,
-             patch: list[dict[str, Any]] | None = None, warnings: list[str] | None = None) -> dict[str, Any]:
-    """An AdmissionReview response for ``uid``."""
+             patch: str | None = None, warnings: list[str] | None = None) -> dict[str, Any]:
+    """An AdmissionReview response for ``uid``; ``patch`` as ``encode_patch`` gives it."""
     resp: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if not allowed:
         resp["status"] = {"code": code or 403, "message": message, "reason": "Forbidden" if
                           (code or 403) == 403 else "Invalid"}
     if patch:
         resp["patchType"] = "JSONPatch"
-        resp["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+        resp["patch"] = patch
     if warnings:
         resp["warnings"] = [w[:512] for w in warnings[:20]]
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": resp}

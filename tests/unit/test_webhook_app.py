@@ -63,6 +63,38 @@ def test_pod_with_capture_annotation_gets_a_patch_adding_the_sidecar() -> None:
     assert patched["metadata"]["annotations"]["replayops.dev/injected"]
 
 
+def injected(client: FlaskClient, obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` as the apiserver stores it after our /mutate/pods answer."""
+    body = review(obj, group="", kind="Pod")
+    out = post(client, "/mutate/pods", body)
+    return jsonpatch.apply_patch(obj, json.loads(base64.b64decode(out["patch"])))  # type: ignore[no-any-return]
+
+
+def test_pods_alike_but_for_their_names_each_get_a_correct_patch() -> None:
+    client = make_client()
+    first, second = pod({"replayops.dev/capture": "p1"}), pod({"replayops.dev/capture": "p1"})
+    second["metadata"]["name"] = "y"
+    labelled = pod({"replayops.dev/capture": "p1"})
+    labelled["metadata"]["labels"] = {"tier": "web"}
+    results = [injected(client, p) for p in (first, second, labelled)]
+    assert [r["metadata"]["name"] for r in results] == ["x", "y", "x"]
+    assert results[2]["metadata"]["labels"] == {"tier": "web"}
+    assert all([c["name"] for c in r["spec"]["initContainers"]] == ["replayops-proxy"] for r in results)
+
+
+def test_a_changed_policy_changes_the_next_injection() -> None:
+    policies = {("shop", "p1"): POLICY}
+    client = create_app(Deps(lookup=lookup(), policies=lambda ns, n: policies.get((ns, n)))).test_client()
+    before = injected(client, pod({"replayops.dev/capture": "p1"}))
+    assert "SSL_CERT_FILE" not in {e["name"] for e in before["spec"]["containers"][0]["env"]}
+    unwrapping = policy(outbound={"enabled": True, "tlsUnwrap": True})
+    unwrapping["metadata"]["namespace"] = "shop"
+    policies[("shop", "p1")] = unwrapping
+    after = injected(client, pod({"replayops.dev/capture": "p1"}))
+    assert "SSL_CERT_FILE" in {e["name"] for e in after["spec"]["containers"][0]["env"]}
+    assert "--tls-unwrap" in after["spec"]["initContainers"][0]["args"]
+
+
 def test_pod_naming_a_missing_policy_is_admitted_with_a_warning() -> None:
     out = post(make_client(), "/mutate/pods", review(pod({"replayops.dev/capture": "gone"}), group="", kind="Pod"))
     assert out["allowed"] and "patch" not in out
