@@ -11,6 +11,8 @@ import pytest
 from controller.gitsource import GitSource
 from controller.inject import CAPTURE, CONFIG_HASH
 from controller.reconcile import REVISION, Options, Reconciler
+from controller.schema import GROUP
+from tests.argo_health import health, script
 from tests.conftest import Cluster
 from tests.gitrepo import Repo
 
@@ -86,8 +88,10 @@ def test_committed_policy_annotates_the_selected_workload(gitops: GitOps) -> Non
     assert notes[CAPTURE] == "checkout"
     db = gitops.get("Deployment", "db", "apps/v1")
     assert CAPTURE not in ((db or {})["spec"]["template"]["metadata"].get("annotations") or {})
-    status = (gitops.get("CapturePolicy", "checkout") or {})["status"]
+    policy = gitops.get("CapturePolicy", "checkout") or {}
+    status = policy["status"]
     assert status["selectedCount"] == 1 and status["selectedWorkloads"][0]["name"] == "web"
+    assert health(script(GROUP, "CapturePolicy"), policy) == {"status": "Healthy", "message": "1 workloads selected"}
 
     first_hash = notes[CONFIG_HASH]
     gitops.repo.commit("sample more", {"policies/checkout.yaml": POLICY.replace("{sampling}", "0.9")})
@@ -110,8 +114,10 @@ def test_two_policies_on_one_workload_are_reported_as_a_conflict(gitops: GitOps)
         gitops.reconcile()
         web = gitops.get("Deployment", "web", "apps/v1") or {}
         assert CAPTURE not in (web["spec"]["template"]["metadata"].get("annotations") or {}), "no flapping"
-    cond = (gitops.get("CapturePolicy", "checkout") or {})["status"]["conditions"][0]
+    policy = gitops.get("CapturePolicy", "checkout") or {}
+    cond = policy["status"]["conditions"][0]
     assert cond["status"] == "False" and cond["reason"] == "Conflict" and "web-tier" in cond["message"]
+    assert health(script(GROUP, "CapturePolicy"), policy) == {"status": "Degraded", "message": cond["message"]}
 
 
 def test_replay_created_then_pruned_when_deleted_in_git(gitops: GitOps) -> None:
