@@ -93,6 +93,7 @@ def start_webhook(cluster: Cluster, workdir: Path, *extra: str, register: bool =
 
     port = free_port()
     cert_dir, log = workdir / "certs", workdir / "webhook.log"
+    workdir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "controller.cli", "webhook", "serve", "--port", str(port), "--host",
             "127.0.0.1", "--cert-dir", str(cert_dir), "--kubeconfig", str(cluster.kubeconfig), *extra]
     if register:

@@ -30,17 +30,22 @@ class CertPaths:
         return cls(cert_dir / "tls.crt", cert_dir / "tls.key", cert_dir / "ca.crt")
 
 
+def generate(*, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ("127.0.0.1",)) -> tuple[pki.KeyPair, pki.KeyPair]:
+    """A new CA and a serving certificate it signed, for the webhook's Service names, ``dns`` and ``ips``."""
+    default_dns = ("replayops-webhook", "replayops-webhook.replayops-system",
+                   "replayops-webhook.replayops-system.svc", "localhost")
+    ca = pki.make_ca("replayops-webhook-ca")
+    return ca, pki.issue(ca, "replayops-webhook", dns=tuple(dict.fromkeys(default_dns + dns)), ips=ips)
+
+
 def ensure(cert_dir: Path, *, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ("127.0.0.1",)) -> CertPaths:
     """Generate a CA and serving certificate in ``cert_dir`` when none is there."""
     paths = CertPaths.in_dir(cert_dir)
     if paths.cert.is_file() and paths.key.is_file():
         return paths
-    default_dns = ("replayops-webhook", "replayops-webhook.replayops-system",
-                   "replayops-webhook.replayops-system.svc", "localhost")
-    ca = pki.make_ca("replayops-webhook-ca")
+    ca, serving = generate(dns=dns, ips=ips)
     pki.write_atomic(paths.ca, ca.cert_pem)
     pki.write_atomic(cert_dir / "ca.key", ca.key_pem, mode=0o600)
-    serving = pki.issue(ca, "replayops-webhook", dns=tuple(dict.fromkeys(default_dns + dns)), ips=ips)
     serving.write(paths.cert, paths.key)
     return paths
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,9 +12,19 @@ from controller import inject, logs, rules
 from controller.kube import KubeError, connect
 from controller.kube.lookup import ClusterLookup
 from controller.store import FileStore, StoreError
-from controller.webhook import certs, register
+from controller.webhook import certs, register, secret
 from controller.webhook.app import Deps, create_app
 from controller.webhook.serve import WebhookServer
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 86400 seconds")
+    return value
 
 
 def _csv(text: str) -> frozenset[str]:
@@ -30,6 +41,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        help="holds tls.crt/tls.key (and ca.crt); generated when absent")
     serve.add_argument("--kubeconfig", type=Path, default=None, help="cluster access (default: $KUBECONFIG "
                        "or in-cluster)")
+    serve.add_argument("--cert-secret", metavar="NAME", default=None,
+                       help="keep the certificate in this kubernetes.io/tls Secret (created when absent), shared "
+                            "by every replica and re-read every --cert-sync-interval; the files go into --cert-dir")
+    serve.add_argument("--cert-secret-namespace", metavar="NS",
+                       default=os.environ.get("POD_NAMESPACE", "replayops-system"),
+                       help="namespace of --cert-secret (default $POD_NAMESPACE or replayops-system)")
+    serve.add_argument("--cert-sync-interval", type=_positive, default=60.0, metavar="SECONDS",
+                       help="how often to re-read --cert-secret (default 60)")
     serve.add_argument("--register", metavar="URL", default=None,
                        help="apply our webhook configurations pointing at URL (local development)")
     serve.add_argument("--patch-ca-bundle", action="store_true",
@@ -60,18 +79,32 @@ def _snapshot_check(store: Path | None) -> Callable[[str], bool | None]:
     return exists
 
 
+log = logs.get("webhook")
+
+
 def run(args: argparse.Namespace) -> int:
     logs.setup()
     if not 0 < args.port < 65536:
         print(f"replayops webhook serve: --port {args.port} is not a TCP port", file=sys.stderr)
         return 2
+    ips = ("127.0.0.1",) if args.host in ("0.0.0.0", "127.0.0.1") else ("127.0.0.1", args.host)
     try:
-        paths = certs.ensure(args.cert_dir, ips=("127.0.0.1",) if args.host in ("0.0.0.0", "127.0.0.1")
-                             else ("127.0.0.1", args.host))
         kube = connect(args.kubeconfig)
-        if args.register or args.patch_ca_bundle:
-            done = register.register(kube, certs.ca_bundle(paths), args.register)
-            print(f"registered {', '.join(done)}", file=sys.stderr)
+
+        def patch_ca(bundle: bytes) -> None:
+            done = register.register(kube, bundle, args.register)
+            log.info("webhook configurations registered", extra=logs.fields(configurations=done))
+
+        on_ca = patch_ca if args.register or args.patch_ca_bundle else None
+        if args.cert_secret:
+            sync = secret.CertSync(kube, args.cert_secret_namespace, args.cert_secret, args.cert_dir,
+                                   on_ca=on_ca, ips=ips)
+            paths = sync.sync()
+            sync.start(args.cert_sync_interval)
+        else:
+            paths = certs.ensure(args.cert_dir, ips=ips)
+            if on_ca:
+                on_ca(certs.ca_bundle(paths))
     except (OSError, KubeError, ValueError) as err:
         print(f"replayops webhook serve: {err}", file=sys.stderr)
         return 1

@@ -1,0 +1,100 @@
+"""Webhook replicas share one certificate through a Secret: created once (the loser of a race reads the
+winner's), served by every replica, trusted by the apiserver, and rotated without a restart."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cryptography import x509
+
+from controller.webhook import register
+from controller.webhook.secret import Material, fetch_or_create
+from tests.cluster.test_webhook_tls import _served_serial
+from tests.conftest import Cluster, start_webhook
+
+SECRET = "replayops-webhook-tls"
+
+
+def _serial(pem: bytes) -> int:
+    return int(x509.load_pem_x509_certificate(pem).serial_number)
+
+
+def _ca_bundle(cluster: Cluster) -> bytes:
+    config = cluster.kube.get("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration",
+                              "replayops-webhook") or {}
+    return base64.b64decode(config["webhooks"][0]["clientConfig"]["caBundle"])
+
+
+def test_a_replica_losing_the_race_to_create_the_secret_uses_the_winners(cluster: Cluster, namespace: str) -> None:
+    winner = Material.generated(("127.0.0.1",))
+
+    def generate_while_another_replica_creates_it() -> Material:
+        cluster.kube.create(winner.secret(namespace, SECRET))
+        return Material.generated(("127.0.0.1",))
+
+    got = fetch_or_create(cluster.kube, namespace, SECRET, generate=generate_while_another_replica_creates_it)
+    assert got == winner
+    assert fetch_or_create(cluster.kube, namespace, SECRET) == winner
+
+
+def test_two_replicas_serve_the_secrets_certificate_and_the_apiserver_trusts_each(
+        cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    flags = ("--cert-secret", SECRET, "--cert-secret-namespace", namespace)
+    first = start_webhook(cluster, tmp_path / "a", *flags)
+    try:
+        second = start_webhook(cluster, tmp_path / "b", *flags)  # registers itself: the apiserver calls it
+        try:
+            stored = Material.from_secret(cluster.kube.get("v1", "Secret", SECRET, namespace) or {}, SECRET)
+            ca = tmp_path / "ca.pem"
+            ca.write_bytes(stored.ca)
+            assert _served_serial(first.port, ca) == _served_serial(second.port, ca) == _serial(stored.cert)
+            assert _ca_bundle(cluster) == stored.ca
+            register.register(cluster.kube, stored.ca, first.url)  # back to the first: same CA, trusted
+            register.wait_until_called(cluster.kube)
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+def test_a_rotated_secret_is_served_without_restart_with_both_cas_trusted(
+        cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    hook = start_webhook(cluster, tmp_path, "--cert-secret", SECRET, "--cert-secret-namespace", namespace,
+                         "--cert-sync-interval", "0.5")
+    try:
+        old = Material.from_secret(cluster.kube.get("v1", "Secret", SECRET, namespace) or {}, SECRET)
+        new = Material.generated(("127.0.0.1",))
+        cluster.kube.apply(new.secret(namespace, SECRET))
+        ca = tmp_path / "new-ca.pem"
+        ca.write_bytes(new.ca)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if _served_serial(hook.port, ca) == _serial(new.cert):
+                    break
+            except OSError:  # still the old certificate: the new CA does not verify it
+                pass
+            assert time.monotonic() < deadline, f"the rotated certificate was never served:\n{hook.log.read_text()}"
+            time.sleep(0.2)
+        bundle = _ca_bundle(cluster)
+        assert new.ca in bundle and old.ca in bundle
+        register.wait_until_called(cluster.kube)
+    finally:
+        hook.stop()
+
+
+def test_a_malformed_secret_stops_the_start_naming_the_secret_and_key(
+        cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    good = Material.generated(("127.0.0.1",))
+    broken = good.secret(namespace, SECRET)
+    broken["data"] = {**broken["data"], "tls.key": base64.b64encode(b"not a key").decode()}
+    cluster.kube.create(broken)
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "webhook", "serve", "--port", "1", "--cert-dir",
+                          str(tmp_path), "--kubeconfig", str(cluster.kubeconfig), "--cert-secret", SECRET,
+                          "--cert-secret-namespace", namespace], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert f"Secret {namespace}/{SECRET}: tls.key is not PEM" in out.stderr
