@@ -16,6 +16,7 @@ from ruamel.yaml import YAML
 
 from controller import desired, logs, paths, rules
 from controller.durations import parse_duration
+from controller.replayjobs import JOB_MANAGER, JobConfig, ReplayJobs
 
 log = logs.get("controller")
 VOLATILE_META = ("managedFields", "resourceVersion", "generation", "uid", "creationTimestamp")
@@ -60,6 +61,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--allow-kind", action="append", default=[], metavar="APIVERSION/KIND",
                    help="also apply this kind from git (default: v1/Namespace, v1/ConfigMap)")
     r.add_argument("--kubeconfig", type=Path, default=None)
+    r.add_argument("--no-replays", dest="replays", action="store_false",
+                   help="do not run TrafficReplays (another controller runs them)")
+    r.add_argument("--replay-namespace", default="replayops-system", help="where replay Jobs run (beside the "
+                   "snapshot store's volume)")
+    r.add_argument("--replay-image", default=JobConfig.image, help="image of the replay Jobs")
+    r.add_argument("--store-claim", default=JobConfig.store_claim,
+                   help="PersistentVolumeClaim holding the snapshot store, mounted into replay Jobs")
     r.add_argument("--cache", type=Path, default=None, help="git cache directory")
     r.add_argument("--token-file", type=Path, help="https token")
     r.add_argument("--ssh-key", type=Path, help="ssh private key (public key beside it, .pub); the host must "
@@ -171,6 +179,8 @@ def run_controller(args: argparse.Namespace) -> int:
         return 2
     metrics = Metrics()
     reconciler = Reconciler(kube, source, options, metrics)
+    replays = ReplayJobs(kube, JobConfig(namespace=args.replay_namespace, image=args.replay_image,
+                                         store_claim=args.store_claim), dry_run=args.dry_run) if args.replays else None
     stop, wake, fetch_due = threading.Event(), threading.Event(), threading.Event()
     fetch_due.set()
 
@@ -189,6 +199,10 @@ def run_controller(args: argparse.Namespace) -> int:
     for ref in sorted(allowed | {f"{OUR_API}/CapturePolicy", f"{OUR_API}/TrafficReplay"}):
         api, _, kind = ref.rpartition("/")
         Watcher(kube, api, kind, lambda *_: wake.set(), stop, label_selector=selector).start()
+    if replays:  # every replay in the cluster, from our git source or synced by another tool (Argo CD)
+        Watcher(kube, OUR_API, "TrafficReplay", lambda *_: wake.set(), stop).start()
+        Watcher(kube, "batch/v1", "Job", lambda *_: wake.set(), stop,
+                label_selector=f"{MANAGED_BY}={JOB_MANAGER}").start()
     elector = LeaderElector(kube, namespace=args.status_namespace, name=f"replayops-controller-{args.name}",
                             identity=args.identity, lease_seconds=args.lease_seconds) if args.leader_elect else None
 
@@ -214,6 +228,11 @@ def run_controller(args: argparse.Namespace) -> int:
             fetch = fetch_due.is_set() or time.monotonic() >= next_fetch
             fetch_due.clear()
             reconciler.reconcile(fetch=fetch or reconciler.last_applied is None)
+            if replays:
+                try:
+                    replays.sync()
+                except KubeError as exc:
+                    log.error("replays not synced", extra=logs.fields(error=str(exc)))
             if fetch:
                 next_fetch = time.monotonic() + args.interval
         wake.wait(timeout=tick)

@@ -1,4 +1,6 @@
-"""``replayops replay | mock | report show``: the replay commands, local mode (no cluster)."""
+"""``replayops replay | mock | report show``: the replay commands. Local by default; with
+``--resource NS/NAME`` (how the controller's Jobs run it) the TrafficReplay comes from the cluster
+and the outcome goes into its status."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from ruamel.yaml import YAML
 
 from controller import logs, schema
 from controller.durations import parse_duration
-from controller.replay import generator, report
+from controller.replay import generator, report, resource_status
 from controller.replay.matcher import Ignore, Matcher
 from controller.replay.responder import Options, Responder, serve, tls_context
 from controller.store import FileStore, StoreError
@@ -32,6 +35,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _resource(text: str) -> tuple[str, str]:
+    namespace, _, name = text.partition("/")
+    if not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAMESPACE/NAME")
+    return namespace, name
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -41,8 +51,12 @@ def _positive(text: str) -> float:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r = sub.add_parser("replay", help="replay a snapshot's inbound requests against a target and compare")
-    r.add_argument("snapshot")
-    r.add_argument("--target", required=True, help="base URL of the service under test")
+    r.add_argument("snapshot", nargs="?", help="the snapshot (default with --resource: its spec.snapshot)")
+    r.add_argument("--target", help="base URL of the service under test (default with --resource: its target)")
+    r.add_argument("--resource", metavar="NAMESPACE/NAME", type=_resource,
+                   help="run this TrafficReplay from the cluster and write the outcome into its status")
+    r.add_argument("--kubeconfig", type=Path, help="cluster access for --resource (default: $KUBECONFIG or "
+                   "in-cluster)")
     r.add_argument("--report-dir", type=Path, help="where reports go (default $REPLAYOPS_HOME/reports)")
     r.add_argument("--spec", type=Path, help="a TrafficReplay YAML whose spec drives load, transforms, goals")
     r.add_argument("--copies", type=int, help="virtual users")
@@ -129,13 +143,71 @@ def _wait_listening(url: str, proc: subprocess.Popen[bytes], timeout: float = 30
     return False
 
 
+@dataclass
+class Outcome:
+    """How a replay ended: the exit code, its report when it ran, and what stopped it otherwise."""
+
+    code: int
+    report: dict[str, Any] | None = None
+    error: str = ""
+    where: Path | None = None  # the report's directory
+
+
 def run_replay(args: argparse.Namespace) -> int:
     logs.setup("WARNING")
+    if args.resource:
+        return _run_resource(args)
+    if not args.snapshot or not args.target:
+        print("replayops replay: give SNAPSHOT and --target, or --resource NAMESPACE/NAME", file=sys.stderr)
+        return 2
     try:
         spec = _spec(args)
     except (OSError, ValueError) as exc:
         print(f"replayops replay: {exc}", file=sys.stderr)
         return 2
+    outcome = _replay(args, spec, args.snapshot, args.target)
+    if outcome.error:
+        print(f"replayops replay: {outcome.error}", file=sys.stderr)
+    return outcome.code
+
+
+def _run_resource(args: argparse.Namespace) -> int:
+    """Run a TrafficReplay from the cluster; its status says Running, then how it ended."""
+    from controller.kube import KubeError, connect
+    from controller.replay import target as targets
+
+    namespace, name = args.resource
+    status = resource_status.Writer(namespace, name)
+    try:
+        kube = connect(args.kubeconfig)
+        replay = kube.get(schema.API_VERSION, "TrafficReplay", name, namespace)
+    except (KubeError, OSError, ValueError) as exc:
+        print(f"replayops replay: {exc}", file=sys.stderr)
+        return 2
+    if replay is None:
+        print(f"replayops replay: TrafficReplay {namespace}/{name} does not exist", file=sys.stderr)
+        return 2
+    spec = dict(replay.get("spec") or {})
+    generation = int(replay["metadata"].get("generation", 1))
+    try:
+        snapshot = args.snapshot or spec.get("snapshot", "")
+        spec["snapshot"] = snapshot
+        target = args.target or targets.resolve(kube, namespace, spec)
+        kube.apply_status(status.running(generation, target))
+        outcome = _replay(args, spec, snapshot, target)
+        kube.apply_status(status.finished(generation, outcome))
+    except targets.TargetError as exc:
+        outcome = Outcome(2, error=str(exc))
+        kube.apply_status(status.finished(generation, outcome))
+    except KubeError as exc:
+        outcome = Outcome(2, error=f"status not written: {exc}")
+    if outcome.error:
+        print(f"replayops replay: {outcome.error}", file=sys.stderr)
+    # a replay that ran has its verdict in the status (goals met or not): the Job succeeded
+    return 0 if outcome.report is not None else outcome.code
+
+
+def _replay(args: argparse.Namespace, spec: dict[str, Any], snapshot: str, target: str) -> Outcome:
     goals = dict(spec.get("goals") or {})
     if args.min_success_rate is not None:
         goals["minSuccessRate"] = args.min_success_rate
@@ -145,38 +217,35 @@ def run_replay(args: argparse.Namespace) -> int:
         goals.setdefault("maxLatencyMs", {})["p99"] = args.max_p99
     stages = [{"duration": args.duration or "1h", "targetRPS": args.rate, "ramp": "step"}] if args.rate else None
     plan = generator.Plan.from_spec(
-        spec, args.target, store_root=args.store, copies=args.copies, iterations=args.iterations,
+        spec, target, store_root=args.store, copies=args.copies, iterations=args.iterations,
         duration=parse_duration(args.duration), wait=args.wait, fixed_ms=args.fixed_ms, loop=args.loop,
         workers=args.workers, request_timeout=args.request_timeout, secrets_dir=args.secrets_dir, stages=stages)
     if args.ignore_path:
         plan.rules = generator.compare.Rules(**{**plan.rules.__dict__,
                                                 "ignore": (*plan.rules.ignore, *args.ignore_path)})
     command = args.command
-    report_id = report.new_id(args.snapshot)
+    report_id = report.new_id(snapshot)
     target_proc, target_log, log_path = None, None, None
     if command:
         log_path = (args.report_dir or report.reports_dir()) / f"{report_id}.target.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         target_proc, target_log = _start_target(command, log_path)
-        if not _wait_listening(args.target, target_proc):
+        if not _wait_listening(target, target_proc):
             os.killpg(target_proc.pid, signal.SIGTERM)
-            print(f"replayops replay: the target command exited or never listened on {args.target}; "
-                  f"its output is in {log_path}", file=sys.stderr)
-            return 2
+            return Outcome(2, error=f"the target command exited or never listened on {target}; "
+                                    f"its output is in {log_path}")
     started = time.time()
     total = None
     try:
-        total = FileStore(args.store).manifest(args.snapshot).count
+        total = FileStore(args.store).manifest(snapshot).count
     except StoreError as exc:
-        print(f"replayops replay: {exc}", file=sys.stderr)
-        return 2
+        return Outcome(2, error=str(exc))
     progress = None if args.no_progress or not sys.stderr.isatty() else _progress(total * plan.copies)
     problems: list[Any] = []
     try:
         stats, noise, errors = generator.run(plan, on_progress=progress, problems=problems)
     except StoreError as exc:
-        print(f"replayops replay: {exc}", file=sys.stderr)
-        return 2
+        return Outcome(2, error=str(exc))
     finally:
         if target_proc is not None:
             os.killpg(target_proc.pid, signal.SIGTERM)
@@ -184,16 +253,16 @@ def run_replay(args: argparse.Namespace) -> int:
             target_log.close()  # type: ignore[union-attr]
     finished = time.time()
     collected = log_path.read_text(errors="replace") if log_path else ""
-    rep = report.build(stats, report_id=report_id, snapshot=args.snapshot, target=args.target, started=started,
+    rep = report.build(stats, report_id=report_id, snapshot=snapshot, target=target, started=started,
                        finished=finished, goals=goals, noise=noise, errors=errors, logs=collected,
                        read_problems=[str(p) for p in problems])
     where = report.save(rep, args.report_dir)
     print(report.terminal_summary(rep))
     print(f"report: {where / 'report.html'}")
+    error = ""
     if stats.requests and stats.failures == stats.requests:
-        print(f"replayops replay: every request to {args.target} failed: "
-              f"{next(iter(rep['errors']), 'no answer')}", file=sys.stderr)
-    return 0 if rep["goalsMet"] else 1
+        error = f"every request to {target} failed: {next(iter(rep['errors']), 'no answer')}"
+    return Outcome(0 if rep["goalsMet"] else 1, rep, error, where)
 
 
 def _progress(total: int) -> Any:

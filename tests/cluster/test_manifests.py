@@ -31,18 +31,27 @@ def test_kustomize_base_objects_pass_server_side_dry_run(cluster: Cluster) -> No
     assert all(h["failurePolicy"] == "Fail" for h in hooks if h is not pods)
 
 
-def test_the_webhooks_service_account_may_do_what_the_webhook_does_and_no_more(cluster: Cluster) -> None:
+def _apply_rbac(cluster: Cluster) -> None:
     out = cluster.kubectl("kustomize", str(ROOT / "manifests" / "base"), check=True).stdout
-    rbac = [d for d in YAML(typ="safe").load_all(out) if d and (
-        d["kind"] in ("Namespace", "ServiceAccount") or d["apiVersion"].startswith("rbac.authorization.k8s.io/"))]
-    for doc in rbac:
-        cluster.kube.apply(doc)
-    who = "--as=system:serviceaccount:replayops-system:replayops-webhook"
+    for doc in YAML(typ="safe").load_all(out):
+        if doc and (doc["kind"] in ("Namespace", "ServiceAccount")
+                    or doc["apiVersion"].startswith("rbac.authorization.k8s.io/")):
+            cluster.kube.apply(doc)
+
+
+def _can(cluster: Cluster, account: str, *args: str) -> bool:
+    """``kubectl auth can-i`` as the ServiceAccount ``account`` of replayops-system."""
+    answer = cluster.kubectl("auth", "can-i", f"--as=system:serviceaccount:replayops-system:{account}",
+                             *args).stdout.strip()
+    assert answer in ("yes", "no"), answer
+    return answer == "yes"
+
+
+def test_the_webhooks_service_account_may_do_what_the_webhook_does_and_no_more(cluster: Cluster) -> None:
+    _apply_rbac(cluster)
 
     def can(*args: str) -> bool:
-        answer = cluster.kubectl("auth", "can-i", who, *args).stdout.strip()
-        assert answer in ("yes", "no"), answer
-        return answer == "yes"
+        return _can(cluster, "replayops-webhook", *args)
 
     ns = ("-n", "replayops-system")
     assert can("get", "secrets/replayops-webhook-tls", *ns) and can("create", "secrets", *ns)
@@ -54,3 +63,19 @@ def test_the_webhooks_service_account_may_do_what_the_webhook_does_and_no_more(c
     assert not can("get", "secrets/other", *ns) and not can("list", "secrets", *ns)
     assert not can("get", "secrets/replayops-webhook-tls", "-n", "default")
     assert not can("patch", "mutatingwebhookconfigurations/someone-else")
+
+
+def test_replay_jobs_and_the_controller_may_do_what_running_replays_takes(cluster: Cluster) -> None:
+    _apply_rbac(cluster)
+    ns = ("-n", "replayops-system")
+    for verb in ("create", "list", "watch", "delete"):
+        assert _can(cluster, "replayops-controller", verb, "jobs.batch", *ns), verb
+    assert not _can(cluster, "replayops-controller", "create", "jobs.batch", "-n", "shop")
+    replay = ("replayops-replay",)
+    assert _can(cluster, *replay, "get", "trafficreplays.replayops.dev", "-n", "shop")
+    assert _can(cluster, *replay, "patch", "trafficreplays.replayops.dev", "--subresource=status", "-n", "shop")
+    assert not _can(cluster, *replay, "patch", "trafficreplays.replayops.dev", "-n", "shop")
+    assert _can(cluster, *replay, "get", "deployments.apps", "-n", "shop")
+    assert _can(cluster, *replay, "list", "services", "-n", "shop")
+    assert not _can(cluster, *replay, "get", "secrets", "-n", "shop")
+    assert _can(cluster, "replayops-forwarder", "get", "capturepolicies.replayops.dev", "-n", "shop")

@@ -1,0 +1,58 @@
+"""The status a replay run writes into its TrafficReplay: Running with its target, then the verdict."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from controller.schema import API_VERSION
+
+if TYPE_CHECKING:
+    from controller.replay.cli import Outcome
+
+SUMMARY_KEYS = ("requests", "successRate", "p50Ms", "p95Ms", "p99Ms", "mismatches", "mockMatchRate")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Writer:
+    """Status bodies (for server-side apply) of one TrafficReplay."""
+
+    def __init__(self, namespace: str, name: str) -> None:
+        self.namespace, self.name = namespace, name
+
+    def _body(self, status: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": API_VERSION, "kind": "TrafficReplay",
+                "metadata": {"name": self.name, "namespace": self.namespace}, "status": status}
+
+    @staticmethod
+    def _ready(ok: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
+        return {"type": "Ready", "status": "True" if ok else "False", "reason": reason, "message": message,
+                "observedGeneration": generation, "lastTransitionTime": _now()}
+
+    def running(self, generation: int, target: str) -> dict[str, Any]:
+        return self._body({"phase": "Running", "observedGeneration": generation, "startTime": _now(),
+                           "conditions": [self._ready(False, "Running", f"replaying against {target}",
+                                                      generation)]})
+
+    def finished(self, generation: int, outcome: Outcome) -> dict[str, Any]:
+        """Succeeded with the summary and report when the replay ran (goals met or not); Failed otherwise."""
+        rep = outcome.report
+        if rep is None:
+            return self._body({"phase": "Failed", "observedGeneration": generation, "finishTime": _now(),
+                               "conditions": [self._ready(False, "ReplayFailed", outcome.error, generation)]})
+        summary: dict[str, Any] = {k: rep["summary"][k] for k in SUMMARY_KEYS if rep["summary"].get(k) is not None}
+        summary["goalsMet"] = bool(rep["goalsMet"])
+        missed = [g for g in rep.get("goals", []) if not g.get("met")]
+        if rep["goalsMet"]:
+            ready = self._ready(True, "GoalsMet", outcome.error or "every goal met", generation)
+        else:
+            detail = "; ".join(f"{g.get('goal')}: {g.get('actual')} (limit {g.get('limit')})" for g in missed)
+            ready = self._ready(False, "GoalsNotMet", outcome.error or detail or "goals not met", generation)
+        ref = {"id": rep["id"]}
+        if outcome.where is not None:
+            ref["path"] = str(outcome.where / "report.json")
+        return self._body({"phase": "Succeeded", "observedGeneration": generation, "finishTime": _now(),
+                           "summary": summary, "reportRef": ref, "conditions": [ready]})

@@ -1,0 +1,188 @@
+"""TrafficReplays run as Jobs the controller creates and follows, against the real apiserver (with
+kube-controller-manager's Job controller). There is no kubelet here: the Job's pod is run as the kubelet
+would run it — its container's arguments, as a process with the cluster's kubeconfig — against a real
+HTTP service, and the outcome is read back from the replay's status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.capture import rrpair
+from controller.replay import target as targets
+from controller.replayjobs import JobConfig, ReplayJobs, job_name
+from controller.schema import API_VERSION, GROUP
+from controller.store import FileStore, Manifest
+from controller.webhook import register
+from tests.argo_health import health, script
+from tests.conftest import Cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Quote(BaseHTTPRequestHandler):
+    """Answers as recorded; with ``?changed`` in the path, differently."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = json.dumps({"price": 3 if "changed" in self.path else 2}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def service() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quote)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """REPLAYOPS_HOME with snapshot `quotes`: five recorded GET /api/quote answered {"price": 2}."""
+    now = time.time()
+    records = [rrpair.make(method="GET", url=f"http://svc/api/quote?n={i}", request_headers=[],
+                           request_body=None, status=200, response_headers=[["Content-Type", "application/json"]],
+                           response_body=b'{"price": 2}', started=now + i, finished=now + i, direction="inbound",
+                           service="svc") for i in range(5)]
+    FileStore(tmp_path / "store").write_snapshot(Manifest(name="quotes"), records)
+    return tmp_path
+
+
+@pytest.fixture
+def jobs(cluster: Cluster) -> Iterator[ReplayJobs]:
+    register.unregister(cluster.kube)  # no webhook from an earlier test refusing our objects
+    ns = f"rj-{uuid.uuid4().hex[:8]}"
+    cluster.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    yield ReplayJobs(cluster.kube, JobConfig(namespace=ns))
+    cluster.kube.delete("v1", "Namespace", ns)
+
+
+def replay(cluster: Cluster, ns: str, name: str, target: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return cluster.kube.create({"apiVersion": API_VERSION, "kind": "TrafficReplay",
+                                "metadata": {"name": name, "namespace": ns},
+                                "spec": {"snapshot": "quotes", "target": target, **spec}})
+
+
+def get(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    return cluster.kube.get(API_VERSION, "TrafficReplay", name, ns) or {}
+
+
+def run_pod(cluster: Cluster, job: dict[str, Any], home: Path) -> subprocess.CompletedProcess[str]:
+    """Run the Job's container as the kubelet would: its args, its env (the store volume is ``home``)."""
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}, "REPLAYOPS_HOME": str(home),
+           "KUBECONFIG": str(cluster.kubeconfig)}
+    return subprocess.run([sys.executable, "-m", "controller.cli", *container["args"]], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_replay_runs_as_a_job_and_its_outcome_lands_in_its_status(
+        cluster: Cluster, namespace: str, jobs: ReplayJobs, service: str, home: Path) -> None:
+    created = replay(cluster, namespace, "smoke", {"url": service}, goals={"minSuccessRate": 1}, timeout="5m")
+    assert jobs.sync() == [f"created Job {job_name(created)} for TrafficReplay {namespace}/smoke"]
+    job = cluster.kube.get("batch/v1", "Job", job_name(created), jobs.config.namespace) or {}
+    pod = job["spec"]["template"]
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 300
+    assert pod["spec"]["containers"][0]["args"] == ["replay", "--resource", f"{namespace}/smoke", "--no-progress"]
+    assert pod["spec"]["serviceAccountName"] == "replayops-replay"
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "replayops-store"
+    assert pod["metadata"]["annotations"]["sidecar.replayops.dev/inject"] == "false"
+    pending = get(cluster, namespace, "smoke")
+    assert pending["status"]["phase"] == "Pending"
+    assert health(script(GROUP, "TrafficReplay"), pending)["status"] == "Progressing"
+    assert jobs.sync() == [], "a pass with nothing to do does nothing"
+
+    ran = run_pod(cluster, job, home)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    status = get(cluster, namespace, "smoke")["status"]
+    assert status["phase"] == "Succeeded" and status["observedGeneration"] == 1
+    assert status["summary"]["requests"] == 5 and status["summary"]["successRate"] == 1
+    assert status["summary"]["goalsMet"] is True
+    assert Path(status["reportRef"]["path"]).is_file() and str(status["reportRef"]["path"]).startswith(str(home))
+    verdict = health(script(GROUP, "TrafficReplay"), get(cluster, namespace, "smoke"))
+    assert verdict["status"] == "Healthy" and verdict["message"].startswith("Replay finished: 5 requests, 100.0%")
+    assert jobs.sync() == [], "a finished replay is not run again"
+
+    cluster.kube.delete(API_VERSION, "TrafficReplay", "smoke", namespace)
+    assert jobs.sync() == [f"deleted Job {job_name(created)} of {namespace}/smoke"]
+
+
+def test_missed_goals_are_a_finished_replay_that_is_degraded(
+        cluster: Cluster, namespace: str, jobs: ReplayJobs, service: str, home: Path) -> None:
+    created = replay(cluster, namespace, "changed", {"url": f"{service}/changed"}, goals={"minSuccessRate": 1})
+    jobs.sync()
+    ran = run_pod(cluster, cluster.kube.get("batch/v1", "Job", job_name(created), jobs.config.namespace) or {}, home)
+    assert ran.returncode == 0, "the replay ran: its verdict is in the status, the Job succeeded"
+    done = get(cluster, namespace, "changed")
+    assert done["status"]["phase"] == "Succeeded" and done["status"]["summary"]["goalsMet"] is False
+    assert done["status"]["conditions"][0]["reason"] == "GoalsNotMet"
+    assert health(script(GROUP, "TrafficReplay"), done)["status"] == "Degraded"
+
+
+def test_a_job_past_its_deadline_fails_the_replay_and_a_new_generation_runs_again(
+        cluster: Cluster, namespace: str, jobs: ReplayJobs, service: str) -> None:
+    first = replay(cluster, namespace, "slow", {"url": service}, timeout="1s")
+    jobs.sync()
+    deadline = time.monotonic() + 60
+    while get(cluster, namespace, "slow")["status"]["phase"] != "Failed":  # the Job controller fails the Job
+        assert time.monotonic() < deadline, "the Job never failed"
+        jobs.sync()
+        time.sleep(0.5)
+    failed = get(cluster, namespace, "slow")
+    condition = failed["status"]["conditions"][0]
+    assert condition["reason"] == "DeadlineExceeded" and job_name(first) in condition["message"]
+    assert health(script(GROUP, "TrafficReplay"), failed) == {"status": "Degraded", "message": condition["message"]}
+
+    failed["spec"]["timeout"] = "10m"
+    cluster.kube.apply({"apiVersion": API_VERSION, "kind": "TrafficReplay",
+                        "metadata": {"name": "slow", "namespace": namespace}, "spec": failed["spec"]})
+    second = get(cluster, namespace, "slow")
+    assert second["metadata"]["generation"] == 2
+    assert sorted(jobs.sync()) == sorted([f"created Job {job_name(second)} for TrafficReplay {namespace}/slow",
+                                          f"deleted Job {job_name(first)} of {namespace}/slow"])
+    assert get(cluster, namespace, "slow")["status"]["phase"] == "Pending"
+
+
+def test_a_workload_target_resolves_to_the_service_selecting_it_or_fails_the_replay_naming_it(
+        cluster: Cluster, namespace: str, jobs: ReplayJobs, home: Path) -> None:
+    labels = {"app": "quote"}
+    cluster.kube.create({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "quote",
+                                                                                     "namespace": namespace},
+                         "spec": {"replicas": 0, "selector": {"matchLabels": labels},
+                                  "template": {"metadata": {"labels": labels}, "spec": {"containers": [
+                                      {"name": "app", "image": "shop/quote:1",
+                                       "ports": [{"name": "http", "containerPort": 8080}]}]}}}})
+    lonely = replay(cluster, namespace, "lonely", {"workloadRef": {"kind": "Deployment", "name": "quote"}})
+    jobs.sync()
+    ran = run_pod(cluster, cluster.kube.get("batch/v1", "Job", job_name(lonely), jobs.config.namespace) or {}, home)
+    assert ran.returncode == 2
+    failed = get(cluster, namespace, "lonely")["status"]
+    assert failed["phase"] == "Failed" and failed["conditions"][0]["reason"] == "ReplayFailed"
+    assert f"no Service in {namespace} selects Deployment quote" in failed["conditions"][0]["message"]
+
+    cluster.kube.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "quote", "namespace": namespace},
+                         "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": "http"}]}})
+    spec = {"target": {"workloadRef": {"kind": "Deployment", "name": "quote", "port": 8080}}}
+    assert targets.resolve(cluster.kube, namespace, spec) == f"http://quote.{namespace}.svc:80"
+    with pytest.raises(targets.TargetError, match="on port 9999"):
+        targets.resolve(cluster.kube, namespace, {"target": {"workloadRef": {"name": "quote", "port": 9999}}})
+    with pytest.raises(targets.TargetError, match=f"Deployment {namespace}/gone does not exist"):
+        targets.resolve(cluster.kube, namespace, {"target": {"workloadRef": {"name": "gone"}}})
