@@ -81,6 +81,11 @@ def replay(cluster: Cluster, ns: str, name: str, target: dict[str, Any], **spec:
                                 "spec": {"snapshot": "quotes", "target": target, **spec}})
 
 
+def sync(jobs: ReplayJobs, ns: str) -> list[str]:
+    """One pass; what it did about replays in ``ns`` (the cluster is shared with other tests' replays)."""
+    return [line for line in jobs.sync() if f" {ns}/" in line]
+
+
 def get(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
     return cluster.kube.get(API_VERSION, "TrafficReplay", name, ns) or {}
 
@@ -97,7 +102,7 @@ def run_pod(cluster: Cluster, job: dict[str, Any], home: Path) -> subprocess.Com
 def test_a_replay_runs_as_a_job_and_its_outcome_lands_in_its_status(
         cluster: Cluster, namespace: str, jobs: ReplayJobs, service: str, home: Path) -> None:
     created = replay(cluster, namespace, "smoke", {"url": service}, goals={"minSuccessRate": 1}, timeout="5m")
-    assert jobs.sync() == [f"created Job {job_name(created)} for TrafficReplay {namespace}/smoke"]
+    assert sync(jobs, namespace) == [f"created Job {job_name(created)} for TrafficReplay {namespace}/smoke"]
     job = cluster.kube.get("batch/v1", "Job", job_name(created), jobs.config.namespace) or {}
     pod = job["spec"]["template"]
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 300
@@ -108,7 +113,7 @@ def test_a_replay_runs_as_a_job_and_its_outcome_lands_in_its_status(
     pending = get(cluster, namespace, "smoke")
     assert pending["status"]["phase"] == "Pending"
     assert health(script(GROUP, "TrafficReplay"), pending)["status"] == "Progressing"
-    assert jobs.sync() == [], "a pass with nothing to do does nothing"
+    assert sync(jobs, namespace) == [], "a pass with nothing to do does nothing"
 
     ran = run_pod(cluster, job, home)
     assert ran.returncode == 0, ran.stdout + ran.stderr
@@ -119,10 +124,10 @@ def test_a_replay_runs_as_a_job_and_its_outcome_lands_in_its_status(
     assert Path(status["reportRef"]["path"]).is_file() and str(status["reportRef"]["path"]).startswith(str(home))
     verdict = health(script(GROUP, "TrafficReplay"), get(cluster, namespace, "smoke"))
     assert verdict["status"] == "Healthy" and verdict["message"].startswith("Replay finished: 5 requests, 100.0%")
-    assert jobs.sync() == [], "a finished replay is not run again"
+    assert sync(jobs, namespace) == [], "a finished replay is not run again"
 
     cluster.kube.delete(API_VERSION, "TrafficReplay", "smoke", namespace)
-    assert jobs.sync() == [f"deleted Job {job_name(created)} of {namespace}/smoke"]
+    assert sync(jobs, namespace) == [f"deleted Job {job_name(created)} of {namespace}/smoke"]
 
 
 def test_missed_goals_are_a_finished_replay_that_is_degraded(
@@ -156,7 +161,7 @@ def test_a_job_past_its_deadline_fails_the_replay_and_a_new_generation_runs_agai
                         "metadata": {"name": "slow", "namespace": namespace}, "spec": failed["spec"]})
     second = get(cluster, namespace, "slow")
     assert second["metadata"]["generation"] == 2
-    assert sorted(jobs.sync()) == sorted([f"created Job {job_name(second)} for TrafficReplay {namespace}/slow",
+    assert sorted(sync(jobs, namespace)) == sorted([f"created Job {job_name(second)} for TrafficReplay {namespace}/slow",
                                           f"deleted Job {job_name(first)} of {namespace}/slow"])
     assert get(cluster, namespace, "slow")["status"]["phase"] == "Pending"
 
