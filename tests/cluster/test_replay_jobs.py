@@ -161,8 +161,9 @@ def test_a_job_past_its_deadline_fails_the_replay_and_a_new_generation_runs_agai
                         "metadata": {"name": "slow", "namespace": namespace}, "spec": failed["spec"]})
     second = get(cluster, namespace, "slow")
     assert second["metadata"]["generation"] == 2
-    assert sorted(sync(jobs, namespace)) == sorted([f"created Job {job_name(second)} for TrafficReplay {namespace}/slow",
-                                          f"deleted Job {job_name(first)} of {namespace}/slow"])
+    assert sorted(sync(jobs, namespace)) == sorted([
+        f"created Job {job_name(second)} for TrafficReplay {namespace}/slow",
+        f"deleted Job {job_name(first)} of {namespace}/slow"])
     assert get(cluster, namespace, "slow")["status"]["phase"] == "Pending"
 
 

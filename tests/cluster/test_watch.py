@@ -7,8 +7,18 @@ import time
 from pathlib import Path
 
 from controller.devcluster import DevCluster, ensure_binaries
-from controller.kube import connect
+from controller.kube import Kube, KubeError, connect
 from controller.kube.watch import Watcher
+
+
+def _compacted(kube: Kube, resource_version: str) -> bool:
+    """Whether ``resource_version`` is gone from etcd's history (a list at exactly it answers 410)."""
+    try:
+        kube.call("GET", "/api/v1/namespaces/default/configmaps",
+                  query=[("resourceVersion", resource_version), ("resourceVersionMatch", "Exact")])
+    except KubeError as exc:
+        return exc.status == 410
+    return False
 
 
 def test_a_compacted_resource_version_is_relisted_and_the_watch_goes_on(tmp_path: Path) -> None:
@@ -25,7 +35,10 @@ def test_a_compacted_resource_version_is_relisted_and_the_watch_goes_on(tmp_path
         for i in range(1, 20):
             cm["data"]["i"] = str(i)
             kube.apply(cm)
-        time.sleep(8)  # past a compaction
+        deadline = time.monotonic() + 60
+        while not _compacted(kube, old):  # the apiserver compacts every 5s; under load it may take longer
+            assert time.monotonic() < deadline, "etcd history was never compacted"
+            time.sleep(0.5)
         seen: list[str] = []
         watcher = Watcher(kube, "v1", "ConfigMap", lambda _t, o: seen.append(o["data"]["i"]), stop,
                           resource_version=old, timeout=5)
