@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := git curl iproute2 iptables openssh-server openssh-client
+DEBIAN_PACKAGES := git curl iproute2 iptables openssh-server openssh-client chromium
 
 .PHONY: up down test lint system-deps venv
 

@@ -10,6 +10,7 @@ from controller import gitops_cli, up
 from controller.capture import cli as capture_cli
 from controller.capture import iptables
 from controller.devcluster import cli as dev_cli
+from controller.inspector import cli as inspector_cli
 from controller.replay import cli as replay_cli
 from controller.webhook import cli as webhook_cli
 
@@ -17,7 +18,7 @@ from controller.webhook import cli as webhook_cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="replayops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (dev_cli, up, webhook_cli, gitops_cli, capture_cli, iptables, replay_cli):
+    for module in (dev_cli, up, webhook_cli, gitops_cli, capture_cli, iptables, replay_cli, inspector_cli):
         module.add_parser(sub)
     return parser
 

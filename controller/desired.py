@@ -12,6 +12,7 @@ its source location, or raises ``InvalidRevision`` listing every problem as
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,22 @@ def parse(files: Mapping[str, bytes]) -> tuple[list[tuple[Any, str, int]], list[
     return docs, problems
 
 
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _name_problem(name: str, namespace: Any, kind: str) -> str | None:
+    """What the apiserver would refuse about the object's names (DNS-1123), or None."""
+    label = kind == "Namespace"
+    if not (DNS_LABEL if label else DNS_SUBDOMAIN).fullmatch(name) or len(name) > (63 if label else 253):
+        return (f"metadata.name {name!r} must be a DNS-1123 {'label' if label else 'subdomain'}: lowercase "
+                "letters, digits, '-'" + ("" if label else " and '.'") + ", starting and ending alphanumeric")
+    if namespace is not None and (not isinstance(namespace, str) or not DNS_LABEL.fullmatch(namespace)
+                                  or len(namespace) > 63):
+        return f"metadata.namespace {namespace!r} must be a DNS-1123 label"
+    return None
+
+
 def build(files: Mapping[str, bytes], *, lookup: rules.Lookup, limits: rules.Limits | None = None,
           namespace: str = "default", allowed_kinds: Iterable[str] = DEFAULT_ALLOWED_KINDS) -> Desired:
     """Parse, default and validate a revision; raise InvalidRevision with every problem found."""
@@ -152,6 +169,10 @@ def build(files: Mapping[str, bytes], *, lookup: rules.Lookup, limits: rules.Lim
             continue
         if kind != "Namespace":
             meta.setdefault("namespace", namespace)
+        bad_name = _name_problem(meta["name"], meta.get("namespace"), kind)
+        if bad_name:
+            problems.append(Problem(file, _line_of(node, "metadata") or line, f"{kind} {meta['name']}: {bad_name}"))
+            continue
         label = f"{kind} {meta.get('namespace', '')}/{meta['name']}".replace(" /", " ")
         if schema.is_ours(obj):
             # judged as the webhook would see it (defaulted); applied as written, so git owns only its fields

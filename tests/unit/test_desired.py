@@ -51,6 +51,11 @@ def test_good_revision_is_defaulted_and_ordered_policies_first() -> None:
                   b"kind: CapturePolicy\nmetadata: {name: p1, namespace: shop}\nspec:\n  dlp: {patterns: "
                   b"[{type: custom, regex: '(a+)+'}]}\n"), "bad.yaml:15", "dlp-regex"),
     (b"\xff\xfe", "bad.yaml:1", "not UTF-8"),
+    (b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name}\n", "bad.yaml:3",
+     "metadata.name 'Bad_Name' must be a DNS-1123 subdomain"),
+    (b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok, namespace: a.b}\n", "bad.yaml:3",
+     "metadata.namespace 'a.b' must be a DNS-1123 label"),
+    (b"apiVersion: v1\nkind: Namespace\nmetadata: {name: a.b}\n", "bad.yaml:3", "DNS-1123 label"),
 ])
 def test_one_bad_document_rejects_the_revision_naming_file_and_line(text: bytes, where: str, says: str) -> None:
     with pytest.raises(desired.InvalidRevision) as err:

@@ -1,0 +1,1 @@
+"""The inspector web UI: the cluster as replayops sees it; its actions become git commits."""

@@ -1,0 +1,227 @@
+"""The inspector: a web view of the cluster as replayops sees it, whose actions become git commits.
+
+Pages: workloads (capture state, injected pods, TLS out, sidecar readiness), replays (phase,
+summary, report), policies, services, secrets (names and keys, never values), events and, with a
+store, snapshots. Actions — capture on/off for a workload, start or delete a replay — never touch
+the cluster: they commit to the GitOps repository (``GitWriter``), and the controller (or Argo CD)
+applies what lands. Forms carry a per-process CSRF token.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, abort, flash, redirect, render_template, request
+from ruamel.yaml import YAML
+
+from controller import converge, desired, rules
+from controller.inspector import view
+from controller.inspector.gitwrite import ChangeError, GitWriter
+from controller.kube import Kube, KubeError
+from controller.schema import API_VERSION
+
+NAV = (("/workloads", "Workloads"), ("/replays", "Replays"), ("/policies", "Policies"),
+       ("/services", "Services"), ("/secrets", "Secrets"), ("/events", "Events"), ("/snapshots", "Snapshots"))
+
+
+@dataclass
+class Deps:
+    kube: Kube
+    git: GitWriter
+    cluster: str = "local"
+    snapshots: Callable[[], list[Any]] = list  # store manifests, when the inspector is given a store
+
+
+def _yaml(obj: dict[str, Any]) -> str:
+    from io import StringIO
+
+    out = StringIO()
+    yaml = YAML()
+    yaml.default_flow_style = False
+    yaml.dump(obj, out)
+    return out.getvalue()
+
+
+def _defined_in(git: GitWriter, kind: str, namespace: str, name: str) -> tuple[str, int] | None:
+    """The file under the source path that defines the object, and how many objects that file holds."""
+    offline = rules.StaticLookup(workloads=None, replays={}, namespaces={}, snapshots=None)
+    try:
+        items = desired.build(git.read(), lookup=offline).items
+    except desired.InvalidRevision as exc:
+        raise ChangeError(f"the repository is invalid as it is; fix it first:\n{exc}") from exc
+    for item in items:
+        meta = item.obj["metadata"]
+        if (item.obj["kind"], meta.get("namespace"), meta["name"]) == (kind, namespace, name):
+            return item.file, sum(1 for i in items if i.file == item.file)
+    return None
+
+
+def create_app(deps: Deps) -> Flask:
+    app = Flask(__name__)  # templates/ beside this module
+    app.secret_key = secrets.token_bytes(32)
+    csrf = secrets.token_urlsafe(32)
+
+    def page(template: str, title: str, **context: Any) -> str:
+        return render_template(template, title=title, nav=NAV, cluster=deps.cluster, csrf=csrf,
+                               namespace=request.args.get("namespace", ""), **context)
+
+    def listed(api: str, kind: str) -> list[dict[str, Any]]:
+        return deps.kube.list(api, kind, request.args.get("namespace") or None)
+
+    def form(name: str) -> str:
+        value = (request.form.get(name) or "").strip()
+        if not value:
+            abort(400, f"form field {name!r} is required")
+        return value
+
+    @app.before_request
+    def check_csrf() -> None:
+        if request.method == "POST" and not secrets.compare_digest(request.form.get("csrf", ""), csrf):
+            abort(403, "missing or wrong CSRF token: reload the page")
+
+    @app.errorhandler(KubeError)
+    def kube_error(exc: KubeError) -> tuple[str, int]:
+        return f"the Kubernetes API answered: {exc}", 502
+
+    @app.get("/")
+    def index() -> Response:
+        return redirect("/workloads")  # type: ignore[return-value]
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/workloads")
+    def workloads() -> str:
+        pods = listed("v1", "Pod")
+        policies: dict[tuple[str, str], dict[str, Any]] = {
+            (p["metadata"]["namespace"], p["metadata"]["name"]): p for p in listed(API_VERSION, "CapturePolicy")}
+        rows = []
+        for kind in converge.WORKLOAD_KINDS:
+            for w in listed("apps/v1", kind):
+                ns = w["metadata"]["namespace"]
+                mine = {name: p for (pns, name), p in policies.items() if pns == ns}
+                rows.append(view.workload_row(kind, w, (p for p in pods if p["metadata"]["namespace"] == ns), mine))
+        rows.sort(key=lambda r: (r.namespace, r.kind, r.name))
+        return page("workloads.html", "Workloads", rows=rows)
+
+    @app.get("/replays")
+    def replays() -> str:
+        rows = sorted((view.replay_row(r) for r in listed(API_VERSION, "TrafficReplay")),
+                      key=lambda r: (r.namespace, r.name))
+        return page("replays.html", "Replays", rows=rows, snapshots=[m.name for m in deps.snapshots()])
+
+    @app.get("/policies")
+    def policies() -> str:
+        rows = []
+        for p in listed(API_VERSION, "CapturePolicy"):
+            status = p.get("status") or {}
+            ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+            workloads = ", ".join(f"{w['kind']}/{w['name']}" for w in status.get("selectedWorkloads") or [])
+            rows.append((p["metadata"]["namespace"], p["metadata"]["name"], workloads or "none",
+                         ready.get("status", "Unknown"), ready.get("message", "")))
+        return page("table.html", "Capture policies", table_id="policies", rows=sorted(rows),
+                    headers=("namespace", "policy", "workloads", "ready", "message"))
+
+    @app.get("/services")
+    def services() -> str:
+        rows = sorted((s["metadata"]["namespace"], s["metadata"]["name"], s["spec"].get("type", "ClusterIP"),
+                       ", ".join(f"{p['port']}→{p.get('targetPort', p['port'])}" for p in s["spec"].get("ports") or []),
+                       ", ".join(f"{k}={v}" for k, v in (s["spec"].get("selector") or {}).items()))
+                      for s in listed("v1", "Service"))
+        return page("table.html", "Services", table_id="services", rows=rows,
+                    headers=("namespace", "service", "type", "ports", "selector"))
+
+    @app.get("/secrets")
+    def secret_list() -> str:
+        rows = sorted((r.namespace, r.name, r.type, ", ".join(r.keys))
+                      for r in map(view.secret_row, listed("v1", "Secret")))
+        return page("table.html", "Secrets (names and keys only)", table_id="secrets", rows=rows,
+                    headers=("namespace", "secret", "type", "keys"))
+
+    @app.get("/events")
+    def events() -> str:
+        rows = sorted((view.event_row(e) for e in listed("v1", "Event")), key=lambda e: e.time, reverse=True)
+        return page("table.html", "Events", table_id="events", headers=("time", "type", "reason", "object", "message"),
+                    rows=[(e.time, e.type, e.reason, e.object, e.message) for e in rows[:200]])
+
+    @app.get("/snapshots")
+    def snapshots() -> str:
+        rows = [(m.name, m.service, m.count, m.policy) for m in deps.snapshots()]
+        return page("table.html", "Snapshots", table_id="snapshots", rows=rows,
+                    headers=("snapshot", "service", "pairs", "policy"))
+
+    def commit(message: str, back: str, **change: Any) -> Response:
+        try:
+            done = deps.git.change(message, **change)
+            flash(f"committed {done.sha[:12]}: {message}", "ok")
+        except ChangeError as exc:
+            flash(str(exc), "error")
+            return redirect(back, 303)  # type: ignore[return-value]
+        return redirect(back, 303)  # type: ignore[return-value]
+
+    @app.post("/actions/capture")
+    def capture() -> Response:
+        ns, kind, name, want = form("namespace"), form("kind"), form("name"), form("capture")
+        if kind not in converge.WORKLOAD_KINDS or want not in ("on", "off"):
+            abort(400, f"kind must be one of {', '.join(converge.WORKLOAD_KINDS)} and capture on or off")
+        workload = deps.kube.get("apps/v1", kind, name, ns)
+        if workload is None:
+            abort(404, f"{kind} {ns}/{name} does not exist")
+        row = view.workload_row(kind, workload, [], {})
+        path = f"policies/{ns}/{name}.yaml"
+        if want == "on":
+            if row.captured_by or row.opted_out:
+                flash(f"{kind} {ns}/{name} is " + (f"already captured by {row.captured_by}" if row.captured_by
+                                                    else "opted out of capture"), "error")
+                return redirect("/workloads", 303)  # type: ignore[return-value]
+            policy = {"apiVersion": API_VERSION, "kind": "CapturePolicy",
+                      "metadata": {"name": name, "namespace": ns},
+                      "spec": {"selector": {"matchLabels": dict(workload["spec"]["selector"]["matchLabels"])}}}
+            return commit(f"Capture traffic of {kind} {ns}/{name}", "/workloads", write={path: _yaml(policy)})
+        try:
+            where = _defined_in(deps.git, "CapturePolicy", ns, row.captured_by)
+        except ChangeError as exc:
+            flash(str(exc), "error")
+            return redirect("/workloads", 303)  # type: ignore[return-value]
+        if where != (path, 1):
+            flash(f"{kind} {ns}/{name} is captured by CapturePolicy {ns}/{row.captured_by}"
+                  + (f", defined in {where[0]}" if where else ", which is not in this repository")
+                  + ", which the inspector did not create for it: change it in a pull request", "error")
+            return redirect("/workloads", 303)  # type: ignore[return-value]
+        return commit(f"Stop capturing {kind} {ns}/{name}", "/workloads", remove=(path,))
+
+    @app.post("/actions/replays")
+    def start_replay() -> Response:
+        ns, name = form("namespace"), form("name")
+        target: dict[str, Any] = {"kind": "Deployment", "name": form("workload")}
+        try:
+            if request.form.get("port"):
+                target["port"] = int(request.form["port"])
+            copies = int(request.form.get("copies") or 1)
+        except ValueError:
+            abort(400, "port and virtual users must be whole numbers")
+        snapshot = form("snapshot")
+        replay = {"apiVersion": API_VERSION, "kind": "TrafficReplay", "metadata": {"name": name, "namespace": ns},
+                  "spec": {"snapshot": snapshot, "target": {"workloadRef": target}, "load": {"copies": copies}}}
+        return commit(f"Replay {snapshot} against Deployment {ns}/{target['name']}", "/replays",
+                      write={f"replays/{ns}/{name}.yaml": _yaml(replay)})
+
+    @app.post("/actions/replays/delete")
+    def delete_replay() -> Response:
+        ns, name = form("namespace"), form("name")
+        try:
+            where = _defined_in(deps.git, "TrafficReplay", ns, name)
+        except ChangeError as exc:
+            flash(str(exc), "error")
+            return redirect("/replays", 303)  # type: ignore[return-value]
+        if where is None or where[1] != 1:
+            flash(f"TrafficReplay {ns}/{name} is " + ("not in this repository" if where is None else
+                  f"defined in {where[0]} with other objects: change it in a pull request"), "error")
+            return redirect("/replays", 303)  # type: ignore[return-value]
+        return commit(f"Delete TrafficReplay {ns}/{name}", "/replays", remove=(where[0],))
+
+    return app
