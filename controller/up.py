@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--kubeconfig", type=Path, default=os.environ.get("KUBECONFIG") or None,
                    help="use this existing cluster instead of the local control plane ($KUBECONFIG)")
     p.add_argument("--webhook-port", type=int, default=0, help="local webhook port (default: a free one)")
+    p.add_argument("--inspector-port", type=int, default=0, help="local inspector port (default: a free one)")
     p.set_defaults(func=run)
 
 
@@ -49,7 +50,9 @@ def _seed_repo(repo_dir: Path) -> str:
         shutil.copytree(paths.source_dir("examples") / "gitops", repo_dir, dirs_exist_ok=True)
         env = {**os.environ, "GIT_AUTHOR_NAME": "replayops", "GIT_AUTHOR_EMAIL": "replayops@localhost",
                "GIT_COMMITTER_NAME": "replayops", "GIT_COMMITTER_EMAIL": "replayops@localhost"}
-        for argv in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "seed from examples/gitops"]):
+        # updateInstead: the inspector's commits are pushed into this working copy
+        for argv in (["init", "-q", "-b", "main"], ["config", "receive.denyCurrentBranch", "updateInstead"],
+                     ["add", "-A"], ["commit", "-q", "-m", "seed from examples/gitops"]):
             subprocess.run(["git", *argv], cwd=repo_dir, env=env, check=True, capture_output=True)
     return f"file://{repo_dir}"
 
@@ -68,6 +71,19 @@ def _start_controller(kube: Kube, kubeconfig: Path, workdir: Path) -> str:
     return f"watching {repo} (pid {proc.pid}, log {proc.log})"
 
 
+def _start_inspector(kubeconfig: Path, workdir: Path, port: int) -> str:
+    state = read_state(workdir) or {"procs": []}
+    for proc in state["procs"]:  # type: ignore[attr-defined]
+        if proc["name"] == "inspector" and pid_alive(int(proc["pid"])):
+            return f"running (pid {proc['pid']})"
+    port = port or free_port()
+    argv = [sys.executable, "-m", "controller.cli", "inspector", "serve", "--port", str(port),
+            "--repo", _seed_repo(workdir / "gitops-repo"), "--workdir", str(workdir / "inspector-work"),
+            "--kubeconfig", str(kubeconfig), "--store", str(paths.home() / "store")]
+    proc = spawn_service(workdir, "inspector", argv)
+    return f"http://127.0.0.1:{port} (pid {proc.pid}, log {proc.log})"
+
+
 def run(args: argparse.Namespace) -> int:
     workdir = paths.dev_cluster_dir()
     try:
@@ -77,12 +93,13 @@ def run(args: argparse.Namespace) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         webhook = _start_webhook(kube, Path(kubeconfig), workdir, args.webhook_port)
         controller = _start_controller(kube, Path(kubeconfig), workdir)
+        inspector = _start_inspector(Path(kubeconfig), workdir, args.inspector_port)
     except (DevClusterError, KubeError) as err:
         print(f"replayops up: {err}", file=sys.stderr)
         return 1
     names = ", ".join(c["metadata"]["name"] for c in schema.load_crds())
     print(f"replayops is up.\n  kubeconfig: {kubeconfig}\n  CRDs installed: {names}\n  webhook: {webhook}\n"
-          f"  controller: {controller}\n"
+          f"  controller: {controller}\n  inspector: {inspector}\n"
           "  status: kubectl -n replayops-system get cm replayops-status-default -o yaml\n")
     print("Next:")
     print(f"  export KUBECONFIG={kubeconfig}")

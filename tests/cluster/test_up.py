@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from controller.devcluster import pid_alive, read_state
 from tests.conftest import Cluster
+from tests.helpers import wait_200
 
 
 def test_up_then_down(cluster: Cluster, tmp_path: Path) -> None:
@@ -25,11 +28,17 @@ def test_up_then_down(cluster: Cluster, tmp_path: Path) -> None:
         state = read_state(tmp_path / "dev")
         assert state is not None
         pids = [int(p["pid"]) for p in state["procs"]]  # type: ignore[attr-defined]
-        assert {p["name"] for p in state["procs"]} >= {"etcd", "kube-apiserver", "webhook", "controller"}  # type: ignore[attr-defined]
+        assert {p["name"] for p in state["procs"]} >= {  # type: ignore[attr-defined]
+            "etcd", "kube-apiserver", "webhook", "controller", "inspector"}
+        inspector = re.search(r"inspector: (http://127\.0\.0\.1:\d+)", up.stdout)
+        assert inspector, up.stdout
+        wait_200(f"{inspector.group(1)}/healthz")
         deadline = time.monotonic() + 60
         while "demo-smoke" not in cluster.kubectl("get", "tr", "-A", f"--kubeconfig={kubeconfig}").stdout:
             assert time.monotonic() < deadline, "the controller never applied examples/gitops"
             time.sleep(0.5)
+        with urllib.request.urlopen(f"{inspector.group(1)}/replays", timeout=10) as page:
+            assert "demo-smoke" in page.read().decode(), "the inspector shows what the controller applied"
     finally:
         down = subprocess.run([sys.executable, "-m", "controller.cli", "dev", "down"], env=env,
                               capture_output=True, text=True, timeout=120)
