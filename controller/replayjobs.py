@@ -80,9 +80,11 @@ def render(replay: Mapping[str, Any], config: JobConfig) -> dict[str, Any]:
                                   "limits": {"memory": config.memory}},
                     "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                         "capabilities": {"drop": ["ALL"]}},
-                    "volumeMounts": [{"name": "store", "mountPath": config.home}],
+                    # the root filesystem is read-only: reports go to the store, scratch files to /tmp
+                    "volumeMounts": [{"name": "store", "mountPath": config.home}, {"name": "tmp", "mountPath": "/tmp"}],
                 }],
-                "volumes": [{"name": "store", "persistentVolumeClaim": {"claimName": config.store_claim}}],
+                "volumes": [{"name": "store", "persistentVolumeClaim": {"claimName": config.store_claim}},
+                            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}}],
             },
         },
     }

@@ -160,7 +160,6 @@ def create_app(deps: Deps) -> Flask:
             flash(f"committed {done.sha[:12]}: {message}", "ok")
         except ChangeError as exc:
             flash(str(exc), "error")
-            return redirect(back, 303)  # type: ignore[return-value]
         return redirect(back, 303)  # type: ignore[return-value]
 
     @app.post("/actions/capture")
