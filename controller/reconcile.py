@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from controller import converge, defaults, desired, logs, rules, schema
+from controller import converge, defaults, desired, forwardertoken, logs, rules, schema
 from controller.gitsource import GitError, GitSource, Revision
 from controller.inject import CONFIG_HASH, INJECTED
 from controller.kube import FIELD_MANAGER, Kube, KubeError
@@ -215,6 +215,8 @@ class Reconciler:
         stale = {w: self._stale_pods(wl, wanted.wanted[w], pods[w[0]]) for wl in workloads
                  if (w := converge.key(wl)) in wanted.wanted}
         if not self.options.dry_run:
+            forwardertoken.share(self.kube, self.options.status_namespace,
+                                 (p["metadata"]["namespace"] for p in policies))
             for pol in policies:
                 self._policy_status(pol, wanted, stale)
 

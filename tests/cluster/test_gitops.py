@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controller import forwardertoken
 from controller.gitsource import GitSource
 from controller.inject import CAPTURE, CONFIG_HASH
 from controller.reconcile import REVISION, Options, Reconciler
@@ -250,3 +252,26 @@ def test_pods_missing_the_sidecar_are_reported_and_rolled_once(gitops: GitOps) -
     web = gitops.get("Deployment", "web", "apps/v1") or {}
     assert web["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] == restarted, \
         "rolled once per config hash, not on every pass"
+
+
+def test_the_forwarder_token_reaches_every_namespace_with_a_policy(cluster: Cluster, namespace: str,
+                                                                    tmp_path: Path) -> None:
+    system = f"sys-{namespace}"
+    cluster.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": system}})
+    try:
+        gitops = GitOps(cluster, namespace, tmp_path)
+        gitops.reconciler.options = Options(name=namespace, namespace=namespace, status_namespace=system)
+        gitops.repo.commit("capture", {"policies/checkout.yaml": POLICY.replace("{sampling}", "1")})
+        assert gitops.reconcile().error == ""
+        source = cluster.kube.get("v1", "Secret", forwardertoken.NAME, system) or {}
+        copy = cluster.kube.get("v1", "Secret", forwardertoken.NAME, namespace) or {}
+        assert source["data"]["token"] and copy["data"]["token"] == source["data"]["token"], "created, then copied"
+        assert forwardertoken.share(cluster.kube, system, [namespace]) == [], "an up-to-date copy is not written"
+
+        rotated = base64.b64encode(b"rotated-token").decode()
+        cluster.kube.apply({**source, "metadata": {"name": forwardertoken.NAME, "namespace": system},
+                            "data": {"token": rotated}})
+        gitops.reconcile()
+        assert (cluster.kube.get("v1", "Secret", forwardertoken.NAME, namespace) or {})["data"]["token"] == rotated
+    finally:
+        cluster.kube.delete("v1", "Namespace", system)

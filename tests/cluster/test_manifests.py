@@ -65,12 +65,17 @@ def test_the_webhooks_service_account_may_do_what_the_webhook_does_and_no_more(c
     assert not can("patch", "mutatingwebhookconfigurations/someone-else")
 
 
-def test_replay_jobs_and_the_controller_may_do_what_running_replays_takes(cluster: Cluster) -> None:
+def test_replay_jobs_and_the_controller_may_do_what_they_do_and_no_more(cluster: Cluster) -> None:
     _apply_rbac(cluster)
     ns = ("-n", "replayops-system")
     for verb in ("create", "list", "watch", "delete"):
         assert _can(cluster, "replayops-controller", verb, "jobs.batch", *ns), verb
     assert not _can(cluster, "replayops-controller", "create", "jobs.batch", "-n", "shop")
+    token = "secrets/replayops-forwarder-token"
+    assert _can(cluster, "replayops-controller", "get", token, "-n", "shop")
+    assert _can(cluster, "replayops-controller", "patch", token, "-n", "shop")
+    assert not _can(cluster, "replayops-controller", "get", "secrets/db", "-n", "shop")
+    assert not _can(cluster, "replayops-controller", "list", "secrets", "-n", "shop")
     replay = ("replayops-replay",)
     assert _can(cluster, *replay, "get", "trafficreplays.replayops.dev", "-n", "shop")
     assert _can(cluster, *replay, "patch", "trafficreplays.replayops.dev", "--subresource=status", "-n", "shop")
