@@ -148,6 +148,26 @@ def _name_problem(name: str, namespace: Any, kind: str) -> str | None:
     return None
 
 
+def _concurrent_replays(items: list[Item], lookup: rules.Lookup) -> list[Problem]:
+    """Replays of one revision on one target: the webhook admits one running replay per target, so
+    two that would both start would leave the revision half applied. An error when the cluster says
+    which have finished; a warning offline, where it cannot."""
+    groups: dict[tuple[str, str], list[Item]] = {}
+    for item in items:
+        if item.obj["kind"] == "TrafficReplay":
+            ns = item.obj["metadata"]["namespace"]
+            groups.setdefault((ns, rules.target_key(item.obj.get("spec") or {})), []).append(item)
+    found = []
+    for (ns, target), group in groups.items():
+        finished = lookup.finished_replays(ns) if len(group) > 1 else set()
+        starting = [i for i in group if finished is None or i.obj["metadata"]["name"] not in finished]
+        for item in starting[1:]:
+            found.append(Problem(item.file, item.line, f"{item}: {starting[0]} ({starting[0].file}) also targets "
+                                 f"{target}{' and neither has finished' if finished is not None else ''}; one "
+                                 "running replay per target (rule: one-replay-per-target)", finished is None))
+    return found
+
+
 def build(files: Mapping[str, bytes], *, lookup: rules.Lookup, limits: rules.Limits | None = None,
           namespace: str = "default", allowed_kinds: Iterable[str] = DEFAULT_ALLOWED_KINDS) -> Desired:
     """Parse, default and validate a revision; raise InvalidRevision with every problem found."""
@@ -197,6 +217,8 @@ def build(files: Mapping[str, bytes], *, lookup: rules.Lookup, limits: rules.Lim
             continue
         seen[item.key] = item
         items.append(item)
+    for problem in _concurrent_replays(items, lookup):
+        (warnings if problem.warning else problems).append(problem)
     if problems:
         raise InvalidRevision(problems)
     order = {k: i for i, k in enumerate(APPLY_ORDER)}

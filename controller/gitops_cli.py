@@ -96,6 +96,9 @@ def run_validate(args: argparse.Namespace) -> int:
             print(f"{args.path / problem.file if args.path.is_dir() else args.path}:{problem.line}: "
                   f"{problem.message}")
         return 1
+    for warning in state.warnings:  # what offline validation cannot check, or may fail at apply time
+        where = args.path / warning.file if args.path.is_dir() else args.path
+        print(f"{where}:{warning.line}: warning: {warning.message}", file=sys.stderr)
     print(f"{len(state.items)} objects valid in {len(files)} files")
     return 0
 

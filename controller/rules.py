@@ -23,6 +23,7 @@ from controller.policy import selector_matches
 OWN_POD_LABELS = ({"app.kubernetes.io/part-of": "replayops", "app.kubernetes.io/name": "replayops-controller"},
                   {"app.kubernetes.io/part-of": "replayops", "app.kubernetes.io/name": "replayops-webhook"})
 ACTIVE_PHASES = ("Pending", "Running")
+TERMINAL_PHASES = ("Succeeded", "Failed", "Cancelled")
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,12 @@ class Limits:
 class Lookup(Protocol):
     def workload_exists(self, namespace: str, kind: str, name: str) -> bool | None: ...  # None: unknown
     def active_replays(self, namespace: str) -> list[Mapping[str, Any]]: ...
+    def finished_replays(self, namespace: str) -> set[str] | None: ...  # names; None: unknown
     def namespace_labels(self, namespace: str) -> Mapping[str, str] | None: ...
     def snapshot_exists(self, name: str) -> bool | None: ...  # None: the store is unreachable
 
 
-def _target_key(spec: Mapping[str, Any]) -> str:
+def target_key(spec: Mapping[str, Any]) -> str:
     target = spec.get("target") or {}
     ref = target.get("workloadRef")
     return f"{ref.get('kind', 'Deployment')}/{ref.get('name')}" if ref else str(target.get("url"))
@@ -91,10 +93,10 @@ def check_replay(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list
         if float(stage.get("targetRPS", 0)) > limits.max_rps:
             found.append(Finding(f"spec.load.stages[{i}].targetRPS", f"{stage['targetRPS']} req/s exceeds "
                                  f"the limit of {limits.max_rps:g}", "load-limits"))
-    key = _target_key(spec)
+    key = target_key(spec)
     for other in lookup.active_replays(ns):
         other_name = (other.get("metadata") or {}).get("name")
-        if other_name != name and _target_key(other.get("spec") or {}) == key:
+        if other_name != name and target_key(other.get("spec") or {}) == key:
             found.append(Finding("spec.target", f"replay {ns}/{other_name} is already running against "
                                  f"{key}; one running replay per target", "one-replay-per-target"))
     return found
@@ -187,6 +189,7 @@ class StaticLookup:
     replays: dict[str, list[Mapping[str, Any]]]
     namespaces: dict[str, Mapping[str, str]]
     snapshots: set[str] | None = None  # None: no store to ask
+    finished: dict[str, set[str]] | None = None  # namespace → names of finished replays; None: unknown
 
     def workload_exists(self, namespace: str, kind: str, name: str) -> bool | None:
         return None if self.workloads is None else (namespace, kind, name) in self.workloads
@@ -194,6 +197,9 @@ class StaticLookup:
     def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
         return [r for r in self.replays.get(namespace, [])
                 if (r.get("status") or {}).get("phase", "Pending") in ACTIVE_PHASES]
+
+    def finished_replays(self, namespace: str) -> set[str] | None:
+        return None if self.finished is None else self.finished.get(namespace, set())
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
         return self.namespaces.get(namespace)
@@ -220,6 +226,9 @@ class MemoLookup:
 
     def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
         return self._ask("active_replays", namespace)  # type: ignore[no-any-return]
+
+    def finished_replays(self, namespace: str) -> set[str] | None:
+        return self._ask("finished_replays", namespace)  # type: ignore[no-any-return]
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
         return self._ask("namespace_labels", namespace)  # type: ignore[no-any-return]

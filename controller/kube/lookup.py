@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller.kube import Kube, KubeError
-from controller.rules import ACTIVE_PHASES
+from controller.rules import ACTIVE_PHASES, TERMINAL_PHASES
 from controller.schema import API_VERSION
 
 WORKLOAD_API = {"Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1"}
@@ -51,6 +51,10 @@ class ClusterLookup:
     def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
         items = self.kube.list(REPLAYOPS_API, "TrafficReplay", namespace)
         return [i for i in items if (i.get("status") or {}).get("phase", "Pending") in ACTIVE_PHASES]
+
+    def finished_replays(self, namespace: str) -> set[str]:
+        return {i["metadata"]["name"] for i in self.kube.list(REPLAYOPS_API, "TrafficReplay", namespace)
+                if (i.get("status") or {}).get("phase") in TERMINAL_PHASES}
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
         ns = self.kube.get("v1", "Namespace", namespace)

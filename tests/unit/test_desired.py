@@ -76,3 +76,24 @@ def test_allow_list_admits_extra_kinds() -> None:
     files = {"d.yaml": b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {}\n"}
     state = desired.build(files, lookup=OFFLINE, allowed_kinds={"apps/v1/Deployment"})
     assert state.items[0].obj["kind"] == "Deployment"
+
+
+def _two_replays_on_checkout() -> dict[str, bytes]:
+    second = GOOD.split(b"---")[0].replace(b"name: r1", b"name: r2")
+    return {"a.yaml": GOOD, "b.yaml": second}
+
+
+def test_two_replays_on_one_target_are_refused_when_neither_has_finished() -> None:
+    lookup = rules.StaticLookup(workloads=None, replays={}, namespaces={}, snapshots=None, finished={"shop": set()})
+    with pytest.raises(desired.InvalidRevision) as err:
+        desired.build(_two_replays_on_checkout(), lookup=lookup, namespace="shop")
+    assert [str(p) for p in err.value.problems] == [
+        "b.yaml:1: TrafficReplay shop/r2: TrafficReplay shop/r1 (a.yaml) also targets Deployment/checkout and "
+        "neither has finished; one running replay per target (rule: one-replay-per-target)"]
+
+
+def test_two_replays_on_one_target_pass_when_one_has_finished_and_only_warn_offline() -> None:
+    done = rules.StaticLookup(workloads=None, replays={}, namespaces={}, snapshots=None, finished={"shop": {"r1"}})
+    assert len(desired.build(_two_replays_on_checkout(), lookup=done, namespace="shop").of_kind("TrafficReplay")) == 2
+    offline = build(_two_replays_on_checkout())
+    assert any("one-replay-per-target" in str(w) for w in offline.warnings)

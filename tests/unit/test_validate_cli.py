@@ -36,3 +36,14 @@ def test_invalid_files_fail_with_file_line_messages(tmp_path: Path) -> None:
 def test_missing_path_is_exit_2(tmp_path: Path) -> None:
     out = validate(tmp_path / "nope")
     assert out.returncode == 2 and "no such file or directory" in out.stderr
+
+
+def test_two_new_replays_on_one_target_are_warned_about_offline(tmp_path: Path) -> None:
+    smoke = (ROOT / "examples" / "gitops" / "replays" / "smoke.yaml").read_text()
+    (tmp_path / "a.yaml").write_text(smoke)
+    (tmp_path / "b.yaml").write_text(smoke.replace("name: demo-smoke", "name: demo-smoke-2"))
+    out = validate(tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (f"{tmp_path}/b.yaml:2: warning: TrafficReplay demo/demo-smoke-2: TrafficReplay demo/demo-smoke (a.yaml) "
+            "also targets http://demo-server.demo.svc:8080; one running replay per target "
+            "(rule: one-replay-per-target)") in out.stderr.splitlines()
