@@ -51,21 +51,25 @@ def test_every_path_a_read_only_container_writes_is_a_volume(cluster: Cluster) -
 
 SETUP = """set -e
 mount -t tmpfs -o size=16m tmpfs /run
-mkdir -p /run/certs
+mkdir -p /run/certs /run/src
 cp {kubeconfig} /run/kubeconfig
+mount --bind {root} /run/src
 mount -o remount,bind,ro /
 {tmp}
 echo ready
 exec sleep infinity
 """
+# an emptyDir at /tmp, as the manifests mount it; the source tree (and its virtualenv) stays visible
+# where it is, even when it lives under /tmp (as in CI's clean clone)
+TMP_VOLUME = "mount -t tmpfs -o size=16m tmpfs /tmp\nmkdir -p {root}\nmount --bind /run/src {root}"
 
 
 def _webhook_in_read_only_root(cluster: Cluster, *, tmp_volume: bool) -> tuple[bool, str]:
     """Start the webhook in a mount namespace whose root is read-only; whether /healthz answered, and its log."""
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"):
         pytest.skip("a pod's filesystem needs root, unshare and nsenter")
-    script = SETUP.format(kubeconfig=cluster.kubeconfig,
-                          tmp="mount -t tmpfs -o size=16m tmpfs /tmp" if tmp_volume else "")
+    script = SETUP.format(kubeconfig=cluster.kubeconfig, root=ROOT,
+                          tmp=TMP_VOLUME.format(root=ROOT) if tmp_volume else "")
     holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert holder.stdout and holder.stdout.readline().strip() == "ready", holder.stderr
@@ -76,7 +80,7 @@ def _webhook_in_read_only_root(cluster: Cluster, *, tmp_volume: bool) -> tuple[b
     hook = subprocess.Popen(["nsenter", "-t", str(holder.pid), "-m", sys.executable, "-m", "controller.cli",
                              "webhook", "serve", "--port", str(port), "--host", "127.0.0.1", "--cert-dir",
                              "/run/certs", "--kubeconfig", "/run/kubeconfig"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     served = False
     try:
         deadline = time.monotonic() + 30
