@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,28 @@ def _unwraps_tls(spec: Mapping[str, Any]) -> bool:
     return bool(outbound.get("enabled") and outbound.get("tlsUnwrap"))
 
 
+def _times(quantity: str, n: int) -> str:
+    """``quantity`` (one of our defaults: digits and a unit) times ``n``."""
+    match = re.fullmatch(r"([0-9]+)([A-Za-z]*)", quantity)
+    if match is None:
+        raise ValueError(f"default quantity {quantity!r} is not digits and a unit")
+    return f"{int(match[1]) * n}{match[2]}"
+
+
+def _workers(spec: Mapping[str, Any]) -> int:
+    return int((spec.get("sidecar") or {}).get("workers", 1))
+
+
+def _resources(spec: Mapping[str, Any], config: InjectConfig) -> dict[str, dict[str, str]]:
+    """The sidecar's requests and limits: the policy's, else the defaults scaled by its workers."""
+    workers = _workers(spec)
+    given = (spec.get("sidecar") or {}).get("resources") or {}
+    default = {"requests": {"cpu": _times(config.cpu_request, workers),
+                            "memory": _times(config.memory_request, workers)},
+               "limits": {"memory": _times(config.memory_limit, workers)}}
+    return {kind: {**default[kind], **(given.get(kind) or {})} for kind in ("requests", "limits")}
+
+
 def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config: InjectConfig) -> list[str]:
     inbound = spec.get("inbound", {})
     outbound = spec.get("outbound", {})
@@ -124,6 +147,8 @@ def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], conf
     if outbound.get("enabled"):
         args += ["--outbound", str(outbound.get("proxyPort", 15002))]
     args += ["--tls-unwrap", "--ca-dir", CA_DIR] if _unwraps_tls(spec) else ["--ca-dir", f"{RUN_DIR}/mitmproxy"]
+    if _workers(spec) > 1:
+        args += ["--workers", str(_workers(spec))]
     return args
 
 
@@ -151,8 +176,7 @@ def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config:
             {"name": "TMPDIR", "value": RUN_DIR},
         ],
         "ports": container_ports,
-        "resources": {"requests": {"cpu": config.cpu_request, "memory": config.memory_request},
-                      "limits": {"memory": config.memory_limit}},
+        "resources": _resources(spec, config),
         "startupProbe": probe(periodSeconds=1, failureThreshold=30),
         "readinessProbe": probe(),
         "livenessProbe": probe(failureThreshold=3),

@@ -62,6 +62,8 @@ VALID: dict[str, dict[str, Any]] = {
              "patterns": [{"type": "creditCard"}, {"type": "custom", "name": "iban",
                                                     "regex": "[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}"}]},
         retention={"maxAge": "72h", "maxSizeMB": 512},
+        sidecar={"workers": 4, "resources": {"requests": {"cpu": "0.5", "memory": "256Mi"},
+                                             "limits": {"cpu": "2", "memory": "1Gi"}}},
     ),
 }
 
@@ -78,6 +80,9 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "fixedMs without value": (replay(load={"wait": {"mode": "fixedMs"}}), "spec.load.wait"),
     "unknown field": (replay(colour="blue"), "spec.colour"),
     "sampling 1.5": (policy(sampling=1.5), "spec.sampling"),
+    "seventeen workers": (policy(sidecar={"workers": 17}), "spec.sidecar.workers"),
+    "memory not a quantity": (policy(sidecar={"resources": {"limits": {"memory": "lots"}}}),
+                              "spec.sidecar.resources.limits.memory"),
     "custom pattern without regex": (policy(dlp={"patterns": [{"type": "custom"}]}),
                                      "spec.dlp.patterns[0]"),
     "empty selector": (policy(selector={}), "spec.selector"),
