@@ -204,8 +204,8 @@ def run_controller(args: argparse.Namespace) -> int:
         Watcher(kube, api, kind, lambda *_: wake.set(), stop, label_selector=selector).start()
     if replays:  # every replay in the cluster, from our git source or synced by another tool (Argo CD)
         Watcher(kube, OUR_API, "TrafficReplay", lambda *_: wake.set(), stop).start()
-        Watcher(kube, "batch/v1", "Job", lambda *_: wake.set(), stop,
-                label_selector=f"{MANAGED_BY}={JOB_MANAGER}").start()
+        Watcher(kube, "batch/v1", "Job", lambda *_: wake.set(), stop,  # its Role covers that namespace only
+                label_selector=f"{MANAGED_BY}={JOB_MANAGER}", namespace=args.replay_namespace).start()
     elector = LeaderElector(kube, namespace=args.status_namespace, name=f"replayops-controller-{args.name}",
                             identity=args.identity, lease_seconds=args.lease_seconds) if args.leader_elect else None
 

@@ -15,21 +15,22 @@ log = logs.get("watch")
 
 
 class Watcher(threading.Thread):
-    """Calls ``on_event(type, object)`` for every change of one kind (optionally label-selected)."""
+    """Calls ``on_event(type, object)`` for every change of one kind (optionally label-selected, optionally
+    in one namespace: what an account with a namespaced Role may watch)."""
 
     def __init__(self, kube: Kube, api_version: str, kind: str, on_event: Callable[[str, dict[str, Any]], None],
-                 stop: threading.Event, *, label_selector: str | None = None, timeout: int = 60,
-                 resource_version: str | None = None) -> None:
+                 stop: threading.Event, *, label_selector: str | None = None, namespace: str | None = None,
+                 timeout: int = 60, resource_version: str | None = None) -> None:
         super().__init__(name=f"watch-{kind}", daemon=True)
         self.kube, self.api_version, self.kind = kube, api_version, kind
         self.on_event, self.stop_event = on_event, stop
-        self.label_selector, self.timeout = label_selector, timeout
+        self.label_selector, self.namespace, self.timeout = label_selector, namespace, timeout
         self.relists = 0
         self.resume_from = resource_version  # resume a watch from here instead of listing first
 
     def _list(self) -> str:
         res = self.kube.resource(self.api_version, self.kind)
-        listing = res.get(label_selector=self.label_selector)
+        listing = res.get(label_selector=self.label_selector, namespace=self.namespace)
         self.relists += 1
         return str(listing.metadata.resourceVersion)
 
@@ -40,8 +41,9 @@ class Watcher(threading.Thread):
                 if rv is None:
                     rv = self._list()
                 res = self.kube.resource(self.api_version, self.kind)
-                for event in self.kube.dynamic.watch(res, label_selector=self.label_selector, resource_version=rv,
-                                                     timeout=self.timeout, allow_watch_bookmarks=True):
+                for event in self.kube.dynamic.watch(res, namespace=self.namespace, label_selector=self.label_selector,
+                                                     resource_version=rv, timeout=self.timeout,
+                                                     allow_watch_bookmarks=True):
                     if self.stop_event.is_set():
                         return
                     kind, raw = event["type"], event["raw_object"]

@@ -235,7 +235,6 @@ def _replay(args: argparse.Namespace, spec: dict[str, Any], snapshot: str, targe
             return Outcome(2, error=f"the target command exited or never listened on {target}; "
                                     f"its output is in {log_path}")
     started = time.time()
-    total = None
     try:
         total = FileStore(args.store).manifest(snapshot).count
     except StoreError as exc:

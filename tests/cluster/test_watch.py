@@ -9,6 +9,7 @@ from pathlib import Path
 from controller.devcluster import DevCluster, ensure_binaries
 from controller.kube import Kube, KubeError, connect
 from controller.kube.watch import Watcher
+from tests.conftest import Cluster
 
 
 def _compacted(kube: Kube, resource_version: str) -> bool:
@@ -55,3 +56,27 @@ def test_a_compacted_resource_version_is_relisted_and_the_watch_goes_on(tmp_path
     finally:
         stop.set()
         dev.stop()
+
+
+def test_a_namespaced_watch_sees_its_namespace_only(cluster: Cluster, namespace: str) -> None:
+    other = f"{namespace}-other"
+    cluster.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}})
+    stop = threading.Event()
+    seen: list[str] = []
+    watcher = Watcher(cluster.kube, "v1", "ConfigMap", lambda _t, o: seen.append(o["metadata"]["name"]), stop,
+                      namespace=namespace, label_selector="test=watch")
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 20
+        while watcher.relists == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for ns, name in ((other, "elsewhere"), (namespace, "here")):
+            cluster.kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+                "name": name, "namespace": ns, "labels": {"test": "watch"}}})
+        while "here" not in seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen == ["here"]
+    finally:
+        stop.set()
+        cluster.kube.delete("v1", "Namespace", other)
