@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,7 @@ def run_replay(args: argparse.Namespace) -> int:
 def _run_resource(args: argparse.Namespace) -> int:
     """Run a TrafficReplay from the cluster; its status says Running, then how it ended."""
     from controller.kube import KubeError, connect
+    from controller.replay import collect
     from controller.replay import target as targets
 
     namespace, name = args.resource
@@ -194,7 +196,8 @@ def _run_resource(args: argparse.Namespace) -> int:
         spec["snapshot"] = snapshot
         target = args.target or targets.resolve(kube, namespace, spec)
         kube.apply_status(status.running(generation, target))
-        outcome = _replay(args, spec, snapshot, target)
+        outcome = _replay(args, spec, snapshot, target,
+                          events=lambda since, until: collect.events(kube, namespace, spec, since, until))
         kube.apply_status(status.finished(generation, outcome))
     except targets.TargetError as exc:
         outcome = Outcome(2, error=str(exc))
@@ -207,7 +210,9 @@ def _run_resource(args: argparse.Namespace) -> int:
     return 0 if outcome.report is not None else outcome.code
 
 
-def _replay(args: argparse.Namespace, spec: dict[str, Any], snapshot: str, target: str) -> Outcome:
+def _replay(args: argparse.Namespace, spec: dict[str, Any], snapshot: str, target: str,
+            events: Callable[[float, float], list[dict[str, str]]] | None = None) -> Outcome:
+    """Replay ``snapshot`` against ``target``; ``events(started, finished)`` adds the cluster's events."""
     goals = dict(spec.get("goals") or {})
     if args.min_success_rate is not None:
         goals["minSuccessRate"] = args.min_success_rate
@@ -254,7 +259,8 @@ def _replay(args: argparse.Namespace, spec: dict[str, Any], snapshot: str, targe
     collected = log_path.read_text(errors="replace") if log_path else ""
     rep = report.build(stats, report_id=report_id, snapshot=snapshot, target=target, started=started,
                        finished=finished, goals=goals, noise=noise, errors=errors, logs=collected,
-                       read_problems=[str(p) for p in problems])
+                       read_problems=[str(p) for p in problems],
+                       events=events(started, finished) if events else None)
     where = report.save(rep, args.report_dir)
     print(report.terminal_summary(rep))
     print(f"report: {where / 'report.html'}")

@@ -65,7 +65,8 @@ def evaluate(goals: Mapping[str, Any], summary: Mapping[str, Any],
 
 def build(stats: Stats, *, report_id: str, snapshot: str, target: str, started: float, finished: float,
           goals: Mapping[str, Any], noise: Mapping[str, set[str]], errors: list[str], logs: str = "",
-          read_problems: list[str] | None = None, mock_match_rate: float | None = None) -> dict[str, Any]:
+          read_problems: list[str] | None = None, mock_match_rate: float | None = None,
+          events: list[dict[str, str]] | None = None) -> dict[str, Any]:
     elapsed = max(finished - started, 1e-9)
     ok = stats.requests - stats.failures - stats.mismatches
     summary = {"requests": stats.requests, "successRate": round(ok / stats.requests, 4) if stats.requests else 0.0,
@@ -86,7 +87,7 @@ def build(stats: Stats, *, report_id: str, snapshot: str, target: str, started: 
         "endpoints": endpoints, "noise": {k: sorted(v) for k, v in sorted(noise.items()) if v},
         "timeline": timeline, "statuses": dict(sorted(stats.statuses.items())),
         "errors": dict(stats.errors.most_common(20)),
-        "runErrors": errors, "readProblems": read_problems or [], "logs": logs[-20000:],
+        "runErrors": errors, "readProblems": read_problems or [], "logs": logs[-20000:], "events": events or [],
         "partial": bool(errors or read_problems),
     }
 
@@ -133,6 +134,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<td>{e['p99Ms']}</td><td><pre>{html.escape(chr(10).join(sum(e['examples'], [])[:10]))}</pre></td></tr>"
         for n, e in report["endpoints"].items())
     figures = "".join(f"<h3>{html.escape(k)}</h3>{v}" for k, v in plots.items())
+    event_rows = "".join("<tr>" + "".join(f"<td>{html.escape(e[k])}</td>" for k in
+                                          ("time", "type", "reason", "object", "message")) + "</tr>"
+                         for e in report.get("events", []))
     verdict = "goals met" if report["goalsMet"] else "goals NOT met"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>replay {html.escape(report['id'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{border:1px solid #ccc;padding:4px}}
@@ -147,7 +151,9 @@ p99 {s['p99Ms']} ms, {s['rps']} req/s{' (partial)' if report['partial'] else ''}
 <th>example diffs</th></tr>{ep_rows}</table>
 <h2>Noise ignored</h2><pre>{html.escape(json.dumps(report['noise'], indent=1))}</pre>
 <h2>Errors</h2><pre>{html.escape(json.dumps({**report['errors'], 'run': report['runErrors']}, indent=1))}</pre>
-{figures}<h2>Target logs</h2><pre>{html.escape(report['logs'][-5000:])}</pre></body></html>"""
+{figures}<h2>Target logs</h2><pre>{html.escape(report['logs'][-5000:])}</pre>
+<h2>Cluster events</h2><table><tr><th>time</th><th>type</th><th>reason</th><th>object</th><th>message</th></tr>
+{event_rows}</table></body></html>"""
 
 
 def reports_dir() -> Path:

@@ -81,6 +81,7 @@ def test_replay_jobs_and_the_controller_may_do_what_they_do_and_no_more(cluster:
     assert _can(cluster, *replay, "patch", "trafficreplays.replayops.dev", "--subresource=status", "-n", "shop")
     assert not _can(cluster, *replay, "patch", "trafficreplays.replayops.dev", "-n", "shop")
     assert _can(cluster, *replay, "get", "deployments.apps", "-n", "shop")
-    assert _can(cluster, *replay, "list", "services", "-n", "shop")
+    assert _can(cluster, *replay, "list", "services", "-n", "shop") and _can(cluster, *replay, "list", "events",
+                                                                              "-n", "shop")
     assert not _can(cluster, *replay, "get", "secrets", "-n", "shop")
     assert _can(cluster, "replayops-forwarder", "get", "capturepolicies.replayops.dev", "-n", "shop")

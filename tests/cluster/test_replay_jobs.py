@@ -90,6 +90,15 @@ def get(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
     return cluster.kube.get(API_VERSION, "TrafficReplay", name, ns) or {}
 
 
+def event(cluster: Cluster, ns: str, pod: str, reason: str, when: float) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+    cluster.kube.create({"apiVersion": "v1", "kind": "Event",
+                         "metadata": {"name": f"{pod}.{uuid.uuid4().hex[:8]}", "namespace": ns},
+                         "involvedObject": {"kind": "Pod", "name": pod, "namespace": ns}, "reason": reason,
+                         "message": f"{reason} of {pod}", "type": "Warning", "count": 1,
+                         "firstTimestamp": stamp, "lastTimestamp": stamp})
+
+
 def run_pod(cluster: Cluster, job: dict[str, Any], home: Path) -> subprocess.CompletedProcess[str]:
     """Run the Job's container as the kubelet would: its args, its env (the store volume is ``home``)."""
     [container] = job["spec"]["template"]["spec"]["containers"]
@@ -115,9 +124,14 @@ def test_a_replay_runs_as_a_job_and_its_outcome_lands_in_its_status(
     assert health(script(GROUP, "TrafficReplay"), pending)["status"] == "Progressing"
     assert sync(jobs, namespace) == [], "a pass with nothing to do does nothing"
 
+    event(cluster, namespace, "crash", "BackOff", time.time())
+    event(cluster, namespace, "long-ago", "Pulled", time.time() - 600)
     ran = run_pod(cluster, job, home)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     status = get(cluster, namespace, "smoke")["status"]
+    report = json.loads(Path(status["reportRef"]["path"]).read_text())
+    assert [(e["object"], e["reason"]) for e in report["events"]] == [("Pod/crash", "BackOff")], \
+        "the collector keeps the events of the minute before the run and of the run"
     assert status["phase"] == "Succeeded" and status["observedGeneration"] == 1
     assert status["summary"]["requests"] == 5 and status["summary"]["successRate"] == 1
     assert status["summary"]["goalsMet"] is True
