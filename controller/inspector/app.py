@@ -21,9 +21,10 @@ from controller import converge, desired, rules
 from controller.inspector import view
 from controller.inspector.gitwrite import ChangeError, GitWriter
 from controller.kube import Kube, KubeError
+from controller.reconcile import MANAGED_BY
 from controller.schema import API_VERSION
 
-NAV = (("/workloads", "Workloads"), ("/replays", "Replays"), ("/policies", "Policies"),
+NAV = (("/gitops", "GitOps"), ("/workloads", "Workloads"), ("/replays", "Replays"), ("/policies", "Policies"),
        ("/services", "Services"), ("/secrets", "Secrets"), ("/events", "Events"), ("/snapshots", "Snapshots"))
 
 
@@ -93,6 +94,18 @@ def create_app(deps: Deps) -> Flask:
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/gitops")
+    def gitops() -> str:
+        """Each git source's status ConfigMap: what the controller made of the latest commits."""
+        rows = []
+        for cm in deps.kube.list("v1", "ConfigMap", None, label_selector=f"{MANAGED_BY}=replayops-status"):
+            data = cm.get("data") or {}
+            rows.append((cm["metadata"]["namespace"], cm["metadata"]["name"].removeprefix("replayops-status-"),
+                         data.get("ready", ""), data.get("lastAppliedRevision", ""),
+                         data.get("lastAttemptedRevision", ""), data.get("lastError", "")))
+        return page("table.html", "GitOps sources", table_id="gitops", rows=sorted(rows),
+                    headers=("namespace", "source", "ready", "last applied", "last attempted", "last error"))
 
     @app.get("/workloads")
     def workloads() -> str:

@@ -93,6 +93,8 @@ def test_capture_on_and_off_are_commits_the_controller_converges(setup: Setup) -
     assert "kind: CapturePolicy" in policy and "app: web" in policy
     assert setup.reconciler.reconcile().error == ""
     assert annotations(setup)[CAPTURE] == "web"
+    sha = setup.repo.git("rev-parse", "HEAD")
+    assert f"main@sha1:{sha}" in setup.page("/gitops"), "the page says the commit was applied"
     assert "Capture off" in setup.page("/workloads")
 
     setup.post("/actions/capture", namespace=setup.ns, kind="Deployment", name="web", capture="off")
