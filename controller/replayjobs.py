@@ -22,11 +22,11 @@ from controller import __version__, logs
 from controller.durations import parse_duration
 from controller.kube import Kube, KubeError
 from controller.reconcile import MANAGED_BY
+from controller.rules import TERMINAL_PHASES
 from controller.schema import API_VERSION
 
 log = logs.get("replayjobs")
 
-TERMINAL = frozenset({"Succeeded", "Failed", "Cancelled"})
 JOB_MANAGER = "replayops-replay"
 UID_LABEL = "replayops.dev/replay-uid"
 REPLAY = "replayops.dev/replay"  # annotation: namespace/name of the replay
@@ -115,7 +115,7 @@ def next_status(replay: Mapping[str, Any], job: Mapping[str, Any] | None) -> dic
     generation = int(replay["metadata"].get("generation", 1))
     status = replay.get("status") or {}
     current = status.get("observedGeneration") == generation
-    if current and status.get("phase") in TERMINAL:
+    if current and status.get("phase") in TERMINAL_PHASES:
         return None
     if job is None:
         return {"phase": "Pending", "observedGeneration": generation,
