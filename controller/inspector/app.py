@@ -12,9 +12,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, abort, flash, redirect, render_template, request
+from flask import Flask, Response, abort, flash, redirect, render_template, request, send_file
 from ruamel.yaml import YAML
 
 from controller import converge, desired, rules
@@ -23,6 +24,7 @@ from controller.inspector.gitwrite import ChangeError, GitWriter
 from controller.kube import Kube, KubeError
 from controller.reconcile import MANAGED_BY
 from controller.schema import API_VERSION
+from controller.store import NAME
 
 NAV = (("/gitops", "GitOps"), ("/workloads", "Workloads"), ("/replays", "Replays"), ("/policies", "Policies"),
        ("/services", "Services"), ("/secrets", "Secrets"), ("/events", "Events"), ("/snapshots", "Snapshots"))
@@ -34,6 +36,7 @@ class Deps:
     git: GitWriter
     cluster: str = "local"
     snapshots: Callable[[], list[Any]] = list  # store manifests, when the inspector is given a store
+    reports: Path | None = None  # where replay reports are (<id>/report.html)
 
 
 def _yaml(obj: dict[str, Any]) -> str:
@@ -125,7 +128,18 @@ def create_app(deps: Deps) -> Flask:
     def replays() -> str:
         rows = sorted((view.replay_row(r) for r in listed(API_VERSION, "TrafficReplay")),
                       key=lambda r: (r.namespace, r.name))
-        return page("replays.html", "Replays", rows=rows, snapshots=[m.name for m in deps.snapshots()])
+        return page("replays.html", "Replays", rows=rows, snapshots=[m.name for m in deps.snapshots()],
+                    reports=deps.reports is not None)
+
+    @app.get("/reports/<report_id>")
+    def replay_report(report_id: str) -> Response:
+        """A replay's report.html from the reports directory (ids are store names: no path can escape it)."""
+        if deps.reports is None or not NAME.fullmatch(report_id):
+            abort(404)
+        found = deps.reports / report_id / "report.html"
+        if not found.is_file():
+            abort(404, f"no report {report_id} in {deps.reports}")
+        return send_file(found, mimetype="text/html")
 
     @app.get("/policies")
     def policies() -> str:

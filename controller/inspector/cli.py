@@ -24,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     serve.add_argument("--workdir", type=Path, default=None, help="working copy (default under $REPLAYOPS_HOME)")
     serve.add_argument("--kubeconfig", type=Path, default=None)
     serve.add_argument("--store", type=Path, default=None, help="snapshot store root, to list snapshots")
+    serve.add_argument("--reports", type=Path, default=None,
+                       help="replay reports directory, to show them (default $REPLAYOPS_HOME/reports)")
     serve.set_defaults(func=run)
 
 
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     git = GitWriter(args.repo, args.workdir or paths.home() / "inspector" / "repo", branch=args.branch,
                     path=args.path, author=args.author)
     store = FileStore(args.store) if args.store else None
-    app = create_app(Deps(kube, git, cluster=cluster, snapshots=store.snapshots if store else list))
+    app = create_app(Deps(kube, git, cluster=cluster, snapshots=store.snapshots if store else list,
+                          reports=args.reports or paths.home() / "reports"))
     print(f"inspector on http://{args.host}:{args.port}", file=sys.stderr)
     serve(app, host=args.host, port=args.port, threads=4, ident="replayops-inspector")
     return 0

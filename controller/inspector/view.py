@@ -77,6 +77,7 @@ class ReplayRow:
     p99_ms: float | None
     goals_met: bool | None
     report: str
+    report_id: str
 
 
 def replay_row(replay: Mapping[str, Any]) -> ReplayRow:
@@ -91,6 +92,7 @@ def replay_row(replay: Mapping[str, Any]) -> ReplayRow:
         phase=status.get("phase", "Pending" if status else "New"), message=ready.get("message", ""),
         requests=summary.get("requests"), success_rate=summary.get("successRate"), p99_ms=summary.get("p99Ms"),
         goals_met=summary.get("goalsMet"), report=(status.get("reportRef") or {}).get("path", ""),
+        report_id=(status.get("reportRef") or {}).get("id", ""),
     )
 
 

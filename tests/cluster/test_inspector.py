@@ -41,6 +41,7 @@ class Setup:
     repo: Repo
     client: FlaskClient
     reconciler: Reconciler
+    reports: Path
 
     def page(self, path: str) -> str:
         resp = self.client.get(f"{path}?namespace={self.ns}")
@@ -73,10 +74,10 @@ def setup(cluster: Cluster, namespace: str, tmp_path: Path) -> Setup:
     cluster.kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": namespace},
                          "stringData": {"password": SECRET_VALUE, "user": "app"}})
     git = GitWriter(repo.url, tmp_path / "work")
-    client = create_app(Deps(cluster.kube, git, cluster="test")).test_client()
+    client = create_app(Deps(cluster.kube, git, cluster="test", reports=tmp_path / "reports")).test_client()
     options = Options(name=namespace, namespace=namespace, status_namespace=namespace)
     reconciler = Reconciler(cluster.kube, GitSource(repo.url, cache=tmp_path / "cache"), options)
-    return Setup(cluster, namespace, repo, client, reconciler)
+    return Setup(cluster, namespace, repo, client, reconciler, tmp_path / "reports")
 
 
 def annotations(setup: Setup) -> dict[str, str]:
@@ -131,6 +132,24 @@ def test_replays_start_and_delete_as_commits_and_bad_input_commits_nothing(setup
     setup.post("/actions/replays/delete", namespace=setup.ns, name="smoke")
     assert setup.log()[0] == f"replayops inspector: Delete TrafficReplay {setup.ns}/smoke"
     assert not (setup.repo.path / "replays" / setup.ns / "smoke.yaml").exists()
+
+
+def test_a_replays_report_is_linked_and_served_and_nothing_outside_the_reports_is(setup: Setup) -> None:
+    report_id = "web-1-20261122-063000-123"
+    (setup.reports / report_id).mkdir(parents=True)
+    (setup.reports / report_id / "report.html").write_text("<h1>Replay web-1-20261122: goals met</h1>")
+    (setup.reports.parent / "secret.txt").write_text("not a report")
+    setup.cluster.kube.create({"apiVersion": "replayops.dev/v1alpha1", "kind": "TrafficReplay",
+                               "metadata": {"name": "done", "namespace": setup.ns},
+                               "spec": {"snapshot": "web-1", "target": {"url": "http://web"}}})
+    setup.cluster.kube.apply_status({"apiVersion": "replayops.dev/v1alpha1", "kind": "TrafficReplay",
+                                     "metadata": {"name": "done", "namespace": setup.ns},
+                                     "status": {"phase": "Succeeded", "reportRef": {"id": report_id}}})
+    assert f'<a href="/reports/{report_id}">' in setup.page("/replays")
+    assert "goals met" in setup.client.get(f"/reports/{report_id}").get_data(as_text=True)
+    for bad in ("..%2Fsecret.txt", "nope-1", "%2E%2E", "Web-1"):
+        resp = setup.client.get(f"/reports/{bad}")
+        assert resp.status_code == 404 and "not a report" not in resp.get_data(as_text=True), bad
 
 
 def test_secrets_show_names_and_keys_never_values(setup: Setup) -> None:
