@@ -57,13 +57,48 @@ def job_name(replay: Mapping[str, Any]) -> str:
     return f"replay-{meta['name'][:40].rstrip('-.')}-{digest}"
 
 
+MOCKS_PORT = 9300
+MOCKS_DEADLINE_MARGIN_S = 300
+
+
+def mocks_only(replay: Mapping[str, Any]) -> bool:
+    return (replay.get("spec") or {}).get("mode") == "mocks-only"
+
+
+def mocks_url(replay: Mapping[str, Any], config: JobConfig) -> str:
+    """Where a mocks-only replay's mocks answer: its Service, named as its Job."""
+    return f"http://{job_name(replay)}.{config.namespace}.svc:{MOCKS_PORT}"
+
+
+def render_service(replay: Mapping[str, Any], config: JobConfig, job_uid: str) -> dict[str, Any]:
+    """The Service in front of a mocks-only replay's pod, owned by its Job (deleted with it)."""
+    name = job_name(replay)
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": config.namespace,
+                         "labels": {MANAGED_BY: JOB_MANAGER, UID_LABEL: replay["metadata"]["uid"]},
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                                              "uid": job_uid}]},
+            "spec": {"selector": {UID_LABEL: replay["metadata"]["uid"]},
+                     "ports": [{"name": "mocks", "port": MOCKS_PORT, "targetPort": "mocks"}]}}
+
+
 def render(replay: Mapping[str, Any], config: JobConfig) -> dict[str, Any]:
-    """The Job that runs ``replay``."""
+    """The Job that runs ``replay``: the generator, or for mocks-only the responder."""
     meta, spec = replay["metadata"], replay.get("spec") or {}
     labels = {MANAGED_BY: JOB_MANAGER, UID_LABEL: meta["uid"], "app.kubernetes.io/part-of": "replayops"}
+    ref = f"{meta['namespace']}/{meta['name']}"
+    if mocks_only(replay):
+        work: dict[str, Any] = {"args": ["mock", "--resource", ref, "--listen", str(MOCKS_PORT), "--host", "0.0.0.0",
+                                         "--url", mocks_url(replay, config)],
+                                "ports": [{"name": "mocks", "containerPort": MOCKS_PORT}],
+                                "readinessProbe": {"httpGet": {"path": "/__replayops/status", "port": "mocks"}}}
+    else:
+        work = {"args": ["replay", "--resource", ref, "--no-progress"]}
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
-        "activeDeadlineSeconds": max(1, int(parse_duration(spec.get("timeout") or "30m") or 1800)),
+        # mocks serve for the timeout and stop by themselves: their deadline leaves room for the pod's start
+        "activeDeadlineSeconds": max(1, int(parse_duration(spec.get("timeout") or "30m") or 1800))
+        + (MOCKS_DEADLINE_MARGIN_S if mocks_only(replay) else 0),
         "template": {
             "metadata": {"labels": labels, "annotations": {"sidecar.replayops.dev/inject": "false"}},
             "spec": {
@@ -74,7 +109,7 @@ def render(replay: Mapping[str, Any], config: JobConfig) -> dict[str, Any]:
                 "containers": [{
                     "name": "replay",
                     "image": config.image,
-                    "args": ["replay", "--resource", f"{meta['namespace']}/{meta['name']}", "--no-progress"],
+                    **work,
                     "env": [{"name": "REPLAYOPS_HOME", "value": config.home}],
                     "resources": {"requests": {"cpu": config.cpu, "memory": config.memory},
                                   "limits": {"memory": config.memory}},
@@ -173,8 +208,11 @@ class ReplayJobs:
             return []
         out = []
         if job is None:
-            self.kube.apply(render(replay, self.config))
+            created = self.kube.apply(render(replay, self.config))
             out.append(f"created Job {job_name(replay)} for TrafficReplay {ref}")
+            if mocks_only(replay):
+                self.kube.apply(render_service(replay, self.config, created["metadata"]["uid"]))
+                out.append(f"created Service {job_name(replay)} for the mocks of TrafficReplay {ref}")
         self.kube.apply_status({"apiVersion": API_VERSION, "kind": "TrafficReplay",
                                 "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
                                 "status": status})

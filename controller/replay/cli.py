@@ -79,7 +79,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.set_defaults(func=run_replay)
 
     m = sub.add_parser("mock", help="serve a snapshot's outbound calls as mocks")
-    m.add_argument("snapshot")
+    m.add_argument("snapshot", nargs="?", help="the snapshot (default with --resource: its spec.snapshot)")
+    m.add_argument("--resource", metavar="NAMESPACE/NAME", type=_resource,
+                   help="serve a mocks-only TrafficReplay from the cluster for its duration, with its status")
+    m.add_argument("--url", help="with --resource: the address others reach these mocks at (for the status)")
+    m.add_argument("--kubeconfig", type=Path, help="cluster access for --resource")
     m.add_argument("--listen", type=int, required=True)
     m.add_argument("--host", default="127.0.0.1")
     m.add_argument("--tls-listen", type=int)
@@ -195,7 +199,7 @@ def _run_resource(args: argparse.Namespace) -> int:
         snapshot = args.snapshot or spec.get("snapshot", "")
         spec["snapshot"] = snapshot
         target = args.target or targets.resolve(kube, namespace, spec)
-        kube.apply_status(status.running(generation, target))
+        kube.apply_status(status.running(generation, f"replaying against {target}"))
         outcome = _replay(args, spec, snapshot, target,
                           events=lambda since, until: collect.events(kube, namespace, spec, since, until))
         kube.apply_status(status.finished(generation, outcome))
@@ -306,6 +310,17 @@ def _mock_process(args: argparse.Namespace, ready: Any) -> None:
 
 def run_mock(args: argparse.Namespace) -> int:
     logs.setup("WARNING")
+    if args.resource:
+        return _mock_resource(args)
+    if not args.snapshot:
+        print("replayops mock: give SNAPSHOT, or --resource NAMESPACE/NAME", file=sys.stderr)
+        return 2
+    return _serve_mocks(args)
+
+
+def _serve_mocks(args: argparse.Namespace, serve_for: float | None = None,
+                 before_stop: Callable[[], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, or for ``serve_for`` seconds (then ``before_stop`` runs first)."""
     try:
         manifest = FileStore(args.store).manifest(args.snapshot)
     except StoreError as exc:
@@ -328,13 +343,62 @@ def run_mock(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    until = time.monotonic() + serve_for if serve_for is not None else None
     while not stop.is_set() and any(p.is_alive() for p in procs):
-        stop.wait(0.5)
+        if until is not None and time.monotonic() >= until:
+            if before_stop:
+                before_stop()
+            break
+        stop.wait(0.5 if until is None else max(0.0, min(0.5, until - time.monotonic())))
     for p in procs:
         if p.pid:
             os.kill(p.pid, signal.SIGTERM)
         p.join(10)
     return 0
+
+
+def _mock_resource(args: argparse.Namespace) -> int:
+    """A mocks-only TrafficReplay: its snapshot's outbound calls, served with its mocks settings for its
+    timeout; Running, then Succeeded with the match rate."""
+    import urllib.request
+
+    from controller.kube import KubeError, connect
+
+    namespace, name = args.resource
+    status = resource_status.Writer(namespace, name)
+    try:
+        kube = connect(args.kubeconfig)
+        replay = kube.get(schema.API_VERSION, "TrafficReplay", name, namespace)
+    except (KubeError, OSError, ValueError) as exc:
+        print(f"replayops mock: {exc}", file=sys.stderr)
+        return 2
+    if replay is None:
+        print(f"replayops mock: TrafficReplay {namespace}/{name} does not exist", file=sys.stderr)
+        return 2
+    spec, generation = replay.get("spec") or {}, int(replay["metadata"].get("generation", 1))
+    mocks = spec.get("mocks") or {}
+    match, timing = mocks.get("match") or {}, mocks.get("timing") or {}
+    args.snapshot = args.snapshot or spec.get("snapshot")
+    args.ignore_header += match.get("ignoreHeaders") or []
+    args.ignore_query += match.get("ignoreQueryKeys") or []
+    args.ignore_json_path += match.get("ignoreJsonPaths") or []
+    args.no_fuzzy = args.no_fuzzy or match.get("fuzzy") is False
+    args.on_miss = mocks.get("onMiss", args.on_miss)
+    args.timing, args.multiplier = timing.get("mode", args.timing), timing.get("multiplier", args.multiplier)
+    serve_for = parse_duration(spec.get("timeout") or "30m") or 1800.0  # the Job's deadline leaves a margin
+    where = args.url or f"http://{args.host}:{args.listen}"
+    rate: list[float] = []
+
+    def measure() -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{args.listen}/__replayops/status", timeout=5) as resp:
+            rate.append(float(json.load(resp)["matchRate"]))
+
+    kube.apply_status(status.running(generation, f"serving the recorded outbound calls of {args.snapshot} at "
+                                                 f"{where} for {serve_for:g}s", reason="ServingMocks"))
+    code = _serve_mocks(args, serve_for, measure)
+    kube.apply_status(status.mocks_served(generation, serve_for, rate[0] if rate else None) if code == 0 else
+                      status.finished(generation, Outcome(code, error=f"snapshot {args.snapshot} not served")))
+    return code
 
 
 def run_report(args: argparse.Namespace) -> int:

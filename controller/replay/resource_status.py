@@ -32,10 +32,16 @@ class Writer:
         return {"type": "Ready", "status": "True" if ok else "False", "reason": reason, "message": message,
                 "observedGeneration": generation, "lastTransitionTime": _now()}
 
-    def running(self, generation: int, target: str) -> dict[str, Any]:
+    def running(self, generation: int, what: str, reason: str = "Running") -> dict[str, Any]:
         return self._body({"phase": "Running", "observedGeneration": generation, "startTime": _now(),
-                           "conditions": [self._ready(False, "Running", f"replaying against {target}",
-                                                      generation)]})
+                           "conditions": [self._ready(False, reason, what, generation)]})
+
+    def mocks_served(self, generation: int, seconds: float, match_rate: float | None) -> dict[str, Any]:
+        """A mocks-only replay that served its time; the match rate is of the requests the mocks saw."""
+        summary = {} if match_rate is None else {"mockMatchRate": round(match_rate, 4)}
+        return self._body({"phase": "Succeeded", "observedGeneration": generation, "finishTime": _now(),
+                           "summary": summary, "conditions": [self._ready(
+                               True, "MocksServed", f"served mocks for {seconds:g}s", generation)]})
 
     def finished(self, generation: int, outcome: Outcome) -> dict[str, Any]:
         """Succeeded with the summary and report when the replay ran (goals met or not); Failed otherwise."""

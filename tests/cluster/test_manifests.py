@@ -71,6 +71,7 @@ def test_replay_jobs_and_the_controller_may_do_what_they_do_and_no_more(cluster:
     for verb in ("create", "list", "watch", "delete"):
         assert _can(cluster, "replayops-controller", verb, "jobs.batch", *ns), verb
     assert not _can(cluster, "replayops-controller", "create", "jobs.batch", "-n", "shop")
+    assert _can(cluster, "replayops-controller", "create", "services", *ns)
     token = "secrets/replayops-forwarder-token"
     assert _can(cluster, "replayops-controller", "get", token, "-n", "shop")
     assert _can(cluster, "replayops-controller", "patch", token, "-n", "shop")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from controller.capture import rrpair
+from controller.devcluster.cluster import free_port
 from controller.replay import target as targets
 from controller.replayjobs import JobConfig, ReplayJobs, job_name
 from controller.schema import API_VERSION, GROUP
@@ -27,6 +29,7 @@ from controller.store import FileStore, Manifest
 from controller.webhook import register
 from tests.argo_health import health, script
 from tests.conftest import Cluster
+from tests.helpers import wait_200
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +66,11 @@ def home(tmp_path: Path) -> Path:
                            response_body=b'{"price": 2}', started=now + i, finished=now + i, direction="inbound",
                            service="svc") for i in range(5)]
     FileStore(tmp_path / "store").write_snapshot(Manifest(name="quotes"), records)
+    calls = [rrpair.make(method="GET", url="http://pricing/api/price?item=apple", request_headers=[],
+                         request_body=None, status=200, response_headers=[["Content-Type", "application/json"]],
+                         response_body=b'{"price": 2}', started=now, finished=now, direction="outbound",
+                         service="svc")]
+    FileStore(tmp_path / "store").write_snapshot(Manifest(name="pricing"), calls)
     return tmp_path
 
 
@@ -179,6 +187,47 @@ def test_a_job_past_its_deadline_fails_the_replay_and_a_new_generation_runs_agai
         f"created Job {job_name(second)} for TrafficReplay {namespace}/slow",
         f"deleted Job {job_name(first)} of {namespace}/slow"])
     assert get(cluster, namespace, "slow")["status"]["phase"] == "Pending"
+
+
+def test_a_mocks_only_replay_serves_its_snapshot_behind_a_service_until_its_timeout(
+        cluster: Cluster, namespace: str, jobs: ReplayJobs, home: Path) -> None:
+    created = replay(cluster, namespace, "mocks", {"url": "http://unused"}, snapshot="pricing", mode="mocks-only",
+                     timeout="4s")
+    name = job_name(created)
+    assert sync(jobs, namespace) == [f"created Job {name} for TrafficReplay {namespace}/mocks",
+                                     f"created Service {name} for the mocks of TrafficReplay {namespace}/mocks"]
+    job = cluster.kube.get("batch/v1", "Job", name, jobs.config.namespace) or {}
+    assert job["spec"]["activeDeadlineSeconds"] == 4 + 300, "the mocks stop at the timeout; the deadline is later"
+    svc = cluster.kube.get("v1", "Service", name, jobs.config.namespace) or {}
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"], "deleted with its Job"
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in svc["spec"]["selector"].items())
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["ports"][0]["containerPort"] == svc["spec"]["ports"][0]["port"] == 9300
+    url = f"http://{name}.{jobs.config.namespace}.svc:9300"
+    assert container["args"][:2] == ["mock", "--resource"] and container["args"][-1] == url
+
+    port = free_port()
+    args = [str(port) if a == "9300" else a for a in container["args"]]
+    env = {**os.environ, "REPLAYOPS_HOME": str(home), "KUBECONFIG": str(cluster.kubeconfig)}
+    pod = subprocess.Popen([sys.executable, "-m", "controller.cli", *args], env=env, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while get(cluster, namespace, "mocks")["status"].get("phase") != "Running":
+            assert time.monotonic() < deadline and pod.poll() is None, pod.stdout.read() if pod.stdout else ""
+            time.sleep(0.1)
+        assert url in get(cluster, namespace, "mocks")["status"]["conditions"][0]["message"]
+        wait_200(f"http://127.0.0.1:{port}/__replayops/status")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/price?item=apple", timeout=5) as answer:
+            assert json.load(answer) == {"price": 2}
+        assert pod.wait(30) == 0
+    finally:
+        pod.kill()
+    done = get(cluster, namespace, "mocks")
+    assert done["status"]["phase"] == "Succeeded" and done["status"]["summary"]["mockMatchRate"] == 1
+    assert health(script(GROUP, "TrafficReplay"), done) == {
+        "status": "Healthy", "message": "Replay finished: 100.0% of mock requests matched"}
 
 
 def test_a_workload_target_resolves_to_the_service_selecting_it_or_fails_the_replay_naming_it(

@@ -25,6 +25,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
      "argument --cert-sync-interval: 'soon' is not a number of seconds"),
     (("replay", "--resource", "just-a-name"), "argument --resource: 'just-a-name' is not NAMESPACE/NAME"),
     (("replay", "snapshot-only"), "give SNAPSHOT and --target, or --resource NAMESPACE/NAME"),
+    (("mock", "--listen", "9300"), "give SNAPSHOT, or --resource NAMESPACE/NAME"),
 ])
 def test_bad_flags_are_refused_by_name(args: tuple[str, ...], says: str) -> None:
     out = cli(*args)

@@ -26,6 +26,9 @@ local function figures(summary)
   if summary.mismatches ~= nil and summary.mismatches > 0 then
     table.insert(parts, string.format("%d mismatches", summary.mismatches))
   end
+  if summary.mockMatchRate ~= nil then
+    table.insert(parts, string.format("%.1f%% of mock requests matched", summary.mockMatchRate * 100))
+  end
   return table.concat(parts, ", ")
 end
 
@@ -67,8 +70,9 @@ elseif phase == "Succeeded" then
     hs.status = "Degraded"
     hs.message = "Replay finished, goals not met: " .. figures(summary)
   else
+    local done = figures(summary)
     hs.status = "Healthy"
-    hs.message = "Replay finished: " .. figures(summary)
+    hs.message = "Replay finished: " .. ((done ~= "" and done) or said or "done")
   end
 elseif phase == "Failed" then
   hs.status = "Degraded"
