@@ -176,23 +176,35 @@ def run_replay(args: argparse.Namespace) -> int:
     return outcome.code
 
 
+def _fetch_resource(args: argparse.Namespace, command: str) -> tuple[Any, dict[str, Any]] | None:
+    """A client and the TrafficReplay ``--resource`` names; None (the reason printed) when unreachable."""
+    from controller.kube import KubeError, connect
+
+    namespace, name = args.resource
+    try:
+        kube = connect(args.kubeconfig)
+        replay = kube.get(schema.API_VERSION, "TrafficReplay", name, namespace)
+    except (KubeError, OSError, ValueError) as exc:
+        print(f"replayops {command}: {exc}", file=sys.stderr)
+        return None
+    if replay is None:
+        print(f"replayops {command}: TrafficReplay {namespace}/{name} does not exist", file=sys.stderr)
+        return None
+    return kube, replay
+
+
 def _run_resource(args: argparse.Namespace) -> int:
     """Run a TrafficReplay from the cluster; its status says Running, then how it ended."""
-    from controller.kube import KubeError, connect
+    from controller.kube import KubeError
     from controller.replay import collect
     from controller.replay import target as targets
 
     namespace, name = args.resource
     status = resource_status.Writer(namespace, name)
-    try:
-        kube = connect(args.kubeconfig)
-        replay = kube.get(schema.API_VERSION, "TrafficReplay", name, namespace)
-    except (KubeError, OSError, ValueError) as exc:
-        print(f"replayops replay: {exc}", file=sys.stderr)
+    found = _fetch_resource(args, "replay")
+    if found is None:
         return 2
-    if replay is None:
-        print(f"replayops replay: TrafficReplay {namespace}/{name} does not exist", file=sys.stderr)
-        return 2
+    kube, replay = found
     spec = dict(replay.get("spec") or {})
     generation = int(replay["metadata"].get("generation", 1))
     try:
@@ -362,19 +374,12 @@ def _mock_resource(args: argparse.Namespace) -> int:
     timeout; Running, then Succeeded with the match rate."""
     import urllib.request
 
-    from controller.kube import KubeError, connect
-
     namespace, name = args.resource
     status = resource_status.Writer(namespace, name)
-    try:
-        kube = connect(args.kubeconfig)
-        replay = kube.get(schema.API_VERSION, "TrafficReplay", name, namespace)
-    except (KubeError, OSError, ValueError) as exc:
-        print(f"replayops mock: {exc}", file=sys.stderr)
+    found = _fetch_resource(args, "mock")
+    if found is None:
         return 2
-    if replay is None:
-        print(f"replayops mock: TrafficReplay {namespace}/{name} does not exist", file=sys.stderr)
-        return 2
+    kube, replay = found
     spec, generation = replay.get("spec") or {}, int(replay["metadata"].get("generation", 1))
     mocks = spec.get("mocks") or {}
     match, timing = mocks.get("match") or {}, mocks.get("timing") or {}
