@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from controller import paths, schema
-from controller.devcluster import DevClusterError, pid_alive, read_state, stop_pid
+from controller.devcluster import DevClusterError, pid_alive, stop_pid
 from controller.devcluster import cli as dev_cli
-from controller.devcluster.cluster import free_port, spawn_service
+from controller.devcluster.cluster import free_port, recorded_service, spawn_service
 from controller.kube import Kube, KubeError, connect
 from controller.webhook import register
 
@@ -28,13 +28,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def _start_webhook(kube: Kube, kubeconfig: Path, workdir: Path, port: int) -> str:
     """Run the webhook detached on loopback, registered with the apiserver; reuse a running one."""
-    state = read_state(workdir) or {"procs": []}
-    for proc in state["procs"]:  # type: ignore[attr-defined]
-        if proc["name"] == "webhook":
-            if pid_alive(int(proc["pid"])):
-                register.wait_until_called(kube)
-                return f"running (pid {proc['pid']})"
-            stop_pid(int(proc["pid"]), timeout=1)
+    pid = recorded_service(workdir, "webhook")
+    if pid is not None:
+        if pid_alive(pid):
+            register.wait_until_called(kube)
+            return f"running (pid {pid})"
+        stop_pid(pid, timeout=1)
     port = port or free_port()
     argv = [sys.executable, "-m", "controller.cli", "webhook", "serve", "--port", str(port),
             "--host", "127.0.0.1", "--cert-dir", str(workdir / "webhook-certs"),
@@ -58,10 +57,9 @@ def _seed_repo(repo_dir: Path) -> str:
 
 
 def _start_controller(kube: Kube, kubeconfig: Path, workdir: Path) -> str:
-    state = read_state(workdir) or {"procs": []}
-    for proc in state["procs"]:  # type: ignore[attr-defined]
-        if proc["name"] == "controller" and pid_alive(int(proc["pid"])):
-            return f"running (pid {proc['pid']})"
+    pid = recorded_service(workdir, "controller")
+    if pid is not None and pid_alive(pid):
+        return f"running (pid {pid})"
     repo = _seed_repo(workdir / "gitops-repo")
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "replayops-system"}})
     argv = [sys.executable, "-m", "controller.cli", "controller", "run", "--repo", repo, "--branch", "main",
@@ -72,10 +70,9 @@ def _start_controller(kube: Kube, kubeconfig: Path, workdir: Path) -> str:
 
 
 def _start_inspector(kubeconfig: Path, workdir: Path, port: int) -> str:
-    state = read_state(workdir) or {"procs": []}
-    for proc in state["procs"]:  # type: ignore[attr-defined]
-        if proc["name"] == "inspector" and pid_alive(int(proc["pid"])):
-            return f"running (pid {proc['pid']})"
+    pid = recorded_service(workdir, "inspector")
+    if pid is not None and pid_alive(pid):
+        return f"running (pid {pid})"
     port = port or free_port()
     argv = [sys.executable, "-m", "controller.cli", "inspector", "serve", "--port", str(port),
             "--repo", _seed_repo(workdir / "gitops-repo"), "--workdir", str(workdir / "inspector-work"),

@@ -289,6 +289,12 @@ def read_state(workdir: Path) -> dict[str, object] | None:
         return None
 
 
+def recorded_service(workdir: Path, name: str) -> int | None:
+    """The pid ``spawn_service`` recorded for ``name`` (alive or not), or None."""
+    state = read_state(workdir) or {"procs": []}
+    return next((int(p["pid"]) for p in state["procs"] if p["name"] == name), None)  # type: ignore[attr-defined]
+
+
 def spawn_service(workdir: Path, name: str, argv: list[str]) -> Proc:
     """Start a detached long-running process beside a cluster (the webhook, the controller) and record
     it in the cluster's state, so ``replayops dev down`` stops it too."""
