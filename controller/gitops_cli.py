@@ -88,7 +88,7 @@ def run_validate(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"replayops validate: {exc}", file=sys.stderr)
         return 2
-    offline = rules.StaticLookup(workloads=None, replays={}, namespaces={}, snapshots=None)
+    offline = rules.StaticLookup.offline()
     try:
         state = desired.build(files, lookup=offline, namespace=args.namespace)
     except desired.InvalidRevision as exc:

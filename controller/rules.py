@@ -191,6 +191,11 @@ class StaticLookup:
     snapshots: set[str] | None = None  # None: no store to ask
     finished: dict[str, set[str]] | None = None  # namespace → names of finished replays; None: unknown
 
+    @classmethod
+    def offline(cls) -> StaticLookup:
+        """Knowing nothing of a cluster or store: what ``replayops validate`` and the inspector check with."""
+        return cls(workloads=None, replays={}, namespaces={}, snapshots=None)
+
     def workload_exists(self, namespace: str, kind: str, name: str) -> bool | None:
         return None if self.workloads is None else (namespace, kind, name) in self.workloads
 

@@ -51,7 +51,7 @@ def _yaml(obj: dict[str, Any]) -> str:
 
 def _defined_in(git: GitWriter, kind: str, namespace: str, name: str) -> tuple[str, int] | None:
     """The file under the source path that defines the object, and how many objects that file holds."""
-    offline = rules.StaticLookup(workloads=None, replays={}, namespaces={}, snapshots=None)
+    offline = rules.StaticLookup.offline()
     try:
         items = desired.build(git.read(), lookup=offline).items
     except desired.InvalidRevision as exc:

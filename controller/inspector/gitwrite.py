@@ -101,7 +101,7 @@ class GitWriter:
                               f"{pushed.stderr.strip()}")
 
     def _validate(self) -> None:
-        offline = rules.StaticLookup(workloads=None, replays={}, namespaces={}, snapshots=None)
+        offline = rules.StaticLookup.offline()
         try:
             desired.build(desired.read_dir(self.root), lookup=offline)
         except desired.InvalidRevision as exc:

@@ -6,7 +6,7 @@ import pytest
 
 from controller import desired, rules
 
-OFFLINE = rules.StaticLookup(workloads=None, replays={}, namespaces={}, snapshots=None)
+OFFLINE = rules.StaticLookup.offline()
 GOOD = b"""apiVersion: replayops.dev/v1alpha1
 kind: TrafficReplay
 metadata:
