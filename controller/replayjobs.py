@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from controller import __version__, logs
 from controller.durations import parse_duration
 from controller.kube import Kube, KubeError
 from controller.reconcile import MANAGED_BY
+from controller.replay import resource_status
 from controller.rules import TERMINAL_PHASES
 from controller.schema import API_VERSION
 
@@ -44,10 +44,6 @@ class JobConfig:
     home: str = "/var/lib/replayops"
     cpu: str = "500m"
     memory: str = "512Mi"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def job_name(replay: Mapping[str, Any]) -> str:
@@ -132,11 +128,6 @@ def render(replay: Mapping[str, Any], config: JobConfig) -> dict[str, Any]:
             "spec": job_spec}
 
 
-def _condition(reason: str, message: str, generation: int, ready: bool = False) -> dict[str, Any]:
-    return {"type": "Ready", "status": "True" if ready else "False", "reason": reason, "message": message,
-            "observedGeneration": generation, "lastTransitionTime": _now()}
-
-
 def _job_failure(job: Mapping[str, Any]) -> dict[str, Any] | None:
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Failed" and cond.get("status") == "True":
@@ -154,8 +145,8 @@ def next_status(replay: Mapping[str, Any], job: Mapping[str, Any] | None) -> dic
         return None
     if job is None:
         return {"phase": "Pending", "observedGeneration": generation,
-                "conditions": [_condition("JobCreated", f"waiting for Job {job_name(replay)} to start",
-                                          generation)]}
+                "conditions": [resource_status.ready(False, "JobCreated",
+                                                     f"waiting for Job {job_name(replay)} to start", generation)]}
     failed = _job_failure(job)
     if failed is None:
         return None
@@ -163,8 +154,8 @@ def next_status(replay: Mapping[str, Any], job: Mapping[str, Any] | None) -> dic
     message = f"Job {job['metadata']['namespace']}/{job['metadata']['name']} failed: {reason}"
     if failed.get("message"):
         message += f": {failed['message']}"
-    return {"phase": "Failed", "observedGeneration": generation, "finishTime": _now(),
-            "conditions": [_condition(reason, message, generation)]}
+    return {"phase": "Failed", "observedGeneration": generation, "finishTime": resource_status.now(),
+            "conditions": [resource_status.ready(False, reason, message, generation)]}
 
 
 @dataclass

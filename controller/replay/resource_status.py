@@ -1,4 +1,5 @@
-"""The status a replay run writes into its TrafficReplay: Running with its target, then the verdict."""
+"""The status of a TrafficReplay: what a run writes (Running with its target, then the verdict), and the
+Ready condition and timestamps the controller writes too."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ if TYPE_CHECKING:
 SUMMARY_KEYS = ("requests", "successRate", "p50Ms", "p95Ms", "p99Ms", "mismatches", "mockMatchRate")
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ready(ok: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
+    """The Ready condition of a replay at ``generation``."""
+    return {"type": "Ready", "status": "True" if ok else "False", "reason": reason, "message": message,
+            "observedGeneration": generation, "lastTransitionTime": now()}
 
 
 class Writer:
@@ -27,38 +34,33 @@ class Writer:
         return {"apiVersion": API_VERSION, "kind": "TrafficReplay",
                 "metadata": {"name": self.name, "namespace": self.namespace}, "status": status}
 
-    @staticmethod
-    def _ready(ok: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
-        return {"type": "Ready", "status": "True" if ok else "False", "reason": reason, "message": message,
-                "observedGeneration": generation, "lastTransitionTime": _now()}
-
     def running(self, generation: int, what: str, reason: str = "Running") -> dict[str, Any]:
-        return self._body({"phase": "Running", "observedGeneration": generation, "startTime": _now(),
-                           "conditions": [self._ready(False, reason, what, generation)]})
+        return self._body({"phase": "Running", "observedGeneration": generation, "startTime": now(),
+                           "conditions": [ready(False, reason, what, generation)]})
 
     def mocks_served(self, generation: int, seconds: float, match_rate: float | None) -> dict[str, Any]:
         """A mocks-only replay that served its time; the match rate is of the requests the mocks saw."""
         summary = {} if match_rate is None else {"mockMatchRate": round(match_rate, 4)}
-        return self._body({"phase": "Succeeded", "observedGeneration": generation, "finishTime": _now(),
-                           "summary": summary, "conditions": [self._ready(
+        return self._body({"phase": "Succeeded", "observedGeneration": generation, "finishTime": now(),
+                           "summary": summary, "conditions": [ready(
                                True, "MocksServed", f"served mocks for {seconds:g}s", generation)]})
 
     def finished(self, generation: int, outcome: Outcome) -> dict[str, Any]:
         """Succeeded with the summary and report when the replay ran (goals met or not); Failed otherwise."""
         rep = outcome.report
         if rep is None:
-            return self._body({"phase": "Failed", "observedGeneration": generation, "finishTime": _now(),
-                               "conditions": [self._ready(False, "ReplayFailed", outcome.error, generation)]})
+            return self._body({"phase": "Failed", "observedGeneration": generation, "finishTime": now(),
+                               "conditions": [ready(False, "ReplayFailed", outcome.error, generation)]})
         summary: dict[str, Any] = {k: rep["summary"][k] for k in SUMMARY_KEYS if rep["summary"].get(k) is not None}
         summary["goalsMet"] = bool(rep["goalsMet"])
         missed = [g for g in rep.get("goals", []) if not g.get("met")]
         if rep["goalsMet"]:
-            ready = self._ready(True, "GoalsMet", outcome.error or "every goal met", generation)
+            condition = ready(True, "GoalsMet", outcome.error or "every goal met", generation)
         else:
             detail = "; ".join(f"{g.get('goal')}: {g.get('actual')} (limit {g.get('limit')})" for g in missed)
-            ready = self._ready(False, "GoalsNotMet", outcome.error or detail or "goals not met", generation)
+            condition = ready(False, "GoalsNotMet", outcome.error or detail or "goals not met", generation)
         ref = {"id": rep["id"]}
         if outcome.where is not None:
             ref["path"] = str(outcome.where / "report.json")
-        return self._body({"phase": "Succeeded", "observedGeneration": generation, "finishTime": _now(),
-                           "summary": summary, "reportRef": ref, "conditions": [ready]})
+        return self._body({"phase": "Succeeded", "observedGeneration": generation, "finishTime": now(),
+                           "summary": summary, "reportRef": ref, "conditions": [condition]})
