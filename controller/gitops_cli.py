@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--kubeconfig", type=Path, default=None)
     r.add_argument("--no-replays", dest="replays", action="store_false",
                    help="do not run TrafficReplays (another controller runs them)")
-    r.add_argument("--replay-namespace", default="replayops-system", help="where replay Jobs run (beside the "
+    r.add_argument("--replay-namespace", default=JobConfig.namespace, help="where replay Jobs run (beside the "
                    "snapshot store's volume)")
     r.add_argument("--replay-image", default=JobConfig.image, help="image of the replay Jobs")
     r.add_argument("--store-claim", default=JobConfig.store_claim,

@@ -16,6 +16,8 @@ from controller.webhook import certs, register, secret
 from controller.webhook.app import Deps, create_app
 from controller.webhook.serve import WebhookServer
 
+log = logs.get("webhook")
+
 
 def _positive(text: str) -> float:
     try:
@@ -77,9 +79,6 @@ def _snapshot_check(store: Path | None) -> Callable[[str], bool | None]:
         except StoreError:  # not a valid snapshot name: it cannot be there
             return False
     return exists
-
-
-log = logs.get("webhook")
 
 
 def run(args: argparse.Namespace) -> int:

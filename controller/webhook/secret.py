@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,6 @@ class CertSync:
         self.kube, self.namespace, self.name, self.cert_dir = kube, namespace, name, cert_dir
         self.on_ca, self.ips = on_ca, ips
         self.current: Material | None = None
-        self._stop = threading.Event()
 
     def sync(self) -> certs.CertPaths:
         """Fetch (or create) the Secret and bring the cert dir and caBundle up to it."""
@@ -129,18 +129,15 @@ class CertSync:
         return paths
 
     def run(self, interval: float) -> None:
-        """Re-sync every ``interval`` seconds until ``stop``; a failed sync keeps the last good files."""
-        while not self._stop.wait(interval):
+        """Re-sync every ``interval`` seconds for the life of the process; a failed sync keeps the last
+        good files."""
+        while True:
+            time.sleep(interval)
             try:
                 self.sync()
             except (KubeError, ValueError, OSError) as exc:
                 log.error("webhook certificate not synced", extra=logs.fields(
                     secret=f"{self.namespace}/{self.name}", error=str(exc)))
 
-    def start(self, interval: float) -> threading.Thread:
-        thread = threading.Thread(target=self.run, args=(interval,), name="cert-sync", daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self) -> None:
-        self._stop.set()
+    def start(self, interval: float) -> None:
+        threading.Thread(target=self.run, args=(interval,), name="cert-sync", daemon=True).start()
