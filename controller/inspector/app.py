@@ -10,6 +10,7 @@ applies what lands. Forms carry a per-process CSRF token.
 from __future__ import annotations
 
 import secrets
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,15 +113,17 @@ def create_app(deps: Deps) -> Flask:
 
     @app.get("/workloads")
     def workloads() -> str:
-        pods = listed("v1", "Pod")
-        policies: dict[tuple[str, str], dict[str, Any]] = {
-            (p["metadata"]["namespace"], p["metadata"]["name"]): p for p in listed(API_VERSION, "CapturePolicy")}
+        pods: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for pod in listed("v1", "Pod"):
+            pods[pod["metadata"]["namespace"]].append(pod)
+        policies: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for policy in listed(API_VERSION, "CapturePolicy"):
+            policies[policy["metadata"]["namespace"]][policy["metadata"]["name"]] = policy
         rows = []
         for kind in converge.WORKLOAD_KINDS:
             for w in listed("apps/v1", kind):
                 ns = w["metadata"]["namespace"]
-                mine = {name: p for (pns, name), p in policies.items() if pns == ns}
-                rows.append(view.workload_row(kind, w, (p for p in pods if p["metadata"]["namespace"] == ns), mine))
+                rows.append(view.workload_row(kind, w, pods[ns], policies[ns]))
         rows.sort(key=lambda r: (r.namespace, r.kind, r.name))
         return page("workloads.html", "Workloads", rows=rows)
 
@@ -146,7 +149,7 @@ def create_app(deps: Deps) -> Flask:
         rows = []
         for p in listed(API_VERSION, "CapturePolicy"):
             status = p.get("status") or {}
-            ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+            ready = view.ready_condition(status)
             workloads = ", ".join(f"{w['kind']}/{w['name']}" for w in status.get("selectedWorkloads") or [])
             rows.append((p["metadata"]["namespace"], p["metadata"]["name"], workloads or "none",
                          ready.get("status", "Unknown"), ready.get("message", "")))

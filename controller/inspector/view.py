@@ -80,12 +80,17 @@ class ReplayRow:
     report_id: str
 
 
+def ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The Ready condition of one of our objects' status ({} when it has none yet)."""
+    return next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+
+
 def replay_row(replay: Mapping[str, Any]) -> ReplayRow:
     meta, spec, status = replay["metadata"], replay.get("spec") or {}, replay.get("status") or {}
     target = spec.get("target") or {}
     ref = target.get("workloadRef") or {}
     summary = status.get("summary") or {}
-    ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    ready = ready_condition(status)
     return ReplayRow(
         namespace=meta["namespace"], name=meta["name"], snapshot=spec.get("snapshot", ""),
         target=target.get("url") or f"{ref.get('kind', 'Deployment')}/{ref.get('name', '')}",
