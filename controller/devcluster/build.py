@@ -22,7 +22,9 @@ from pathlib import Path
 from controller.devcluster.errors import DevClusterError
 
 K8S_VERSION = "v1.36.3"
-K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager")
+K8S_COMMANDS = (
+    "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy",
+)
 ETCD_PACKAGE = "go.etcd.io/etcd/server/v3"
 BUILD_TIMEOUT_S = 60 * 60
 
@@ -114,13 +116,13 @@ def _ldflags(version: str) -> str:
     return " ".join(flags)
 
 
-def build_kubernetes(version: str = K8S_VERSION) -> tuple[Path, Path]:
-    """Build (or reuse) kube-apiserver and kube-controller-manager; return their paths."""
+def build_kubernetes(version: str = K8S_VERSION) -> tuple[Path, ...]:
+    """Build (or reuse) the K8S_COMMANDS of one release; return their paths in that order."""
     root = cache_root() / "k8s" / version
     bindir, src = root / "bin", root / "src"
     targets = tuple(bindir / c for c in K8S_COMMANDS)
     if all(_version_matches(t, version) for t in targets):
-        return targets  # type: ignore[return-value]
+        return targets
     src.mkdir(parents=True, exist_ok=True)
     _, upstream = _module_gomod("k8s.io/kubernetes", version, src)
     pkgs = [f"k8s.io/kubernetes/cmd/{c}" for c in K8S_COMMANDS]
@@ -136,7 +138,7 @@ def build_kubernetes(version: str = K8S_VERSION) -> tuple[Path, Path]:
     bindir.mkdir(parents=True, exist_ok=True)
     _run(["go", "build", "-trimpath", "-buildvcs=false", "-ldflags", _ldflags(version),
           "-o", str(bindir) + "/", *pkgs], src, f"build kubernetes {version}")
-    return targets  # type: ignore[return-value]
+    return targets
 
 
 def etcd_version_for(k8s_version: str = K8S_VERSION) -> str:
@@ -201,7 +203,7 @@ def ensure_binaries(*, build: bool = True) -> Binaries:
     if found["kube-apiserver"] and found["kube-controller-manager"]:
         apiserver, kcm = found["kube-apiserver"], found["kube-controller-manager"]
     else:
-        apiserver, kcm = build_kubernetes()
+        apiserver, kcm = build_kubernetes()[:2]
     return Binaries(apiserver, kcm, etcd)  # type: ignore[arg-type]
 
 

@@ -1,0 +1,1 @@
+"""The admission flow: the webhook app, sidecar injection, defaulting and the cross-object rules."""
