@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from controller import schema  # noqa: E402
 from controller.devcluster import DevCluster, ensure_binaries, stop_pid  # noqa: E402
 from controller.devcluster.cluster import free_port  # noqa: E402
-from controller.gitsource import GitSource  # noqa: E402
+from controller.gitops.reconcile import Options, Reconciler  # noqa: E402
+from controller.gitops.source import GitSource  # noqa: E402
 from controller.kube import connect  # noqa: E402
-from controller.reconcile import Options, Reconciler  # noqa: E402
 from tests.cluster.test_gitops import replay_yaml  # noqa: E402
 from tests.gitrepo import Repo  # noqa: E402
 

@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import wrk  # noqa: E402
 from controller import schema  # noqa: E402
+from controller.admission import register  # noqa: E402
 from controller.devcluster import DevCluster, ensure_binaries  # noqa: E402
 from controller.devcluster.cluster import free_port  # noqa: E402
 from controller.kube import Kube, connect  # noqa: E402
-from controller.webhook import register  # noqa: E402
 from tests.conftest import Cluster, WebhookProc, start_webhook  # noqa: E402
 
 

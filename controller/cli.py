@@ -6,13 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from controller import gitops_cli, up
+from controller.admission import cli as webhook_cli
 from controller.capture import cli as capture_cli
 from controller.capture import iptables
 from controller.devcluster import cli as dev_cli
+from controller.devcluster import up
+from controller.gitops import cli as gitops_cli
 from controller.inspector import cli as inspector_cli
 from controller.replay import cli as replay_cli
-from controller.webhook import cli as webhook_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

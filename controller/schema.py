@@ -21,11 +21,7 @@ import jsonschema
 from ruamel.yaml import YAML
 
 from controller import paths
-
-GROUP = "replayops.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KINDS = ("TrafficReplay", "CapturePolicy")
+from controller.api import GROUP, KINDS
 
 
 def crds_dir() -> Path:

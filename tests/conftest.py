@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from controller import schema
+from controller.admission import register as webhook_register
 from controller.devcluster import DevCluster, ensure_binaries
 from controller.kube import Kube, connect
-from controller.webhook import register as webhook_register
 
 
 @dataclass

@@ -21,8 +21,8 @@ from typing import Any
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from controller import defaults, inject, logs, rules, schema
-from controller.webhook import review
+from controller import api, logs, schema
+from controller.admission import defaults, inject, review, rules
 
 log = logs.get("webhook")
 
@@ -151,10 +151,10 @@ def _validator(check: Callable[[Mapping[str, Any], rules.Lookup, rules.Limits], 
 
 ROUTES: dict[str, Route] = {
     "/mutate/pods": Route("", "Pod", True, _mutate_pod),
-    "/mutate/trafficreplays": Route(schema.GROUP, "TrafficReplay", False, _mutator(defaults.default_replay)),
-    "/mutate/capturepolicies": Route(schema.GROUP, "CapturePolicy", False, _mutator(defaults.default_policy)),
-    "/validate/trafficreplays": Route(schema.GROUP, "TrafficReplay", False, _validator(rules.check_replay)),
-    "/validate/capturepolicies": Route(schema.GROUP, "CapturePolicy", False, _validator(rules.check_policy)),
+    "/mutate/trafficreplays": Route(api.GROUP, "TrafficReplay", False, _mutator(defaults.default_replay)),
+    "/mutate/capturepolicies": Route(api.GROUP, "CapturePolicy", False, _mutator(defaults.default_policy)),
+    "/validate/trafficreplays": Route(api.GROUP, "TrafficReplay", False, _validator(rules.check_replay)),
+    "/validate/capturepolicies": Route(api.GROUP, "CapturePolicy", False, _validator(rules.check_policy)),
 }
 
 

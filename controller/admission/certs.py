@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller import pki
+from controller.api import SYSTEM_NAMESPACE
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ class CertPaths:
 
 def generate(*, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ("127.0.0.1",)) -> tuple[pki.KeyPair, pki.KeyPair]:
     """A new CA and a serving certificate it signed, for the webhook's Service names, ``dns`` and ``ips``."""
-    default_dns = ("replayops-webhook", "replayops-webhook.replayops-system",
-                   "replayops-webhook.replayops-system.svc", "localhost")
+    default_dns = ("replayops-webhook", f"replayops-webhook.{SYSTEM_NAMESPACE}",
+                   f"replayops-webhook.{SYSTEM_NAMESPACE}.svc", "localhost")
     ca = pki.make_ca("replayops-webhook-ca")
     return ca, pki.issue(ca, "replayops-webhook", dns=tuple(dict.fromkeys(default_dns + dns)), ips=ips)
 

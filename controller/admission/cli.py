@@ -8,13 +8,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from controller import inject, logs, rules
+from controller import logs
+from controller.admission import certs, inject, register, rules, secret
+from controller.admission.app import Deps, create_app
+from controller.admission.lookup import ClusterLookup
+from controller.admission.serve import WebhookServer
+from controller.api import SYSTEM_NAMESPACE
 from controller.kube import KubeError, connect
-from controller.kube.lookup import ClusterLookup
 from controller.store import FileStore, StoreError
-from controller.webhook import certs, register, secret
-from controller.webhook.app import Deps, create_app
-from controller.webhook.serve import WebhookServer
 
 log = logs.get("webhook")
 
@@ -47,8 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        help="keep the certificate in this kubernetes.io/tls Secret (created when absent), shared "
                             "by every replica and re-read every --cert-sync-interval; the files go into --cert-dir")
     serve.add_argument("--cert-secret-namespace", metavar="NS",
-                       default=os.environ.get("POD_NAMESPACE", "replayops-system"),
-                       help="namespace of --cert-secret (default $POD_NAMESPACE or replayops-system)")
+                       default=os.environ.get("POD_NAMESPACE", SYSTEM_NAMESPACE),
+                       help=f"namespace of --cert-secret (default $POD_NAMESPACE or {SYSTEM_NAMESPACE})")
     serve.add_argument("--cert-sync-interval", type=_positive, default=60.0, metavar="SECONDS",
                        help="how often to re-read --cert-secret (default 60)")
     serve.add_argument("--register", metavar="URL", default=None,

@@ -17,21 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller import __version__
+from controller.api import CAPTURE, EXCLUDED_NAMESPACES, INIT, INJECTED, OPT_OUT, PROXY, STATUS, SYSTEM_NAMESPACE
 
-CAPTURE = "replayops.dev/capture"
-CONFIG_HASH = "replayops.dev/config-hash"
-OPT_OUT = "sidecar.replayops.dev/inject"
-INJECTED = "replayops.dev/injected"
-STATUS = "replayops.dev/status"
-PROXY = "replayops-proxy"
-INIT = "replayops-init"
 CA_VOLUME = "replayops-ca"
 CA_DIR = "/etc/replayops/ca"
 RUN_VOLUME = "replayops-run"  # the sidecar's writable state: its root filesystem is read-only
 RUN_DIR = "/var/run/replayops"
 HEALTH_PORT = 15020
 PROXY_UID = 1337
-EXCLUDED_NAMESPACES = frozenset({"kube-system", "replayops-system"})
 
 
 @dataclass(frozen=True)
@@ -40,7 +33,7 @@ class InjectConfig:
 
     image: str = f"ghcr.io/replayops/replayops:{__version__}"
     version: str = __version__
-    forwarder_url: str = "http://replayops-forwarder.replayops-system.svc:8090"
+    forwarder_url: str = f"http://replayops-forwarder.{SYSTEM_NAMESPACE}.svc:8090"
     forwarder_token_secret: str = "replayops-forwarder-token"
     excluded_namespaces: frozenset[str] = EXCLUDED_NAMESPACES
     cpu_request: str = "50m"

@@ -7,12 +7,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from controller.api import ACTIVE_PHASES, API_VERSION, PENDING, TERMINAL_PHASES
 from controller.kube import Kube, KubeError
-from controller.rules import ACTIVE_PHASES, TERMINAL_PHASES
-from controller.schema import API_VERSION
 
 WORKLOAD_API = {"Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1"}
-REPLAYOPS_API = API_VERSION
 
 
 class TTLCache:
@@ -49,11 +47,11 @@ class ClusterLookup:
         return bool(api) and self.kube.get(api, kind, name, namespace) is not None  # type: ignore[arg-type]
 
     def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
-        items = self.kube.list(REPLAYOPS_API, "TrafficReplay", namespace)
-        return [i for i in items if (i.get("status") or {}).get("phase", "Pending") in ACTIVE_PHASES]
+        items = self.kube.list(API_VERSION, "TrafficReplay", namespace)
+        return [i for i in items if (i.get("status") or {}).get("phase", PENDING) in ACTIVE_PHASES]
 
     def finished_replays(self, namespace: str) -> set[str]:
-        return {i["metadata"]["name"] for i in self.kube.list(REPLAYOPS_API, "TrafficReplay", namespace)
+        return {i["metadata"]["name"] for i in self.kube.list(API_VERSION, "TrafficReplay", namespace)
                 if (i.get("status") or {}).get("phase") in TERMINAL_PHASES}
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
@@ -66,7 +64,7 @@ class ClusterLookup:
     def policy(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         def fetch() -> Mapping[str, Any] | None:
             try:
-                return self.kube.get(REPLAYOPS_API, "CapturePolicy", name, namespace)
+                return self.kube.get(API_VERSION, "CapturePolicy", name, namespace)
             except KubeError:
                 return None
         return self._policies.get((namespace, name), fetch)  # type: ignore[no-any-return]

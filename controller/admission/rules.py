@@ -17,13 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from controller.inject import EXCLUDED_NAMESPACES, HEALTH_PORT
+from controller.admission.inject import HEALTH_PORT
+from controller.api import ACTIVE_PHASES, EXCLUDED_NAMESPACES, PENDING
 from controller.policy import selector_matches
 
 OWN_POD_LABELS = ({"app.kubernetes.io/part-of": "replayops", "app.kubernetes.io/name": "replayops-controller"},
                   {"app.kubernetes.io/part-of": "replayops", "app.kubernetes.io/name": "replayops-webhook"})
-ACTIVE_PHASES = ("Pending", "Running")
-TERMINAL_PHASES = ("Succeeded", "Failed", "Cancelled")
 
 
 @dataclass(frozen=True)
@@ -201,7 +200,7 @@ class StaticLookup:
 
     def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
         return [r for r in self.replays.get(namespace, [])
-                if (r.get("status") or {}).get("phase", "Pending") in ACTIVE_PHASES]
+                if (r.get("status") or {}).get("phase", PENDING) in ACTIVE_PHASES]
 
     def finished_replays(self, namespace: str) -> set[str] | None:
         return None if self.finished is None else self.finished.get(namespace, set())

@@ -24,8 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from controller import logs, pki
+from controller.admission import certs
 from controller.kube import Kube, KubeError
-from controller.webhook import certs
 
 log = logs.get("webhook.certs")
 KEYS = ("tls.crt", "tls.key", "ca.crt")

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from controller.webhook.certs import CertPaths, Reloader
+from controller.admission.certs import CertPaths, Reloader
 
 
 def _freeze_loaded(_worker: Any) -> None:

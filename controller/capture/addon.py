@@ -24,7 +24,7 @@ from mitmproxy import http, tls
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controller import logs
-from controller.capture import rrpair
+from controller.store import rrpair
 
 log = logs.get("capture")
 INBOUND_MODES = ("reverse", "transparent")

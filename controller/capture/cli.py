@@ -21,8 +21,8 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from controller import logs, paths
-from controller.capture import dlp, har, rrpair
-from controller.store import FileStore, Manifest, ReadProblem, StoreError
+from controller.capture import dlp, har
+from controller.store import FileStore, Manifest, ReadProblem, StoreError, rrpair
 
 log = logs.get("capture")
 
@@ -181,8 +181,8 @@ def _policies(files: list[Path], kubeconfig: Path | None) -> Any:
                 loaded[f"{meta.get('namespace', 'default')}/{meta['name']}"] = doc
     if loaded or kubeconfig is None:
         return lambda ref: loaded.get(ref)
+    from controller.admission.lookup import ClusterLookup
     from controller.kube import connect
-    from controller.kube.lookup import ClusterLookup
 
     lookup = ClusterLookup(connect(kubeconfig), policy_ttl=10)
     return lambda ref: lookup.policy(*ref.split("/", 1)) if "/" in ref else None

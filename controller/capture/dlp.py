@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from controller.capture import rrpair
+from controller.store import rrpair
 
 DEFAULT_KEYS = ("authorization", "cookie", "set-cookie", "password", "passwd", "token", "secret", "api-key",
                 "apikey", "api_key")

@@ -21,10 +21,10 @@ from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from controller import logs
-from controller.capture import dlp, rrpair
+from controller.capture import dlp
 from controller.capture.filters import Filter
 from controller.durations import parse_duration
-from controller.store import Store
+from controller.store import Store, rrpair
 
 MAX_BODY = 16 * 1024 * 1024
 RETENTION_EVERY = 60.0

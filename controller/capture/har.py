@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import __version__
-from controller.capture import rrpair
+from controller.store import rrpair
 
 
 class HarError(ValueError):

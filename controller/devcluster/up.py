@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 from controller import paths, schema
+from controller.admission import register
+from controller.api import SYSTEM_NAMESPACE
 from controller.devcluster import DevClusterError, pid_alive, stop_pid
 from controller.devcluster import cli as dev_cli
 from controller.devcluster.cluster import free_port, recorded_service, spawn_service
 from controller.kube import Kube, KubeError, connect
-from controller.webhook import register
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -61,7 +62,7 @@ def _start_controller(kube: Kube, kubeconfig: Path, workdir: Path) -> str:
     if pid is not None and pid_alive(pid):
         return f"running (pid {pid})"
     repo = _seed_repo(workdir / "gitops-repo")
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "replayops-system"}})
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}})
     argv = [sys.executable, "-m", "controller.cli", "controller", "run", "--repo", repo, "--branch", "main",
             "--path", ".", "--interval", "10s", "--self-heal", "--prune", "--kubeconfig", str(kubeconfig),
             "--cache", str(workdir / "git-cache")]
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     names = ", ".join(c["metadata"]["name"] for c in schema.load_crds())
     print(f"replayops is up.\n  kubeconfig: {kubeconfig}\n  CRDs installed: {names}\n  webhook: {webhook}\n"
           f"  controller: {controller}\n  inspector: {inspector}\n"
-          "  status: kubectl -n replayops-system get cm replayops-status-default -o yaml\n")
+          f"  status: kubectl -n {SYSTEM_NAMESPACE} get cm replayops-status-default -o yaml\n")
     print("Next:")
     print(f"  export KUBECONFIG={kubeconfig}")
     print("  kubectl get crd | grep replayops")

@@ -14,9 +14,12 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from controller import desired, logs, paths, rules
+from controller import logs, paths
+from controller.admission import rules
+from controller.api import JOB_MANAGER, SYSTEM_NAMESPACE
 from controller.durations import parse_duration
-from controller.replayjobs import JOB_MANAGER, JobConfig, ReplayJobs
+from controller.gitops import desired
+from controller.gitops.replayjobs import JobConfig, ReplayJobs
 
 log = logs.get("controller")
 VOLATILE_META = ("managedFields", "resourceVersion", "generation", "uid", "creationTimestamp")
@@ -57,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--dry-run", action="store_true", help="server-side dry-run only; change nothing")
     r.add_argument("--name", default="default", help="this source's name (labels, status ConfigMap)")
     r.add_argument("--namespace", default="default", help="namespace of objects that name none")
-    r.add_argument("--status-namespace", default="replayops-system")
+    r.add_argument("--status-namespace", default=SYSTEM_NAMESPACE)
     r.add_argument("--allow-kind", action="append", default=[], metavar="APIVERSION/KIND",
                    help="also apply this kind from git (default: v1/Namespace, v1/ConfigMap)")
     r.add_argument("--kubeconfig", type=Path, default=None)
@@ -123,8 +126,8 @@ def _normalise(obj: dict[str, Any] | None) -> str:
 
 
 def run_diff(args: argparse.Namespace) -> int:
+    from controller.admission.lookup import ClusterLookup
     from controller.kube import KubeError, connect
-    from controller.kube.lookup import ClusterLookup
 
 
     try:
@@ -160,12 +163,14 @@ def _serve(app: Any, port: int) -> None:
 def run_controller(args: argparse.Namespace) -> int:
     from prometheus_client import make_wsgi_app
 
-    from controller import receiver
-    from controller.gitsource import Auth, GitSource
-    from controller.kube import KubeError, connect
+    from controller.api import API_VERSION, MANAGED_BY, SOURCE
+    from controller.gitops import receiver
+    from controller.gitops.leader import LeaderElector
+    from controller.gitops.loop import Loop
+    from controller.gitops.reconcile import Metrics, Options, Reconciler
+    from controller.gitops.source import Auth, GitSource
+    from controller.kube import connect
     from controller.kube.watch import Watcher
-    from controller.leader import LeaderElector
-    from controller.reconcile import MANAGED_BY, OUR_API, SOURCE, Metrics, Options, Reconciler
 
     logs.setup()
     allowed = desired.DEFAULT_ALLOWED_KINDS | frozenset(args.allow_kind)
@@ -184,63 +189,28 @@ def run_controller(args: argparse.Namespace) -> int:
     reconciler = Reconciler(kube, source, options, metrics)
     replays = ReplayJobs(kube, JobConfig(namespace=args.replay_namespace, image=args.replay_image,
                                          store_claim=args.store_claim), dry_run=args.dry_run) if args.replays else None
-    stop, wake, fetch_due = threading.Event(), threading.Event(), threading.Event()
-    fetch_due.set()
-
-    def on_push(_ref: str) -> None:
-        fetch_due.set()
-        wake.set()
-
+    elector = LeaderElector(kube, namespace=args.status_namespace, name=f"replayops-controller-{args.name}",
+                            identity=args.identity, lease_seconds=args.lease_seconds) if args.leader_elect else None
+    loop = Loop(reconciler, interval=args.interval, replays=replays, elector=elector, lease_seconds=args.lease_seconds)
     if args.push_port:
         if not args.push_secret_file:
             print("replayops controller run: --push-port needs --push-secret-file", file=sys.stderr)
             return 2
-        _serve(receiver.create_app(args.push_secret_file.read_bytes().strip(), args.branch, on_push), args.push_port)
+        _serve(receiver.create_app(args.push_secret_file.read_bytes().strip(), args.branch, loop.push), args.push_port)
     if args.metrics_port:
         _serve(make_wsgi_app(metrics.registry), args.metrics_port)
     selector = f"{MANAGED_BY}=replayops,{SOURCE}={options.name}"
-    for ref in sorted(allowed | {f"{OUR_API}/CapturePolicy", f"{OUR_API}/TrafficReplay"}):
+    for ref in sorted(allowed | {f"{API_VERSION}/CapturePolicy", f"{API_VERSION}/TrafficReplay"}):
         api, _, kind = ref.rpartition("/")
-        Watcher(kube, api, kind, lambda *_: wake.set(), stop, label_selector=selector).start()
+        Watcher(kube, api, kind, loop.wake, loop.stopping, label_selector=selector).start()
     if replays:  # every replay in the cluster, from our git source or synced by another tool (Argo CD)
-        Watcher(kube, OUR_API, "TrafficReplay", lambda *_: wake.set(), stop).start()
-        Watcher(kube, "batch/v1", "Job", lambda *_: wake.set(), stop,  # its Role covers that namespace only
+        Watcher(kube, API_VERSION, "TrafficReplay", loop.wake, loop.stopping).start()
+        Watcher(kube, "batch/v1", "Job", loop.wake, loop.stopping,  # its Role covers that namespace only
                 label_selector=f"{MANAGED_BY}={JOB_MANAGER}", namespace=args.replay_namespace).start()
-    elector = LeaderElector(kube, namespace=args.status_namespace, name=f"replayops-controller-{args.name}",
-                            identity=args.identity, lease_seconds=args.lease_seconds) if args.leader_elect else None
-
-    def shutdown(*_: Any) -> None:
-        stop.set()
-        wake.set()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
+    signal.signal(signal.SIGTERM, loop.stop)
+    signal.signal(signal.SIGINT, loop.stop)
     log.info("controller started", extra=logs.fields(repo=args.repo, ref=source.ref, path=args.path,
                                                      identity=args.identity))
-    tick = min(args.interval, args.lease_seconds / 3) if elector else args.interval
-    next_fetch = 0.0
-    import time
-
-    while not stop.is_set():
-        try:
-            leading = elector.try_acquire() if elector else True
-        except KubeError as exc:
-            log.error("leader election failed", extra=logs.fields(error=str(exc)))
-            leading = False
-        if leading:
-            fetch = fetch_due.is_set() or time.monotonic() >= next_fetch
-            fetch_due.clear()
-            reconciler.reconcile(fetch=fetch or reconciler.last_applied is None)
-            if replays:
-                try:
-                    replays.sync()
-                except KubeError as exc:
-                    log.error("replays not synced", extra=logs.fields(error=str(exc)))
-            if fetch:
-                next_fetch = time.monotonic() + args.interval
-        wake.wait(timeout=tick)
-        wake.clear()
-    if elector:
-        elector.release()
+    loop.run()
     log.info("controller stopped", extra=logs.fields(identity=args.identity))
     return 0

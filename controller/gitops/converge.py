@@ -12,10 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.inject import CAPTURE, CONFIG_HASH, OPT_OUT
+from controller.api import CAPTURE, CONFIG_HASH, OPT_OUT, WORKLOAD_KINDS
 from controller.policy import config_hash, selector_matches
 
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 OWNED = (CAPTURE, CONFIG_HASH)
 WorkloadKey = tuple[str, str, str]  # (namespace, kind, name)
 

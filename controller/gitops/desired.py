@@ -21,7 +21,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from controller import defaults, rules, schema
+from controller import schema
+from controller.admission import defaults, rules
 
 DEFAULT_ALLOWED_KINDS = frozenset({"v1/Namespace", "v1/ConfigMap"})
 APPLY_ORDER = ("Namespace", "ConfigMap", "CapturePolicy", "TrafficReplay")

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterable
 
 from controller import logs
-from controller.inject import InjectConfig
+from controller.admission.inject import InjectConfig
 from controller.kube import Kube, KubeError
 
 log = logs.get("forwarder-token")

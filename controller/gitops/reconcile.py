@@ -19,30 +19,45 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from controller import converge, defaults, desired, forwardertoken, logs, rules, schema
-from controller.gitsource import GitError, GitSource, Revision
-from controller.inject import CONFIG_HASH, INJECTED
-from controller.kube import FIELD_MANAGER, Kube, KubeError
-from controller.kube.lookup import ClusterLookup
+from controller import logs
+from controller.admission import defaults, rules
+from controller.admission.lookup import ClusterLookup
+from controller.api import (
+    API_VERSION,
+    CONFIG_HASH,
+    CONFLICT,
+    FIELD_MANAGER,
+    INJECTED,
+    MANAGED_BY,
+    PRUNE,
+    READY,
+    RECONCILE_FAILED,
+    RECOVERED,
+    RESTARTED_AT,
+    REVISION,
+    REVISION_APPLIED,
+    REVISION_REJECTED,
+    ROLLED_FOR,
+    SELECTED,
+    SOURCE,
+    SYSTEM_NAMESPACE,
+    WORKLOAD_API,
+    WORKLOAD_KINDS,
+)
+from controller.gitops import converge, desired, forwardertoken
+from controller.gitops.source import GitError, GitSource, Revision
+from controller.kube import Kube, KubeError
 from controller.policy import selector_matches
 
 log = logs.get("reconcile")
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-SOURCE = "replayops.dev/source"
-REVISION = "replayops.dev/revision"
-PRUNE = "replayops.dev/prune"
-ROLLED_FOR = "replayops.dev/rolled-for"
-RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
-WORKLOAD_API = "apps/v1"
-OUR_API = schema.API_VERSION
 
 
 @dataclass(frozen=True)
 class Options:
     name: str = "default"  # this source's name: labels its objects, names its status ConfigMap
     namespace: str = "default"  # for objects that name none
-    status_namespace: str = "replayops-system"
+    status_namespace: str = SYSTEM_NAMESPACE
     self_heal: bool = False
     prune: bool = False
     dry_run: bool = False
@@ -152,7 +167,8 @@ class Reconciler:
         """Every object this source owns in the cluster, by (apiVersion, kind, namespace, name)."""
         selector = f"{MANAGED_BY}=replayops,{SOURCE}={self.options.name}"
         out = {}
-        for kind_ref in sorted(self.options.allowed_kinds | {f"{OUR_API}/CapturePolicy", f"{OUR_API}/TrafficReplay"}):
+        ours = {f"{API_VERSION}/CapturePolicy", f"{API_VERSION}/TrafficReplay"}
+        for kind_ref in sorted(self.options.allowed_kinds | ours):
             api, _, kind = kind_ref.rpartition("/")
             for obj in self.kube.list(api, kind, label_selector=selector):
                 meta = obj["metadata"]
@@ -193,7 +209,7 @@ class Reconciler:
     def _converge(self, state: desired.Desired, out: Outcome) -> None:
         """Capture annotations on selected workloads' templates; policy status lists them."""
         policies = [defaults.default_policy(i.obj) for i in state.of_kind("CapturePolicy")]
-        workloads = [dict(w, kind=kind) for kind in converge.WORKLOAD_KINDS
+        workloads = [dict(w, kind=kind) for kind in WORKLOAD_KINDS
                      for w in self.kube.list(WORKLOAD_API, kind)]
         wanted = converge.plan(policies, workloads)
         for wl in workloads:
@@ -253,25 +269,25 @@ class Reconciler:
                 others = [p for p in wanted.conflicts[(ns, kind, name)] if p != meta["name"]]
                 entry["conflict"] = f"also selected by {', '.join(others)}"
             else:
-                entry["configHash"] = wanted.wanted[(ns, kind, name)][converge.CONFIG_HASH]
+                entry["configHash"] = wanted.wanted[(ns, kind, name)][CONFIG_HASH]
                 entry["stalePods"] = stale.get((ns, kind, name), 0)
             entries.append(entry)
         conflicted = [e for e in entries if "conflict" in e]
         ready = not conflicted
         message = (f"{len(entries)} workloads selected" if ready else
                    "; ".join(f"{e['kind']} {e['name']}: {e['conflict']}" for e in conflicted))
-        live = self.kube.get(OUR_API, "CapturePolicy", meta["name"], meta["namespace"]) or {}
+        live = self.kube.get(API_VERSION, "CapturePolicy", meta["name"], meta["namespace"]) or {}
         old = live.get("status") or {}
-        condition = {"type": "Ready", "status": "True" if ready else "False",
-                     "reason": "Selected" if ready else "Conflict", "message": message,
+        condition = {"type": READY, "status": "True" if ready else "False",
+                     "reason": SELECTED if ready else CONFLICT, "message": message,
                      "observedGeneration": live.get("metadata", {}).get("generation", 0)}
-        previous: dict[str, Any] = next((c for c in old.get("conditions", []) if c.get("type") == "Ready"), {})
+        previous: dict[str, Any] = next((c for c in old.get("conditions", []) if c.get("type") == READY), {})
         same = all(previous.get(k) == v for k, v in condition.items())
         condition["lastTransitionTime"] = previous.get("lastTransitionTime") if same else _now()
         status = {"observedGeneration": condition["observedGeneration"], "selectedCount": len(entries),
                   "selectedWorkloads": entries, "conditions": [condition]}
         if live and not subset(status, old):
-            self.kube.apply_status({"apiVersion": OUR_API, "kind": "CapturePolicy", "metadata": meta,
+            self.kube.apply_status({"apiVersion": API_VERSION, "kind": "CapturePolicy", "metadata": meta,
                                     "status": status})
 
     # -- status ---------------------------------------------------------------------------------
@@ -313,10 +329,10 @@ class Reconciler:
     def _events(self, out: Outcome, ref: dict[str, Any]) -> None:
         """Events only on change or recovery."""
         if out.error and out.error != self._last_error:
-            self.kube.event(ref, reason="RevisionRejected" if out.stalled else "ReconcileFailed",
+            self.kube.event(ref, reason=REVISION_REJECTED if out.stalled else RECONCILE_FAILED,
                             message=out.error, type_="Warning")
         elif not out.error and self._last_error:
-            self.kube.event(ref, reason="Recovered", message=f"applied {out.revision}")
+            self.kube.event(ref, reason=RECOVERED, message=f"applied {out.revision}")
         elif not out.error and (out.applied or out.pruned):
-            self.kube.event(ref, reason="RevisionApplied", message=(
+            self.kube.event(ref, reason=REVISION_APPLIED, message=(
                 f"{out.revision}: {len(out.applied)} applied, {len(out.pruned)} pruned"))

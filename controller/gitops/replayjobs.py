@@ -18,26 +18,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller import __version__, logs
+from controller.api import (
+    API_VERSION,
+    FAILED,
+    GENERATION,
+    JOB_CREATED,
+    JOB_FAILED,
+    JOB_MANAGER,
+    MANAGED_BY,
+    PENDING,
+    REPLAY,
+    SYSTEM_NAMESPACE,
+    TERMINAL_PHASES,
+    UID_LABEL,
+)
 from controller.durations import parse_duration
 from controller.kube import Kube, KubeError
-from controller.reconcile import MANAGED_BY
 from controller.replay import resource_status
-from controller.rules import TERMINAL_PHASES
-from controller.schema import API_VERSION
 
 log = logs.get("replayjobs")
 
-JOB_MANAGER = "replayops-replay"
-UID_LABEL = "replayops.dev/replay-uid"
-REPLAY = "replayops.dev/replay"  # annotation: namespace/name of the replay
-GENERATION = "replayops.dev/replay-generation"
 
 
 @dataclass(frozen=True)
 class JobConfig:
     """Where and how replay Jobs run (the controller's flags)."""
 
-    namespace: str = "replayops-system"
+    namespace: str = SYSTEM_NAMESPACE
     image: str = f"ghcr.io/replayops/replayops:{__version__}"
     service_account: str = "replayops-replay"
     store_claim: str = "replayops-store"
@@ -144,17 +151,17 @@ def next_status(replay: Mapping[str, Any], job: Mapping[str, Any] | None) -> dic
     if current and status.get("phase") in TERMINAL_PHASES:
         return None
     if job is None:
-        return {"phase": "Pending", "observedGeneration": generation,
-                "conditions": [resource_status.ready(False, "JobCreated",
+        return {"phase": PENDING, "observedGeneration": generation,
+                "conditions": [resource_status.ready(False, JOB_CREATED,
                                                      f"waiting for Job {job_name(replay)} to start", generation)]}
     failed = _job_failure(job)
     if failed is None:
         return None
-    reason = str(failed.get("reason") or "JobFailed")
+    reason = str(failed.get("reason") or JOB_FAILED)
     message = f"Job {job['metadata']['namespace']}/{job['metadata']['name']} failed: {reason}"
     if failed.get("message"):
         message += f": {failed['message']}"
-    return {"phase": "Failed", "observedGeneration": generation, "finishTime": resource_status.now(),
+    return {"phase": FAILED, "observedGeneration": generation, "finishTime": resource_status.now(),
             "conditions": [resource_status.ready(False, reason, message, generation)]}
 
 
@@ -207,6 +214,6 @@ class ReplayJobs:
         self.kube.apply_status({"apiVersion": API_VERSION, "kind": "TrafficReplay",
                                 "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
                                 "status": status})
-        if status["phase"] == "Failed":
+        if status["phase"] == FAILED:
             out.append(f"TrafficReplay {ref} failed: {status['conditions'][0]['message']}")
         return out

@@ -19,12 +19,12 @@ from typing import Any
 from flask import Flask, Response, abort, flash, redirect, render_template, request, send_file
 from ruamel.yaml import YAML
 
-from controller import converge, desired, rules
+from controller.admission import rules
+from controller.api import API_VERSION, MANAGED_BY, WORKLOAD_KINDS
+from controller.gitops import desired
 from controller.inspector import view
 from controller.inspector.gitwrite import ChangeError, GitWriter
 from controller.kube import Kube, KubeError
-from controller.reconcile import MANAGED_BY
-from controller.schema import API_VERSION
 from controller.store import NAME
 
 NAV = (("/gitops", "GitOps"), ("/workloads", "Workloads"), ("/replays", "Replays"), ("/policies", "Policies"),
@@ -120,7 +120,7 @@ def create_app(deps: Deps) -> Flask:
         for policy in listed(API_VERSION, "CapturePolicy"):
             policies[policy["metadata"]["namespace"]][policy["metadata"]["name"]] = policy
         rows = []
-        for kind in converge.WORKLOAD_KINDS:
+        for kind in WORKLOAD_KINDS:
             for w in listed("apps/v1", kind):
                 ns = w["metadata"]["namespace"]
                 rows.append(view.workload_row(kind, w, pods[ns], policies[ns]))
@@ -195,8 +195,8 @@ def create_app(deps: Deps) -> Flask:
     @app.post("/actions/capture")
     def capture() -> Response:
         ns, kind, name, want = form("namespace"), form("kind"), form("name"), form("capture")
-        if kind not in converge.WORKLOAD_KINDS or want not in ("on", "off"):
-            abort(400, f"kind must be one of {', '.join(converge.WORKLOAD_KINDS)} and capture on or off")
+        if kind not in WORKLOAD_KINDS or want not in ("on", "off"):
+            abort(400, f"kind must be one of {', '.join(WORKLOAD_KINDS)} and capture on or off")
         workload = deps.kube.get("apps/v1", kind, name, ns)
         if workload is None:
             abort(404, f"{kind} {ns}/{name} does not exist")

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller import desired, logs, rules
+from controller import logs
+from controller.admission import rules
+from controller.gitops import desired
 
 log = logs.get("inspector.git")
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.inject import CAPTURE, CONFIG_HASH, INJECTED, OPT_OUT, PROXY
+from controller.api import CAPTURE, CONFIG_HASH, INJECTED, OPT_OUT, PENDING, PROXY, READY
 from controller.policy import selector_matches
 
 
@@ -82,7 +82,7 @@ class ReplayRow:
 
 def ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any]:
     """The Ready condition of one of our objects' status ({} when it has none yet)."""
-    return next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    return next((c for c in status.get("conditions") or [] if c.get("type") == READY), {})
 
 
 def replay_row(replay: Mapping[str, Any]) -> ReplayRow:
@@ -94,7 +94,7 @@ def replay_row(replay: Mapping[str, Any]) -> ReplayRow:
     return ReplayRow(
         namespace=meta["namespace"], name=meta["name"], snapshot=spec.get("snapshot", ""),
         target=target.get("url") or f"{ref.get('kind', 'Deployment')}/{ref.get('name', '')}",
-        phase=status.get("phase", "Pending" if status else "New"), message=ready.get("message", ""),
+        phase=status.get("phase", PENDING if status else "New"), message=ready.get("message", ""),
         requests=summary.get("requests"), success_rate=summary.get("successRate"), p99_ms=summary.get("p99Ms"),
         goals_met=summary.get("goalsMet"), report=(status.get("reportRef") or {}).get("path", ""),
         report_id=(status.get("reportRef") or {}).get("id", ""),

@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
 
-FIELD_MANAGER = "replayops-controller"
+from controller.api import FIELD_MANAGER
 
 
 class KubeError(RuntimeError):

@@ -21,7 +21,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from controller import logs, schema
+from controller import api, logs, schema
+from controller.api import SERVING_MOCKS
 from controller.durations import parse_duration
 from controller.replay import generator, report, resource_status
 from controller.replay.matcher import Ignore, Matcher
@@ -183,7 +184,7 @@ def _fetch_resource(args: argparse.Namespace, command: str) -> tuple[Any, dict[s
     namespace, name = args.resource
     try:
         kube = connect(args.kubeconfig)
-        replay = kube.get(schema.API_VERSION, "TrafficReplay", name, namespace)
+        replay = kube.get(api.API_VERSION, "TrafficReplay", name, namespace)
     except (KubeError, OSError, ValueError) as exc:
         print(f"replayops {command}: {exc}", file=sys.stderr)
         return None
@@ -405,7 +406,7 @@ def _mock_resource(args: argparse.Namespace) -> int:
             print(f"replayops mock: match rate not read: {exc}", file=sys.stderr)
 
     kube.apply_status(status.running(generation, f"serving the recorded outbound calls of {args.snapshot} at "
-                                                 f"{where} for {serve_for:g}s", reason="ServingMocks"))
+                                                 f"{where} for {serve_for:g}s", reason=SERVING_MOCKS))
     code = _serve_mocks(args, serve_for, measure)
     kube.apply_status(status.mocks_served(generation, serve_for, rate[0] if rate else None) if code == 0 else
                       status.finished(generation, Outcome(code, error=f"snapshot {args.snapshot} not served")))

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.capture import rrpair
 from controller.replay import jsonpath
+from controller.store import rrpair
 
 
 @dataclass(frozen=True)

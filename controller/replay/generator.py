@@ -28,11 +28,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from controller.capture import rrpair
 from controller.durations import parse_duration
 from controller.replay import compare, transforms
 from controller.replay.client import Connection
-from controller.store import FileStore, ReadProblem
+from controller.store import FileStore, ReadProblem, rrpair
 
 EXAMPLES = 3
 

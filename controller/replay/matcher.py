@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from controller.capture import rrpair
 from controller.replay import jsonpath
+from controller.store import rrpair
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from controller.schema import API_VERSION
+from controller.api import (
+    API_VERSION,
+    FAILED,
+    GOALS_MET,
+    GOALS_NOT_MET,
+    MOCKS_SERVED,
+    READY,
+    REPLAY_FAILED,
+    RUNNING,
+    SUCCEEDED,
+)
 
 if TYPE_CHECKING:
     from controller.replay.cli import Outcome
@@ -20,7 +30,7 @@ def now() -> str:
 
 def ready(ok: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
     """The Ready condition of a replay at ``generation``."""
-    return {"type": "Ready", "status": "True" if ok else "False", "reason": reason, "message": message,
+    return {"type": READY, "status": "True" if ok else "False", "reason": reason, "message": message,
             "observedGeneration": generation, "lastTransitionTime": now()}
 
 
@@ -34,33 +44,33 @@ class Writer:
         return {"apiVersion": API_VERSION, "kind": "TrafficReplay",
                 "metadata": {"name": self.name, "namespace": self.namespace}, "status": status}
 
-    def running(self, generation: int, what: str, reason: str = "Running") -> dict[str, Any]:
-        return self._body({"phase": "Running", "observedGeneration": generation, "startTime": now(),
+    def running(self, generation: int, what: str, reason: str = RUNNING) -> dict[str, Any]:
+        return self._body({"phase": RUNNING, "observedGeneration": generation, "startTime": now(),
                            "conditions": [ready(False, reason, what, generation)]})
 
     def mocks_served(self, generation: int, seconds: float, match_rate: float | None) -> dict[str, Any]:
         """A mocks-only replay that served its time; the match rate is of the requests the mocks saw."""
         summary = {} if match_rate is None else {"mockMatchRate": round(match_rate, 4)}
-        return self._body({"phase": "Succeeded", "observedGeneration": generation, "finishTime": now(),
+        return self._body({"phase": SUCCEEDED, "observedGeneration": generation, "finishTime": now(),
                            "summary": summary, "conditions": [ready(
-                               True, "MocksServed", f"served mocks for {seconds:g}s", generation)]})
+                               True, MOCKS_SERVED, f"served mocks for {seconds:g}s", generation)]})
 
     def finished(self, generation: int, outcome: Outcome) -> dict[str, Any]:
         """Succeeded with the summary and report when the replay ran (goals met or not); Failed otherwise."""
         rep = outcome.report
         if rep is None:
-            return self._body({"phase": "Failed", "observedGeneration": generation, "finishTime": now(),
-                               "conditions": [ready(False, "ReplayFailed", outcome.error, generation)]})
+            return self._body({"phase": FAILED, "observedGeneration": generation, "finishTime": now(),
+                               "conditions": [ready(False, REPLAY_FAILED, outcome.error, generation)]})
         summary: dict[str, Any] = {k: rep["summary"][k] for k in SUMMARY_KEYS if rep["summary"].get(k) is not None}
         summary["goalsMet"] = bool(rep["goalsMet"])
         missed = [g for g in rep.get("goals", []) if not g.get("met")]
         if rep["goalsMet"]:
-            condition = ready(True, "GoalsMet", outcome.error or "every goal met", generation)
+            condition = ready(True, GOALS_MET, outcome.error or "every goal met", generation)
         else:
             detail = "; ".join(f"{g.get('goal')}: {g.get('actual')} (limit {g.get('limit')})" for g in missed)
-            condition = ready(False, "GoalsNotMet", outcome.error or detail or "goals not met", generation)
+            condition = ready(False, GOALS_NOT_MET, outcome.error or detail or "goals not met", generation)
         ref = {"id": rep["id"]}
         if outcome.where is not None:
             ref["path"] = str(outcome.where / "report.json")
-        return self._body({"phase": "Succeeded", "observedGeneration": generation, "finishTime": now(),
+        return self._body({"phase": SUCCEEDED, "observedGeneration": generation, "finishTime": now(),
                            "summary": summary, "reportRef": ref, "conditions": [condition]})

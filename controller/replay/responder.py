@@ -25,8 +25,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from controller import logs
-from controller.capture import rrpair
 from controller.replay.matcher import Hit, Matcher, Miss
+from controller.store import rrpair
 
 log = logs.get("responder")
 HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "proxy-connection"}

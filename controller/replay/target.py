@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from controller.api import WORKLOAD_API
 from controller.kube import Kube
-
-WORKLOAD_API = "apps/v1"
 
 
 class TargetError(LookupError):

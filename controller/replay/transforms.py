@@ -114,7 +114,7 @@ class Session:
     def learn(self, recorded: Mapping[str, Any], recorded_req: Mapping[str, Any], status: int,
               headers: Mapping[str, str], body: bytes) -> None:
         """After a response: remember recorded → live values of every extractId."""
-        from controller.capture import rrpair
+        from controller.store import rrpair
 
         for t in self.transforms:
             if t["type"] != "extractId":

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from controller import paths
-from controller.capture import rrpair
+from controller.store import rrpair
 
 NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$")
 SEGMENT_RECORDS = 5000

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.capture import dlp, rrpair
+from controller.capture import dlp
 from controller.capture.forwarder import create_app
-from controller.store import FileStore
+from controller.store import FileStore, rrpair
 
 CARD, CARD2 = "4111 1111 1111 1111", "5500-0000-0000-0004"
 SECRETS = [

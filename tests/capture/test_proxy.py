@@ -19,7 +19,8 @@ from mitmproxy import connection
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy.server_hooks import ClientConnectedHook
 
-from controller import inject, pki
+from controller import pki
+from controller.admission import inject
 from controller.capture.addon import Buffer, CaptureMetrics
 from controller.capture.proxy import CaptureProxy, ProxyConfig
 from controller.devcluster.cluster import free_port
@@ -250,5 +251,5 @@ def test_http2_and_grpc_are_recorded_with_their_bodies(tmp_path: Path) -> None:
     assert by_path["/h2/items"]["protocol"] == "http/2"
     grpc = by_path["/shop.Prices/Get"]
     assert grpc["protocol"] == "grpc"
-    from controller.capture.rrpair import decode_body
+    from controller.store.rrpair import decode_body
     assert decode_body(grpc["request"]) == frame and decode_body(grpc["response"]) == frame

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import defaults, inject
+from controller import api
+from controller.admission import defaults, inject
 from controller.devcluster import stop_pid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,11 +77,11 @@ def _rendered_sidecar(workers: int) -> tuple[list[str], dict[str, str]]:
               "spec": {"selector": {"matchLabels": {"app": "checkout"}}, "outbound": {"enabled": True},
                        "sidecar": {"workers": workers}}}
     pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": "checkout-1", "annotations": {inject.CAPTURE: "checkout"}},
+           "metadata": {"name": "checkout-1", "annotations": {api.CAPTURE: "checkout"}},
            "spec": {"containers": [{"name": "app", "image": "shop/checkout", "ports": [{"containerPort": 8080}]}]}}
     config = inject.InjectConfig(forwarder_url="http://127.0.0.1:8090")
     out = inject.inject(pod, "shop", defaults.default_policy(policy)["spec"], config)
-    sidecar = next(c for c in out["spec"]["initContainers"] if c["name"] == inject.PROXY)
+    sidecar = next(c for c in out["spec"]["initContainers"] if c["name"] == api.PROXY)
     mounts = {m["mountPath"] for m in sidecar["volumeMounts"]}
     assert inject.RUN_DIR in mounts and sidecar["securityContext"]["readOnlyRootFilesystem"] is True
     env = {e["name"]: e["value"] for e in sidecar["env"] if "value" in e}

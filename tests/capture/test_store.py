@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.capture import har, rrpair
-from controller.store import FileStore, Manifest, ReadProblem, StoreError
+from controller.capture import har
+from controller.store import FileStore, Manifest, ReadProblem, StoreError, rrpair
 
 
 def rec(i: int, service: str = "shop", at: float = 100.0) -> dict:  # type: ignore[type-arg]

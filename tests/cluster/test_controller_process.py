@@ -19,7 +19,7 @@ import pytest
 
 from controller.devcluster import pid_alive, stop_pid
 from controller.devcluster.cluster import free_port
-from controller.leader import LeaderElector
+from controller.gitops.leader import LeaderElector
 from tests.cluster.test_gitops import replay_yaml
 from tests.conftest import Cluster
 from tests.gitrepo import Repo

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from controller import schema
+from controller import api, schema
 from controller.kube import KubeError
 from tests.conftest import Cluster
 from tests.crd_cases import INVALID, VALID, policy, replay
@@ -38,7 +38,7 @@ def test_kubectl_get_shows_printer_columns(cluster: Cluster, namespace: str) -> 
 def test_valid_objects_are_accepted_and_defaulted_as_offline(cluster: Cluster, namespace: str,
                                                              name: str) -> None:
     stored = cluster.kube.create(_in(namespace, VALID[name]))
-    spec_schema = schema.schema_for(schema.API_VERSION, VALID[name]["kind"])
+    spec_schema = schema.schema_for(api.API_VERSION, VALID[name]["kind"])
     assert spec_schema is not None
     offline = schema.apply_defaults(spec_schema, copy.deepcopy(VALID[name]))
     assert stored["spec"] == offline["spec"]

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from controller import forwardertoken
-from controller.gitsource import GitSource
-from controller.inject import CAPTURE, CONFIG_HASH
-from controller.reconcile import REVISION, Options, Reconciler
-from controller.schema import GROUP
+from controller.api import CAPTURE, CONFIG_HASH, GROUP, REVISION
+from controller.gitops import forwardertoken
+from controller.gitops.reconcile import Options, Reconciler
+from controller.gitops.source import GitSource
 from tests.argo_health import health, script
 from tests.conftest import Cluster
 from tests.gitrepo import Repo

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from controller.admission import register
+from controller.api import CAPTURE
 from controller.devcluster.cluster import free_port
-from controller.gitsource import GitSource
-from controller.inject import CAPTURE
+from controller.gitops.reconcile import Options, Reconciler
+from controller.gitops.source import GitSource
 from controller.inspector.app import Deps, create_app
 from controller.inspector.gitwrite import GitWriter
-from controller.reconcile import Options, Reconciler
-from controller.webhook import register
 from tests.conftest import Cluster
 from tests.gitrepo import Repo
 from tests.helpers import wait_200

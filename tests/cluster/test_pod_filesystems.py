@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from controller.replayjobs import JobConfig, render
+from controller.gitops.replayjobs import JobConfig, render
 from tests.conftest import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,13 +20,12 @@ from typing import Any
 
 import pytest
 
-from controller.capture import rrpair
+from controller.admission import register
+from controller.api import API_VERSION, GROUP
 from controller.devcluster.cluster import free_port
+from controller.gitops.replayjobs import JobConfig, ReplayJobs, job_name
 from controller.replay import target as targets
-from controller.replayjobs import JobConfig, ReplayJobs, job_name
-from controller.schema import API_VERSION, GROUP
-from controller.store import FileStore, Manifest
-from controller.webhook import register
+from controller.store import FileStore, Manifest, rrpair
 from tests.argo_health import health, script
 from tests.conftest import Cluster
 from tests.helpers import wait_200

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import inject
-from controller.webhook import register
+from controller import api
+from controller.admission import register
 from tests.conftest import Cluster, WebhookProc, start_webhook
 from tests.crd_cases import policy, replay
 
@@ -73,9 +73,9 @@ def test_pod_with_the_capture_annotation_comes_back_with_the_sidecar(
     pod = cluster.kube.get("v1", "Pod", "p1", namespace)
     assert pod is not None
     init = {c["name"]: c for c in pod["spec"]["initContainers"]}
-    assert init[inject.PROXY]["restartPolicy"] == "Always"
-    assert "--tls-unwrap" in init[inject.PROXY]["args"]
-    assert pod["metadata"]["annotations"][inject.INJECTED]
+    assert init[api.PROXY]["restartPolicy"] == "Always"
+    assert "--tls-unwrap" in init[api.PROXY]["args"]
+    assert pod["metadata"]["annotations"][api.INJECTED]
     env = {e["name"] for e in pod["spec"]["containers"][0]["env"]}
     assert {"HTTP_PROXY", "SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS"} <= env
 
@@ -96,7 +96,7 @@ def test_deployment_with_the_annotation_produces_pods_with_the_sidecar(
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "checkout", "namespace": namespace},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "checkout"}},
                  "template": {"metadata": {"labels": {"app": "checkout"},
-                                           "annotations": {inject.CAPTURE: "checkout"}},
+                                           "annotations": {api.CAPTURE: "checkout"}},
                               "spec": {"containers": [{"name": "app", "image": "shop/checkout:1.4",
                                                        "ports": [{"containerPort": 8080}]}]}}}}
     cluster.kube.create(deployment)
@@ -106,8 +106,8 @@ def test_deployment_with_the_annotation_produces_pods_with_the_sidecar(
         timeout=60)
     for pod in pods:
         names = [c["name"] for c in pod["spec"]["initContainers"]]
-        assert names == [inject.PROXY], pod["metadata"]["name"]
-        assert pod["metadata"]["annotations"][inject.INJECTED]
+        assert names == [api.PROXY], pod["metadata"]["name"]
+        assert pod["metadata"]["annotations"][api.INJECTED]
 
 
 def test_capture_policy_with_a_catastrophic_regex_is_refused(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from controller.admission import register
 from controller.kube import KubeError
-from controller.webhook import register
 from tests.conftest import Cluster, start_webhook
 from tests.crd_cases import replay
 

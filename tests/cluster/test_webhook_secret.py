@@ -11,8 +11,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from controller.webhook import register
-from controller.webhook.secret import Material, fetch_or_create
+from controller.admission import register
+from controller.admission.secret import Material, fetch_or_create
 from tests.cluster.test_webhook_tls import _served_serial
 from tests.conftest import Cluster, start_webhook
 

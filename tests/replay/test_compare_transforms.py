@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from controller.capture import rrpair
 from controller.replay import compare, transforms
+from controller.store import rrpair
 
 
 def resp(body: object, status: int = 200, headers: list[list[str]] | None = None) -> dict:  # type: ignore[type-arg]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from controller.capture import rrpair
 from controller.replay.matcher import Hit, Ignore, Matcher, Miss
+from controller.store import rrpair
 
 
 def out(url: str, status: int, body: str = "", method: str = "GET", req_body: bytes = b"") -> dict:  # type: ignore[type-arg]

@@ -19,10 +19,9 @@ from typing import Any
 import pytest
 import requests
 
-from controller.capture import rrpair
 from controller.devcluster import stop_pid
 from controller.devcluster.cluster import free_port
-from controller.store import FileStore, Manifest
+from controller.store import FileStore, Manifest, rrpair
 from tests.helpers import wait_200
 
 ROOT = Path(__file__).resolve().parents[2]

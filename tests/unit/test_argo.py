@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from controller import converge, schema
-from controller.kube import FIELD_MANAGER
-from controller.webhook import register
+from controller import api, schema
+from controller.admission import register
+from controller.api import FIELD_MANAGER
 from tests.argo_health import CUSTOMIZATIONS, ROOT, health, script
 
 ARGO = ROOT / "argo"
@@ -46,9 +46,9 @@ def test_health_check_gives_the_expected_status_for_its_test_data(kind: str, exp
 
 def test_every_kind_has_a_health_check_with_test_data_valid_against_its_crd() -> None:
     kinds = crd_kinds()
-    assert {p.parent.name for p in CUSTOMIZATIONS.glob(f"{schema.GROUP}/*/health.lua")} == set(kinds)
+    assert {p.parent.name for p in CUSTOMIZATIONS.glob(f"{api.GROUP}/*/health.lua")} == set(kinds)
     for kind in kinds:
-        data = sorted(script(schema.GROUP, kind).parent.glob("testdata/*.yaml"))
+        data = sorted(script(api.GROUP, kind).parent.glob("testdata/*.yaml"))
         assert len(data) >= 4, f"{kind}: too little test data"
         for path in data:
             assert schema.validate(load(path)) == [], f"{path} is not a valid {kind}"
@@ -59,16 +59,16 @@ def test_every_phase_and_condition_status_the_schema_allows_has_a_known_health()
     replay_status = crd_kinds()["TrafficReplay"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
         "properties"]["status"]["properties"]
     for phase in replay_status["phase"]["enum"]:
-        obj = {"apiVersion": schema.API_VERSION, "kind": "TrafficReplay", "metadata": {"name": "r", "generation": 1},
+        obj = {"apiVersion": api.API_VERSION, "kind": "TrafficReplay", "metadata": {"name": "r", "generation": 1},
                "status": {"phase": phase, "observedGeneration": 1}}
-        assert health(script(schema.GROUP, "TrafficReplay"), obj)["status"] != "Unknown", phase
+        assert health(script(api.GROUP, "TrafficReplay"), obj)["status"] != "Unknown", phase
     condition = replay_status["conditions"]["items"]["properties"]
     for status in condition["status"]["enum"]:
-        obj = {"apiVersion": schema.API_VERSION, "kind": "CapturePolicy", "metadata": {"name": "p", "generation": 1},
+        obj = {"apiVersion": api.API_VERSION, "kind": "CapturePolicy", "metadata": {"name": "p", "generation": 1},
                "status": {"observedGeneration": 1, "conditions": [
                    {"type": "Ready", "status": status, "reason": "R", "message": "m",
                     "lastTransitionTime": "2026-11-22T06:00:00Z"}]}}
-        assert health(script(schema.GROUP, "CapturePolicy"), obj)["status"] != "Unknown", status
+        assert health(script(api.GROUP, "CapturePolicy"), obj)["status"] != "Unknown", status
 
 
 def test_health_checks_run_without_io_or_os() -> None:
@@ -94,8 +94,8 @@ def test_kustomize_merges_the_health_checks_into_argocd_cm() -> None:
     [cm] = [d for d in docs if d["kind"] == "ConfigMap"]
     assert cm["metadata"]["name"] == "argocd-cm" and cm["metadata"]["namespace"] == "argocd"
     assert cm["metadata"]["labels"]["app.kubernetes.io/part-of"] == "argocd"
-    assert cm["data"] == {f"resource.customizations.health.{schema.GROUP}_{kind}":
-                          script(schema.GROUP, kind).read_text() for kind in crd_kinds()}
+    assert cm["data"] == {f"resource.customizations.health.{api.GROUP}_{kind}":
+                          script(api.GROUP, kind).read_text() for kind in crd_kinds()}
     assert {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] != "ConfigMap"} == {
         ("AppProject", "replayops"), ("Application", "replayops"), ("Application", "replayops-gitops")}
 
@@ -112,7 +112,7 @@ def test_applications_sync_paths_that_exist_and_leave_the_controllers_fields_alo
         assert "RespectIgnoreDifferences=true" in app["spec"]["syncPolicy"]["syncOptions"]
     # what the controller writes onto workloads is not drift
     ignored = {d["kind"]: d.get("managedFieldsManagers") for d in docs["replayops-gitops"]["spec"]["ignoreDifferences"]}
-    assert ignored == {kind: [FIELD_MANAGER] for kind in converge.WORKLOAD_KINDS}
+    assert ignored == {kind: [FIELD_MANAGER] for kind in api.WORKLOAD_KINDS}
     # nor is the CA bundle the webhook patches into its configurations
     webhooks = {(d["kind"], d["metadata"]["name"]) for d in register.configurations(b"ca")}
     ignored_ca = {(d["kind"], d["name"]) for d in docs["replayops"]["spec"]["ignoreDifferences"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller import converge
-from controller.inject import CAPTURE, CONFIG_HASH
+from controller.api import CAPTURE, CONFIG_HASH
+from controller.gitops import converge
 from controller.policy import config_hash
 
 

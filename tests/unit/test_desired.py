@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller import desired, rules
+from controller.admission import rules
+from controller.gitops import desired
 
 OFFLINE = rules.StaticLookup.offline()
 GOOD = b"""apiVersion: replayops.dev/v1alpha1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.gitsource import GitError, GitSource
+from controller.gitops.source import GitError, GitSource
 from tests.gitrepo import Repo
 
 
@@ -92,7 +92,7 @@ def test_fetch_over_git_daemon_on_loopback(tmp_path: Path) -> None:
 
 
 def test_fetch_over_https_with_a_token(tmp_path: Path) -> None:
-    from controller.gitsource import Auth
+    from controller.gitops.source import Auth
     from tests.gitrepo import serve_https
 
     repo = Repo(tmp_path / "root" / "team.git")
@@ -141,7 +141,7 @@ def test_fetch_over_ssh_with_a_key(tmp_path: Path) -> None:
     host_key = (ssh / "host.pub").read_text().split()
     (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
     user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-    probe = ("import sys; from pathlib import Path; from controller.gitsource import Auth, GitSource;"
+    probe = ("import sys; from pathlib import Path; from controller.gitops.source import Auth, GitSource;"
              "s = GitSource(sys.argv[1], cache=Path(sys.argv[2]), auth=Auth(ssh_private_key=Path(sys.argv[3]), "
              "username=sys.argv[4])); r = s.fetch(); print(r.sha, sorted(s.files(r)))")
     try:

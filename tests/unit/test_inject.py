@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from controller import defaults, inject
+from controller.admission import defaults, inject
 
 GOLDEN = Path(__file__).with_name("golden")
 CASES = sorted(p.name.removesuffix(".yaml") for p in GOLDEN.glob("*.yaml") if not p.name.endswith(".injected.yaml"))

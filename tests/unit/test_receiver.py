@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from controller import receiver
+from controller.gitops import receiver
 
 SECRET = b"s3cret"
 PUSH = json.dumps({"ref": "refs/heads/main", "after": "abc"}).encode()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller import schema
+from controller import api, schema
 from tests.crd_cases import INVALID, VALID, replay
 
 
@@ -21,7 +21,7 @@ def test_invalid_objects_name_the_field(name: str) -> None:
 
 
 def test_defaults_come_from_the_schema() -> None:
-    spec = schema.schema_for(schema.API_VERSION, "TrafficReplay")
+    spec = schema.schema_for(api.API_VERSION, "TrafficReplay")
     assert spec is not None
     out = schema.apply_defaults(spec, replay(load={"stages": [{"duration": "1s", "targetRPS": 1}]}))
     assert out["spec"]["mode"] == "full"

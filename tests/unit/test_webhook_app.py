@@ -11,8 +11,8 @@ import jsonpatch
 import pytest
 from flask.testing import FlaskClient
 
-from controller import rules
-from controller.webhook.app import Deps, create_app
+from controller.admission import rules
+from controller.admission.app import Deps, create_app
 from tests.crd_cases import policy, replay
 
 POLICY = policy(outbound={"enabled": True})
@@ -206,8 +206,8 @@ def test_health_endpoints() -> None:
 
 
 def test_snapshot_check_asks_the_store(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from controller.admission.cli import _snapshot_check
     from controller.store import FileStore, Manifest
-    from controller.webhook.cli import _snapshot_check
 
     FileStore(tmp_path).write_snapshot(Manifest(name="checkout-1"), [])
     exists = _snapshot_check(tmp_path)

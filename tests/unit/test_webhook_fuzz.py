@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.webhook.app import ROUTES
+from controller.admission.app import ROUTES
 from tests.unit.test_webhook_app import make_client
 
 CLIENT = make_client()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from controller import pki
-from controller.webhook.secret import KEYS, Material
+from controller.admission.secret import KEYS, Material
 
 
 def test_material_round_trips_through_a_tls_secret_and_writes_a_matching_pair(tmp_path: Path) -> None:

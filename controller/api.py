@@ -1,0 +1,69 @@
+"""Every name replayops shares with the cluster, in one place.
+
+The API group and kinds, field managers, labels and annotations, container and namespace names,
+condition types and reasons, and phases. Other modules import them from here and never spell
+them out again; this module imports nothing of ours, so every layer (``kube/`` too) may use it.
+"""
+
+from __future__ import annotations
+
+# The API
+GROUP = "replayops.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KINDS = ("TrafficReplay", "CapturePolicy")
+WORKLOAD_API = "apps/v1"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+
+# Field managers (server-side apply) and the component named in Events
+FIELD_MANAGER = "replayops-controller"  # fixed by DESIGN; argo/ ignores exactly this name
+JOB_MANAGER = "replayops-replay"  # also the managed-by label of replay Jobs
+
+# Namespaces
+SYSTEM_NAMESPACE = "replayops-system"
+EXCLUDED_NAMESPACES = frozenset({"kube-system", SYSTEM_NAMESPACE})  # never injected
+
+# On workloads' pod templates and pods (capture)
+CAPTURE = "replayops.dev/capture"
+CONFIG_HASH = "replayops.dev/config-hash"
+OPT_OUT = "sidecar.replayops.dev/inject"
+INJECTED = "replayops.dev/injected"
+STATUS = "replayops.dev/status"  # what injection added, so that re-injection is a no-op
+ROLLED_FOR = "replayops.dev/rolled-for"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+
+# On every object applied from git (ownership, for prune)
+MANAGED_BY = "app.kubernetes.io/managed-by"
+SOURCE = "replayops.dev/source"
+REVISION = "replayops.dev/revision"
+PRUNE = "replayops.dev/prune"
+
+# On replay Jobs
+UID_LABEL = "replayops.dev/replay-uid"
+REPLAY = "replayops.dev/replay"  # annotation: namespace/name of the replay
+GENERATION = "replayops.dev/replay-generation"
+
+# Containers
+PROXY = "replayops-proxy"
+INIT = "replayops-init"
+
+# TrafficReplay phases
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "Pending", "Running", "Succeeded", "Failed", "Cancelled"
+ACTIVE_PHASES = (PENDING, RUNNING)
+TERMINAL_PHASES = (SUCCEEDED, FAILED, CANCELLED)
+
+# Conditions and reasons (status conditions and Events)
+READY = "Ready"
+SELECTED = "Selected"  # CapturePolicy Ready: its workloads are selected
+SERVING_MOCKS = "ServingMocks"
+REVISION_APPLIED = "RevisionApplied"
+REVISION_REJECTED = "RevisionRejected"
+RECOVERED = "Recovered"
+CONFLICT = "Conflict"  # CapturePolicy not Ready: a workload two policies select
+RECONCILE_FAILED = "ReconcileFailed"
+JOB_CREATED = "JobCreated"
+JOB_FAILED = "JobFailed"
+MOCKS_SERVED = "MocksServed"
+REPLAY_FAILED = "ReplayFailed"
+GOALS_MET = "GoalsMet"
+GOALS_NOT_MET = "GoalsNotMet"
