@@ -1,11 +1,13 @@
-"""Build kube-apiserver, kube-controller-manager and etcd from the Go module proxy.
+"""Build the local cluster's parts from the Go module proxy: the control plane and the node.
 
 The published ``k8s.io/kubernetes`` module cannot be ``go install``-ed (its
 go.mod replaces every staging module with a local path), so we make a small
 wrapper module that requires it and replaces each staging module with its
 published ``v0.<minor>.<patch>`` tag. etcd is built in a wrapper of its own so
 the two dependency graphs never mix. Binaries are cached per version under the
-user's cache directory and reused when ``--version`` already matches.
+user's cache directory and reused when ``--version`` already matches. The node's own parts
+(containerd, the CNI plugins, CoreDNS, crictl) are ``go install``-ed at pinned versions into a
+directory per part and version, stamped when the install succeeded.
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ K8S_COMMANDS = (
     "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy",
 )
 ETCD_PACKAGE = "go.etcd.io/etcd/server/v3"
+# The node's parts: (module, version, packages). containerd 2.x because Kubernetes 1.36 needs it.
+NODE_PARTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "containerd": ("github.com/containerd/containerd/v2", "v2.4.2",
+                   ("cmd/containerd", "cmd/ctr", "cmd/containerd-shim-runc-v2")),
+    "cni-plugins": ("github.com/containernetworking/plugins", "v1.10.0",
+                    ("plugins/main/bridge", "plugins/main/loopback", "plugins/ipam/host-local",
+                     "plugins/meta/portmap")),
+    "coredns": ("github.com/coredns/coredns", "v1.15.0", ("",)),
+    "crictl": ("sigs.k8s.io/cri-tools", "v1.37.0", ("cmd/crictl",)),
+}
 BUILD_TIMEOUT_S = 60 * 60
 
 
@@ -173,6 +185,56 @@ def build_etcd(version: str) -> Path:
     _run(["go", "build", "-trimpath", "-buildvcs=false", "-ldflags", "-s -w",
           "-o", str(binary), ETCD_PACKAGE], src, f"build etcd {version}")
     return binary
+
+
+def build_node_part(name: str) -> Path:
+    """``go install`` one node part (NODE_PARTS) at its pinned version, or reuse it; return its bin dir."""
+    module, version, pkgs = NODE_PARTS[name]
+    bindir = cache_root() / "node" / name / version / "bin"
+    stamp = bindir / ".installed"
+    if stamp.is_file():
+        return bindir
+    bindir.mkdir(parents=True, exist_ok=True)
+    targets = [f"{module}/{p}@{version}" if p else f"{module}@{version}" for p in pkgs]
+    env = {**_go_env(), "GOBIN": str(bindir)}
+    print(f"devcluster: build {name} {version} (log {bindir.parent / 'build.log'})", file=sys.stderr, flush=True)
+    with open(bindir.parent / "build.log", "w") as log:
+        try:
+            proc = subprocess.run(["go", "install", "-trimpath", "-ldflags", "-s -w", *targets], cwd=bindir,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S)
+        except FileNotFoundError as exc:
+            raise DevClusterError(f"build {name} failed: go not found; install Go") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise DevClusterError(f"build {name} timed out after {BUILD_TIMEOUT_S}s; log {log.name}") from exc
+    if proc.returncode != 0:
+        tail = "\n".join((bindir.parent / "build.log").read_text(errors="replace").splitlines()[-15:])
+        raise DevClusterError(f"build {name} {version} failed (exit {proc.returncode}); "
+                              f"log {bindir.parent / 'build.log'}:\n{tail}")
+    stamp.write_text(f"{module} {version}\n")
+    return bindir
+
+
+@dataclass(frozen=True)
+class NodeBinaries:
+    """Paths of the node's binaries (the Kubernetes ones come from the control plane's build)."""
+
+    kubelet: Path
+    kube_scheduler: Path
+    kube_proxy: Path
+    containerd_bin: Path  # containerd, ctr, containerd-shim-runc-v2
+    cni_bin: Path
+    coredns: Path
+    crictl: Path
+
+
+def ensure_node_binaries() -> NodeBinaries:
+    """Build (or reuse) every node part; the Kubernetes ones with the control plane, in one go build."""
+    k8s = dict(zip(K8S_COMMANDS, build_kubernetes(), strict=True))
+    bins = {name: build_node_part(name) for name in NODE_PARTS}
+    return NodeBinaries(kubelet=k8s["kubelet"], kube_scheduler=k8s["kube-scheduler"],
+                        kube_proxy=k8s["kube-proxy"], containerd_bin=bins["containerd"],
+                        cni_bin=bins["cni-plugins"], coredns=bins["coredns"] / "coredns",
+                        crictl=bins["crictl"] / "crictl")
 
 
 def _asset(name: str) -> Path | None:

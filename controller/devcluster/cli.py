@@ -1,4 +1,4 @@
-"""``replayops dev up | down | status | kubeconfig | build``: the detached local control plane."""
+"""``replayops dev up | down | status | kubeconfig | build``: the detached local cluster (control plane + node)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,26 @@ from pathlib import Path
 from typing import Any
 
 from controller import paths
-from controller.devcluster.build import ensure_binaries
+from controller.devcluster import host
+from controller.devcluster import node as nodes
+from controller.devcluster.build import ensure_binaries, ensure_node_binaries
 from controller.devcluster.cluster import DevCluster, pid_alive, read_state, stop_pid
 from controller.devcluster.errors import DevClusterError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    dev = sub.add_parser("dev", help="local control plane (etcd, kube-apiserver, kube-controller-manager)")
+    dev = sub.add_parser("dev", help="local cluster: control plane and a real node (containerd, kubelet, ...)")
     dev.add_argument("--dir", type=Path, default=None, help="state directory (default $REPLAYOPS_HOME/dev)")
     verbs = dev.add_subparsers(dest="verb", required=True)
-    up = verbs.add_parser("up", help="build or reuse the binaries and start the control plane")
+    up = verbs.add_parser("up", help="build or reuse the binaries and start the control plane and the node")
     up.add_argument("--no-controller-manager", action="store_true",
-                    help="start only etcd and kube-apiserver")
-    verbs.add_parser("down", help="stop the control plane and remove its state")
+                    help="start only etcd and kube-apiserver (implies --no-node)")
+    up.add_argument("--no-node", action="store_true", help="the control plane only (no pods run; fast)")
+    verbs.add_parser("down", help="stop everything, tear the node down and restore the host")
     verbs.add_parser("status", help="show the components and whether the apiserver is ready")
     verbs.add_parser("kubeconfig", help="print the kubeconfig path")
-    verbs.add_parser("build", help="build or reuse the binaries only")
+    build = verbs.add_parser("build", help="build or reuse the binaries only")
+    build.add_argument("--no-node", action="store_true", help="the control plane's binaries only")
     dev.set_defaults(func=run)
 
 
@@ -42,23 +46,37 @@ def _running(workdir: Path) -> dict | None:  # type: ignore[type-arg]
     return None
 
 
-def up(workdir: Path, *, controller_manager: bool = True) -> Path:
-    """Start a detached control plane in ``workdir`` (or reuse a running one); return the kubeconfig."""
+def up(workdir: Path, *, controller_manager: bool = True, node: bool = True,
+       images: tuple[Path, ...] = ()) -> Path:
+    """Start a detached cluster in ``workdir`` (or reuse a running one); return the kubeconfig."""
     state = _running(workdir)
-    if state:
+    if state and (bool(state.get("node")) == node):
         return Path(str(state["kubeconfig"]))
     down(workdir)
-    cluster = DevCluster(workdir, ensure_binaries(), controller_manager=controller_manager, detached=True)
+    node = node and controller_manager
+    binaries = ensure_binaries()
+    if not node:
+        cluster = DevCluster(workdir, binaries, controller_manager=controller_manager, detached=True)
+    else:
+        from controller.devcluster import image
+
+        pause = image.ensure_pause_image()
+        cluster = DevCluster(workdir, binaries, detached=True, node=ensure_node_binaries(),
+                             pause_image=pause.tag, images=(pause.archive, *images))
     cluster.start()
     return cluster.kubeconfig
 
 
 def down(workdir: Path) -> list[str]:
-    """Stop whatever a previous ``up`` left in ``workdir``; return the names stopped."""
+    """Stop whatever a previous ``up`` left in ``workdir`` (the node first, in its order, restoring the
+    host); return the names stopped."""
+    own = host.HostState.load()
+    stopped = nodes.teardown(stop_pid) if own and own.workdir == str(workdir) else []
     state = read_state(workdir)
-    stopped = []
     procs: list[dict[str, Any]] = list(state["procs"]) if state else []  # type: ignore[call-overload]
     for proc in reversed(procs):
+        if not pid_alive(int(proc["pid"])):
+            continue
         stop_pid(int(proc["pid"]))
         stopped.append(f"{proc['name']} (pid {proc['pid']})")
     if workdir.exists():
@@ -82,8 +100,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.verb == "build":
             print(ensure_binaries())
+            if not args.no_node:
+                print(ensure_node_binaries())
         elif args.verb == "up":
-            kubeconfig = up(workdir, controller_manager=not args.no_controller_manager)
+            kubeconfig = up(workdir, controller_manager=not args.no_controller_manager, node=not args.no_node)
             print(f"control plane up; kubeconfig: {kubeconfig}")
             print(f"  export KUBECONFIG={kubeconfig}")
         elif args.verb == "down":

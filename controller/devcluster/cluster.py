@@ -1,7 +1,11 @@
-"""Start and stop a local control plane: etcd, kube-apiserver, kube-controller-manager.
+"""Start and stop a local cluster: etcd, kube-apiserver, kube-controller-manager, and optionally a node.
 
-Everything listens on free loopback ports with TLS; RBAC is on and an admin
-client certificate (group ``system:masters``) goes into the kubeconfig. Every
+Without a node everything listens on free loopback ports with TLS; RBAC is on and an admin
+client certificate (group ``system:masters``) goes into the kubeconfig. With a node
+(``node=NodeBinaries``) the apiserver listens on the node's bridge address instead, so pods reach
+it, with Node,RBAC authorization, NodeRestriction, ServiceAccount tokens, kubelet client
+certificates and the in-cluster names on its certificate; kube-scheduler, the storage provisioner
+and the node's parts (``node.Node``) start after it. Every
 wait has a timeout and says what it waited for. Children started attached die
 with their parent (``PR_SET_PDEATHSIG``), and ``stop()`` terminates, then
 kills, every process group it started, so no process or port is left behind.
@@ -23,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller import pki
-from controller.devcluster.build import Binaries
+from controller.devcluster import host
+from controller.devcluster import node as nodes
+from controller.devcluster.build import Binaries, NodeBinaries
 from controller.devcluster.errors import DevClusterError
 
 START_TIMEOUT_S = 120.0
@@ -69,17 +75,19 @@ class Endpoints:
     etcd_peer: int
     apiserver: int
     controller_manager: int
+    scheduler: int
 
     @classmethod
     def pick(cls) -> Endpoints:
-        return cls(free_port(), free_port(), free_port(), free_port())
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
 
 
 class DevCluster:
     """A local control plane living in ``workdir`` (certs, etcd data, logs, kubeconfig)."""
 
     def __init__(self, workdir: Path, binaries: Binaries, *, controller_manager: bool = True,
-                 detached: bool = False, apiserver_args: tuple[str, ...] = (), durable: bool = False) -> None:
+                 detached: bool = False, apiserver_args: tuple[str, ...] = (), durable: bool = False,
+                 node: NodeBinaries | None = None, pause_image: str = "", images: tuple[Path, ...] = ()) -> None:
         self.workdir = workdir
         self.durable = durable  # etcd fsyncs its WAL as in production (off by default: tests need speed)
         self.binaries = binaries
@@ -88,6 +96,13 @@ class DevCluster:
         self.apiserver_args = apiserver_args
         self.procs: list[Proc] = []
         self.ports = Endpoints.pick()
+        self.node = nodes.Node(workdir, node, kubeconfig=self.kubeconfig, pkidir=workdir / "pki",
+                               service_cidr=SERVICE_CIDR, pause_image=pause_image, images=images) if node else None
+
+    @property
+    def address(self) -> str:
+        """Where the apiserver listens: loopback, or the node's bridge address (reachable from pods)."""
+        return host.NODE_IP if self.node else "127.0.0.1"
 
     @property
     def kubeconfig(self) -> Path:
@@ -95,7 +110,7 @@ class DevCluster:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports.apiserver}"
+        return f"https://{self.address}:{self.ports.apiserver}"
 
     # -- certificates --------------------------------------------------------------------------
 
@@ -103,14 +118,19 @@ class DevCluster:
         pkidir = self.workdir / "pki"
         ca = pki.make_ca("replayops-dev-ca")
         ca.write(pkidir / "ca.crt", pkidir / "ca.key")
-        pki.issue(ca, "kube-apiserver", dns=("localhost", "kubernetes", "kubernetes.default"),
-                  ips=("127.0.0.1", "10.0.0.1")).write(pkidir / "apiserver.crt", pkidir / "apiserver.key")
+        pki.issue(ca, "kube-apiserver", dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                                             "kubernetes.default.svc.cluster.local"),
+                  ips=("127.0.0.1", "10.0.0.1", host.NODE_IP)).write(pkidir / "apiserver.crt", pkidir / "apiserver.key")
+        pki.issue(ca, "kube-apiserver-kubelet-client", orgs=("system:masters",), server=False, client=True).write(
+            pkidir / "apiserver-kubelet-client.crt", pkidir / "apiserver-kubelet-client.key")
         admin = pki.issue(ca, ADMIN_USER, orgs=("system:masters",), server=False, client=True)
         admin.write(pkidir / "admin.crt", pkidir / "admin.key")
         sa = pki.new_key()
         pki.write_atomic(pkidir / "sa.key", pki.key_pem(sa), mode=0o600)
         pki.write_atomic(pkidir / "sa.pub", pki.public_pem(sa))
         self._write_kubeconfig(ca, admin)
+        if self.node:
+            self.node.write_pki(ca)
 
     def _write_kubeconfig(self, ca: pki.KeyPair, admin: pki.KeyPair) -> None:
         import base64
@@ -134,12 +154,12 @@ class DevCluster:
 
     # -- processes -----------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> Proc:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         logdir = self.workdir / "logs"
         logdir.mkdir(parents=True, exist_ok=True)
         log = logdir / f"{name}.log"
-        env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
-        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        env = dict(env or {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")})
+        env["NO_PROXY"] = env["no_proxy"] = f"127.0.0.1,localhost,{host.NODE_IP}"
         with open(log, "ab") as out:
             popen = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -160,19 +180,27 @@ class DevCluster:
 
     def _apiserver_argv(self) -> list[str]:
         p = self.workdir / "pki"
+        if self.node:  # pods use the API with their own ServiceAccount; logs/exec go through the kubelet
+            mode = ["--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                    f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+                    f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+                    f"--kubelet-certificate-authority={p / 'ca.crt'}",
+                    "--kubelet-preferred-address-types=InternalIP,Hostname"]
+        else:
+            mode = ["--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount",
+                    f"--service-account-issuer=https://127.0.0.1:{self.ports.apiserver}/",
+                    "--endpoint-reconciler-type=none"]
         return [str(self.binaries.kube_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
-                f"--secure-port={self.ports.apiserver}", "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.ports.apiserver}", f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--tls-cert-file={p / 'apiserver.crt'}", f"--tls-private-key-file={p / 'apiserver.key'}",
                 f"--client-ca-file={p / 'ca.crt'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
-                "--authorization-mode=RBAC",
-                f"--service-account-issuer=https://127.0.0.1:{self.ports.apiserver}/",
+                f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true", *mode,
                 f"--service-account-key-file={p / 'sa.pub'}",
                 f"--service-account-signing-key-file={p / 'sa.key'}",
-                "--disable-admission-plugins=ServiceAccount",
-                f"--cert-dir={p}", "--endpoint-reconciler-type=none", "-v=1", *self.apiserver_args]
+                f"--cert-dir={p}", "-v=1", *self.apiserver_args]
 
     def _kcm_argv(self) -> list[str]:
         p = self.workdir / "pki"
@@ -183,6 +211,12 @@ class DevCluster:
                 f"--root-ca-file={p / 'ca.crt'}", f"--secure-port={self.ports.controller_manager}",
                 "--bind-address=127.0.0.1", f"--cert-dir={p / 'kcm'}",
                 "--controllers=*,-serviceaccount-token-controller", "-v=1"]
+
+    def _scheduler_argv(self) -> list[str]:
+        return [str(self.node.binaries.kube_scheduler) if self.node else "kube-scheduler",
+                f"--kubeconfig={self.kubeconfig}", f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}", "--leader-elect=false",
+                f"--secure-port={self.ports.scheduler}", "--bind-address=127.0.0.1", "-v=1"]
 
     # -- waiting ----------------------------------------------------------------------------------
 
@@ -227,6 +261,7 @@ class DevCluster:
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
         """Start all components and wait until each is healthy; on failure stop what started."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        state = self._prepare_host() if self.node else None
         try:
             self._write_pki()
             etcd = self._spawn("etcd", self._etcd_argv())
@@ -238,13 +273,67 @@ class DevCluster:
                 kcm = self._spawn("kube-controller-manager", self._kcm_argv())
                 self._wait(kcm, "kube-controller-manager health", self._tls(verify=False),
                            f"https://127.0.0.1:{self.ports.controller_manager}/healthz", timeout)
+            if self.node and state:
+                sched = self._spawn("kube-scheduler", self._scheduler_argv())
+                self._wait(sched, "kube-scheduler health", self._tls(verify=False),
+                           f"https://127.0.0.1:{self.ports.scheduler}/healthz", timeout)
+                state.pids[sched.name] = sched.pid
+                self._write_state()  # so that `dev status` shows the parts while the node comes up
+                self.node.start(self._spawn, state, timeout)
+                self._wait_node_ready(timeout)
         except BaseException:
             self.stop()
             raise
         self._write_state()
 
+    def _prepare_host(self) -> host.HostState:
+        """Refuse beside a cluster we did not start; undo a crashed run of ours; then claim the host."""
+        old = host.HostState.load()
+        if old and old.workdir != str(self.workdir) and any(pid_alive(p) for p in old.pids.values()):
+            raise DevClusterError(f"a replayops node of {old.workdir} is running on this machine (one node per "
+                                  "machine): stop it first with `replayops dev down`")
+        found = host.foreign(old)
+        if found:
+            raise DevClusterError("refusing to start a node: this machine runs a cluster replayops did not start: "
+                                  + ", ".join(found) + "; nothing was changed")
+        nodes.teardown(stop_pid)
+        state = host.HostState(workdir=str(self.workdir))
+        host.remember_sysctls(state, ("net.ipv4.ip_forward",))
+        try:
+            host.make_bridge(state)
+            host.add_guards(state)
+            host.write_sysctl("net.ipv4.ip_forward", "1")  # pods reach services through the host
+        except (OSError, RuntimeError) as exc:
+            nodes.teardown(stop_pid)
+            raise DevClusterError(f"preparing the host for the node failed: {exc}") from exc
+        return state
+
+    def _wait_node_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "not registered"
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.server}/api/v1/nodes/{nodes.NODE_NAME}", timeout=3,
+                                            context=self._tls()) as resp:
+                    conds = {c["type"]: c for c in json.load(resp).get("status", {}).get("conditions", [])}
+                ready = conds.get("Ready", {})
+                if ready.get("status") == "True":
+                    return
+                last = f"Ready={ready.get('status')}: {ready.get('message', '')}"
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.5)
+        kubelet = next(p for p in self.procs if p.name == "kubelet")
+        raise DevClusterError(self._failure(kubelet, f"timed out after {timeout:.0f}s waiting for node "
+                                                     f"{nodes.NODE_NAME} Ready (last: {last})"))
+
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Terminate every component (reverse order), killing what outlives ``timeout``."""
+        """Tear the node down in node.md's order, then terminate every other component (reverse order),
+        killing what outlives ``timeout``."""
+        if self.node:
+            state = host.HostState.load()
+            if state and state.workdir == str(self.workdir):
+                nodes.teardown(lambda pid: stop_pid(pid, timeout))
         for proc in reversed(self.procs):
             stop_pid(proc.pid, timeout)
             if proc.popen is not None:
@@ -255,7 +344,7 @@ class DevCluster:
             (self.workdir / "state.json").unlink()
 
     def _write_state(self) -> None:
-        state = {"kubeconfig": str(self.kubeconfig), "server": self.server,
+        state = {"kubeconfig": str(self.kubeconfig), "server": self.server, "node": bool(self.node),
                  "procs": [{"name": p.name, "pid": p.pid, "log": str(p.log)} for p in self.procs]}
         pki.write_atomic(self.workdir / "state.json", json.dumps(state, indent=2).encode())
 
