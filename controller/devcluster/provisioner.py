@@ -61,8 +61,8 @@ def sync(kube: Kube, root: Path) -> None:
                 Path(pv["spec"]["hostPath"]["path"]).mkdir(mode=0o777, parents=True, exist_ok=True)
                 Path(pv["spec"]["hostPath"]["path"]).chmod(0o777)  # pods run as any user
                 kube.create(pv)
-                log.info("provisioned", extra=logs.fields(claim=f"{claim['metadata']['namespace']}/"
-                                                                f"{claim['metadata']['name']}", volume=pv["metadata"]["name"]))
+                ref = f"{claim['metadata']['namespace']}/{claim['metadata']['name']}"
+                log.info("provisioned", extra=logs.fields(claim=ref, volume=pv["metadata"]["name"]))
     for name, pv in volumes.items():
         if (pv["metadata"].get("annotations") or {}).get(PROVISIONED_BY) == PROVISIONER and \
                 (pv.get("status") or {}).get("phase") == "Released":
