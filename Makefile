@@ -3,7 +3,9 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := git curl iproute2 iptables openssh-server openssh-client chromium
+# runc, nftables: the node; buildah, debootstrap, gcc, libc6-dev: the image (replayops dev image)
+DEBIAN_PACKAGES := git curl iproute2 iptables openssh-server openssh-client chromium runc nftables buildah \
+	debootstrap gcc libc6-dev
 
 .PHONY: up down test lint system-deps venv
 
@@ -31,6 +33,7 @@ down: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(BIN)/replayops dev build
+	$(BIN)/replayops dev image
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

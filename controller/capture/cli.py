@@ -173,19 +173,31 @@ def run_proxy(args: argparse.Namespace) -> int:
 
 
 def _policies(files: list[Path], kubeconfig: Path | None) -> Any:
-    loaded = {}
-    for file in files:
-        for doc in YAML(typ="safe").load_all(file.read_text()):
-            if doc and doc.get("kind") == "CapturePolicy":
-                meta = doc["metadata"]
-                loaded[f"{meta.get('namespace', 'default')}/{meta['name']}"] = doc
-    if loaded or kubeconfig is None:
-        return lambda ref: loaded.get(ref)
-    from controller.admission.lookup import ClusterLookup
-    from controller.kube import connect
+    """Policies from ``--policy-file`` when given, else the cluster's, through a watch-backed cache
+    (in a pod, with the forwarder's own ServiceAccount)."""
+    from controller.capture.forwarder import PoliciesUnavailable
 
-    lookup = ClusterLookup(connect(kubeconfig), policy_ttl=10)
-    return lambda ref: lookup.policy(*ref.split("/", 1)) if "/" in ref else None
+    if files:
+        loaded = {}
+        for file in files:
+            for doc in YAML(typ="safe").load_all(file.read_text()):
+                if doc and doc.get("kind") == "CapturePolicy":
+                    meta = doc["metadata"]
+                    loaded[f"{meta.get('namespace', 'default')}/{meta['name']}"] = doc
+        return lambda ref: loaded.get(ref)
+    from controller.api import API_VERSION
+    from controller.kube import connect
+    from controller.kube.cache import Cache
+
+    cache = Cache(connect(kubeconfig), API_VERSION, "CapturePolicy").start(wait=10)
+
+    def lookup(ref: str) -> Any:
+        if not cache.ready:
+            raise PoliciesUnavailable(cache.error)
+        namespace, _, name = ref.rpartition("/")
+        return cache.get(namespace or "default", name)
+
+    return lookup
 
 
 def run_forwarder(args: argparse.Namespace) -> int:
@@ -198,7 +210,12 @@ def run_forwarder(args: argparse.Namespace) -> int:
     if not token:
         print("replayops forwarder: no token: give --token-file or $REPLAYOPS_FORWARDER_TOKEN", file=sys.stderr)
         return 2
-    app = create_app(FileStore(args.store), token, dlp_key(), _policies(args.policy_file, args.kubeconfig))
+    try:
+        policies = _policies(args.policy_file, args.kubeconfig)
+    except Exception as exc:  # no kubeconfig and not in a pod, or unreadable files: say so in one line
+        print(f"replayops forwarder: cannot read CapturePolicies: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(FileStore(args.store), token, dlp_key(), policies)
     serve(app, host=args.host, port=args.port, threads=8, max_request_body_size=16 * 1024 * 1024)
     return 0
 

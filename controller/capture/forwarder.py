@@ -30,7 +30,11 @@ MAX_BODY = 16 * 1024 * 1024
 RETENTION_EVERY = 60.0
 MAX_INFLATED = 64 * 1024 * 1024
 log = logs.get("forwarder")
-PolicyGetter = Callable[[str], Mapping[str, Any] | None]
+PolicyGetter = Callable[[str], Mapping[str, Any] | None]  # None: no such policy; raises PoliciesUnavailable
+
+
+class PoliciesUnavailable(Exception):
+    """The policies cannot be read (no permission, no apiserver): nothing may be stored unfiltered."""
 
 
 def _inflate(body: bytes) -> bytes:
@@ -78,7 +82,18 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
             stream, policy_ref = str(batch.get("stream") or "default"), str(batch.get("policy") or "")
         except (ValueError, zlib.error, EOFError, gzip.BadGzipFile) as exc:
             return reply(400, error=f"not a batch: {exc}")
-        spec = (policies(policy_ref) or {}).get("spec") or {}
+        try:
+            policy = policies(policy_ref)
+        except PoliciesUnavailable as exc:  # never store what the policy was not applied to
+            received.labels("refused_policies_unavailable").inc(len(batch["records"]))
+            log.error("batch refused: policies unavailable", extra=logs.fields(policy=policy_ref, error=str(exc)))
+            return reply(503, error=f"CapturePolicies cannot be read ({exc}); nothing stored")
+        if policy is None and not policy_ref:
+            policy = {}  # a batch naming no policy: the built-in DLP only
+        if policy is None:
+            received.labels("refused_unknown_policy").inc(len(batch["records"]))
+            return reply(422, error=f"unknown CapturePolicy {policy_ref!r}; nothing stored")
+        spec = policy.get("spec") or {}
         keep = Filter.from_policy(spec)
         redactor = dlp.Redactor(dlp.Rules.from_policy(spec.get("dlp")), key)
         good, rejected, filtered = [], [], 0

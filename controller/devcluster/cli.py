@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     verbs.add_parser("kubeconfig", help="print the kubeconfig path")
     build = verbs.add_parser("build", help="build or reuse the binaries only")
     build.add_argument("--no-node", action="store_true", help="the control plane's binaries only")
+    verbs.add_parser("image", help="build or reuse the replayops and pause images (OCI archives for the node)"
+                     ).set_defaults(func=run_image)
     dev.set_defaults(func=run)
 
 
@@ -93,6 +95,22 @@ def _ready(state: dict) -> str:  # type: ignore[type-arg]
             return "ready" if resp.status == 200 else f"HTTP {resp.status}"
     except OSError as exc:
         return f"not ready ({exc})"
+
+
+def run_image(args: argparse.Namespace) -> int:
+    """``replayops dev image``: print each image's tag and archive; exit 2 when a tool is missing."""
+    from controller.devcluster.image import MissingTools, ensure_image, ensure_pause_image
+
+    try:
+        for ref in (ensure_image(), ensure_pause_image()):
+            print(f"{ref.tag} {ref.archive}")
+    except MissingTools as err:
+        print(f"replayops dev image: {err}", file=sys.stderr)
+        return 2
+    except DevClusterError as err:
+        print(f"replayops dev image: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

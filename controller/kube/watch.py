@@ -20,18 +20,23 @@ class Watcher(threading.Thread):
 
     def __init__(self, kube: Kube, api_version: str, kind: str, on_event: Callable[[str, dict[str, Any]], None],
                  stop: threading.Event, *, label_selector: str | None = None, namespace: str | None = None,
-                 timeout: int = 60, resource_version: str | None = None) -> None:
+                 timeout: int = 60, resource_version: str | None = None,
+                 on_list: Callable[[list[dict[str, Any]]], None] | None = None,
+                 on_error: Callable[[str], None] | None = None) -> None:
         super().__init__(name=f"watch-{kind}", daemon=True)
         self.kube, self.api_version, self.kind = kube, api_version, kind
         self.on_event, self.stop_event = on_event, stop
         self.label_selector, self.namespace, self.timeout = label_selector, namespace, timeout
         self.relists = 0
         self.resume_from = resource_version  # resume a watch from here instead of listing first
+        self.on_list, self.on_error = on_list, on_error  # every (re)list's objects; every failure
 
     def _list(self) -> str:
         res = self.kube.resource(self.api_version, self.kind)
         listing = res.get(label_selector=self.label_selector, namespace=self.namespace)
         self.relists += 1
+        if self.on_list:
+            self.on_list([item.to_dict() for item in listing.items])
         return str(listing.metadata.resourceVersion)
 
     def run(self) -> None:
@@ -60,7 +65,14 @@ class Watcher(threading.Thread):
                     rv = None
                     continue
                 log.warning("watch failed; retrying", extra=logs.fields(kind=self.kind, error=str(exc)))
-                self.stop_event.wait(2)
+                self._failed(f"HTTP {exc.status}: {exc.reason}")
+                rv = None  # what happened meanwhile is unknown: relist
             except Exception as exc:  # network errors: keep watching
                 log.warning("watch interrupted; retrying", extra=logs.fields(kind=self.kind, error=str(exc)))
-                self.stop_event.wait(2)
+                self._failed(str(exc))
+                rv = None
+
+    def _failed(self, error: str) -> None:
+        if self.on_error:
+            self.on_error(f"{self.kind}: {error}")
+        self.stop_event.wait(2)

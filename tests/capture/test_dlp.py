@@ -125,3 +125,22 @@ def test_forwarder_applies_the_policy_retention(tmp_path: Path) -> None:
     client = create_app(store, "t", b"k", lambda _: policy).test_client()
     client.post("/v1/batches", json={"stream": "s", "records": corpus()[:1]}, headers={"Authorization": "Bearer t"})
     assert not old.exists() and len(list(tmp_path.rglob("*.jsonl.gz"))) == 1
+
+
+def test_forwarder_never_stores_what_no_policy_was_applied_to(tmp_path: Path) -> None:
+    from controller.capture.forwarder import PoliciesUnavailable
+
+    def unreadable(_: str) -> None:
+        raise PoliciesUnavailable("CapturePolicy: HTTP 403: Forbidden")
+
+    store = FileStore(tmp_path)
+    auth = {"Authorization": "Bearer t"}
+    down = create_app(store, "t", b"k", unreadable).test_client()
+    resp = down.post("/v1/batches", json={"stream": "s", "policy": "prod/shop", "records": corpus()}, headers=auth)
+    assert resp.status_code == 503 and "403" in resp.get_json()["error"]
+    unknown = create_app(store, "t", b"k", lambda _: None).test_client()
+    resp = unknown.post("/v1/batches", json={"stream": "s", "policy": "prod/gone", "records": corpus()}, headers=auth)
+    assert resp.status_code == 422 and "prod/gone" in resp.get_json()["error"]
+    assert not list(tmp_path.rglob("*.jsonl.gz"))
+    scraped = down.get("/metrics").get_data(as_text=True)
+    assert f'replayops_forwarder_records_total{{outcome="refused_policies_unavailable"}} {len(corpus())}.0' in scraped

@@ -14,7 +14,7 @@ LEAVES = {"controller", "controller.api", "controller.logs", "controller.duratio
 ALLOWED = {
     "kube": set(),
     "store": set(),
-    "capture": {"controller.store", "controller.kube", "controller.admission.lookup"},  # the forwarder's policies
+    "capture": {"controller.store", "controller.kube"},
     "replay": {"controller.store", "controller.kube", "controller.schema"},
 }
 
