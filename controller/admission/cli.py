@@ -62,7 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        help="a namespace labelled LABEL=true allows capture")
     serve.add_argument("--max-copies", type=int, default=rules.Limits.max_copies)
     serve.add_argument("--max-rps", type=float, default=rules.Limits.max_rps)
-    serve.add_argument("--image", default=inject.InjectConfig.image, help="the sidecar image")
+    serve.add_argument("--image", default=None, help="the sidecar image (default: in a pod, the pod's own image; "
+                       f"else {inject.InjectConfig.image})")
     serve.add_argument("--forwarder-url", default=inject.InjectConfig.forwarder_url)
     serve.add_argument("--store", type=Path, default=None,
                        help="snapshot store root (holds snapshots/), to check that replayed snapshots exist")
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"replayops webhook serve: {err}", file=sys.stderr)
         return 1
     limits = rules.Limits(args.max_copies, args.max_rps, args.capture_namespaces, args.capture_label)
-    config = inject.InjectConfig(image=args.image, forwarder_url=args.forwarder_url)
+    config = inject.InjectConfig(image=args.image or kube.own_image() or inject.InjectConfig.image,
+                                 forwarder_url=args.forwarder_url)
 
     def factory() -> object:
         lookup = ClusterLookup(connect(args.kubeconfig), snapshot_exists=_snapshot_check(args.store))

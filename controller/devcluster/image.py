@@ -166,7 +166,11 @@ def _locked() -> Iterator[None]:
     """One image build at a time per cache directory (pytest and a CLI may race)."""
     image_dir().mkdir(parents=True, exist_ok=True)
     with (image_dir() / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"waiting for another image build to finish (lock {lock.name})")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
@@ -349,8 +353,8 @@ def ensure_base(packages: Iterable[str] = BASE_PACKAGES) -> ImageRef:
     rootfs.parent.mkdir(parents=True, exist_ok=True)
     try:
         run_step(f"debootstrap {SUITE} base ({', '.join(packages)})",
-                 ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", f"--cache-dir={debs}",
-                  SUITE, str(rootfs), debian_mirror()],
+                 ["debootstrap", "--variant=minbase", *([f"--include={','.join(packages)}"] if packages else []),
+                  f"--cache-dir={debs}", SUITE, str(rootfs), debian_mirror()],
                  image_dir() / "logs" / f"debootstrap-{key}.log", timeout_s=30 * 60)
         trim_rootfs(rootfs)
         start = time.monotonic()

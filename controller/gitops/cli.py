@@ -161,22 +161,6 @@ def _serve(app: Any, port: int) -> None:
     threading.Thread(target=server.run, name=f"http-{port}", daemon=True).start()
 
 
-def _own_image(kube: Any) -> str:
-    """This pod's image (what kustomize ``images:`` made it), so replay Jobs run the same build."""
-    from controller.kube import KubeError
-
-    name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
-    if name and namespace:
-        try:
-            pod = kube.get("v1", "Pod", name, namespace)
-        except KubeError as exc:
-            log.warning("own pod unreadable; replay Jobs use the default image", extra=logs.fields(error=str(exc)))
-            pod = None
-        if pod:
-            return str(pod["spec"]["containers"][0]["image"])
-    return JobConfig.image
-
-
 def run_controller(args: argparse.Namespace) -> int:
     from prometheus_client import make_wsgi_app
 
@@ -204,7 +188,8 @@ def run_controller(args: argparse.Namespace) -> int:
         return 2
     metrics = Metrics()
     reconciler = Reconciler(kube, source, options, metrics)
-    replays = ReplayJobs(kube, JobConfig(namespace=args.replay_namespace, image=args.replay_image or _own_image(kube),
+    image = args.replay_image or kube.own_image() or JobConfig.image
+    replays = ReplayJobs(kube, JobConfig(namespace=args.replay_namespace, image=image,
                                          store_claim=args.store_claim), dry_run=args.dry_run) if args.replays else None
     elector = LeaderElector(kube, namespace=args.status_namespace, name=f"replayops-controller-{args.name}",
                             identity=args.identity, lease_seconds=args.lease_seconds) if args.leader_elect else None

@@ -48,11 +48,16 @@ def source_token(kube: Kube, namespace: str) -> str:
 
 
 def share(kube: Kube, source_namespace: str, namespaces: Iterable[str]) -> list[str]:
-    """Bring the token copy in each of ``namespaces`` up to the source; return the namespaces written."""
+    """Make sure the source token exists (the forwarder's pod cannot start without it, policies or not),
+    then bring the copy in each of ``namespaces`` up to it; return the namespaces written."""
     wanted = sorted(set(namespaces) - {source_namespace})
-    if not wanted:
+    try:
+        token = source_token(kube, source_namespace)
+    except KubeError as exc:
+        if wanted:
+            raise
+        log.warning("forwarder token not ensured", extra=logs.fields(namespace=source_namespace, error=str(exc)))
         return []
-    token = source_token(kube, source_namespace)
     written = []
     for ns in wanted:
         live = kube.get("v1", "Secret", NAME, ns)

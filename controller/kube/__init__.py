@@ -169,6 +169,20 @@ class Kube:
             raise _translate(exc, f"delete {kind} {namespace}/{name}") from exc
         return True
 
+    def own_image(self) -> str | None:
+        """In a pod ($POD_NAME, $POD_NAMESPACE from the downward API): its first container's image, which
+        kustomize ``images:`` set; None elsewhere or when the pod cannot be read."""
+        import os
+
+        name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+        if not (name and namespace):
+            return None
+        try:
+            pod = self.get("v1", "Pod", name, namespace)
+        except KubeError:
+            return None
+        return str(pod["spec"]["containers"][0]["image"]) if pod else None
+
     def wait_for(self, what: str, check: Any, timeout: float = 60.0, interval: float = 0.2) -> Any:
         """Poll ``check()`` until it returns a truthy value; raise KubeError naming ``what``."""
         deadline = time.monotonic() + timeout

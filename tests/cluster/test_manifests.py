@@ -61,6 +61,7 @@ def test_the_webhooks_service_account_may_do_what_the_webhook_does_and_no_more(c
                                                                              "-n", "shop")
     assert can("get", "deployments.apps", "-n", "shop") and can("get", "namespaces")
     assert not can("get", "secrets/other", *ns) and not can("list", "secrets", *ns)
+    assert can("get", "pods", *ns) and not can("list", "pods", *ns) and not can("get", "pods", "-n", "shop")
     assert not can("get", "secrets/replayops-webhook-tls", "-n", "default")
     assert not can("patch", "mutatingwebhookconfigurations/someone-else")
 

@@ -12,7 +12,9 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +32,7 @@ def _require_build_tools() -> None:
         pytest.skip(f"missing {', '.join(missing)}: apt-get install buildah debootstrap (make system-deps)")
 
 
-def unpack(archive: Path, root: Path) -> dict:  # type: ignore[type-arg]
+def unpack(archive: Path, root: Path) -> dict[str, Any]:
     """Apply an OCI archive's layers in order under ``root`` (whiteouts honoured); return its config."""
     parts = oci.read_oci_archive(archive)
     with tarfile.open(archive) as outer:
@@ -58,8 +60,17 @@ def unpack(archive: Path, root: Path) -> dict:  # type: ignore[type-arg]
     return parts["config"]
 
 
+@dataclass(frozen=True)
+class Built:
+    """The image as built, and its archive unpacked."""
+
+    ref: image.ImageRef
+    root: Path
+    config: dict[str, Any]
+
+
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[image.ImageRef, Path, dict]]:  # type: ignore[type-arg]
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     _require_build_tools()
     start = time.monotonic()
     ref = image.ensure_image()
@@ -68,12 +79,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[image.Imag
     root = tmp_path_factory.mktemp("image") / "rootfs"
     root.mkdir()
     config = unpack(ref.archive, root)
-    yield ref, root, config
+    yield Built(ref, root, config)
     shutil.rmtree(root.parent, ignore_errors=True)
 
 
-def in_image(root: Path, config: dict, *argv: str, user: str = "65532:65532",  # type: ignore[type-arg]
-             ) -> subprocess.CompletedProcess[str]:
+def in_image(root: Path, config: dict[str, Any], *argv: str,
+             user: str = "65532:65532") -> subprocess.CompletedProcess[str]:
     """Run ``argv`` chrooted in ``root`` as ``user`` with the image's environment, in a private mount
     and PID namespace (its /proc and /dev mounts vanish with it)."""
     script = (f'mount -t proc proc "{root}/proc" && mount --bind /dev "{root}/dev" && '
@@ -83,8 +94,8 @@ def in_image(root: Path, config: dict, *argv: str, user: str = "65532:65532",  #
                           capture_output=True, text=True, timeout=120, cwd="/")
 
 
-def test_image_config_is_the_dockerfiles(built: tuple[image.ImageRef, Path, dict]) -> None:  # type: ignore[type-arg]
-    ref, _, config = built
+def test_image_config_is_the_dockerfiles(built: Built) -> None:
+    ref, config = built.ref, built.config
     assert ref.tag.startswith("localhost/replayops:") and ref.archive.is_file()
     cfg = config["config"]
     assert cfg["User"] == "65532:65532"
@@ -95,8 +106,8 @@ def test_image_config_is_the_dockerfiles(built: tuple[image.ImageRef, Path, dict
     assert index["manifests"][0]["annotations"][oci.REF_NAME] == ref.tag  # the name ctr import gives it
 
 
-def test_replayops_runs_as_65532_with_its_crds_and_iptables(built: tuple[image.ImageRef, Path, dict]) -> None:  # type: ignore[type-arg]
-    _, root, config = built
+def test_replayops_runs_as_65532_with_its_crds_and_iptables(built: Built) -> None:
+    root, config = built.root, built.config
     entry = config["config"]["Entrypoint"]
     for argv in ([*entry, "--help"], [*entry, "iptables", "--help"]):
         out = in_image(root, config, *argv)
@@ -115,22 +126,20 @@ def test_replayops_runs_as_65532_with_its_crds_and_iptables(built: tuple[image.I
     assert version.returncode == 0 and "iptables v1.8" in version.stdout, version.stderr
 
 
-def test_no_compiler_and_the_size_budget(built: tuple[image.ImageRef, Path, dict]) -> None:  # type: ignore[type-arg]
-    _, root, _ = built
-    compilers = [p for pattern in ("usr/bin/*gcc*", "usr/bin/cc", "usr/bin/c++", "usr/bin/*-g++*", "usr/lib/gcc/*/*/cc1",
-                                   "usr/bin/ld", "usr/bin/as")
-                 for p in root.glob(pattern)]
+def test_no_compiler_and_the_size_budget(built: Built) -> None:
+    root = built.root
+    patterns = ("usr/bin/*gcc*", "usr/bin/cc", "usr/bin/c++", "usr/bin/*g++*", "usr/lib/gcc/*/*/cc1", "usr/bin/ld",
+                "usr/bin/as", "usr/bin/clang*")
+    compilers = [p for pattern in patterns for p in root.glob(pattern)]
     assert not compilers
     size_mb = sum(p.lstat().st_size for p in root.rglob("*")) / 1e6
     print(f"unpacked image: {size_mb:.0f} MB")
     assert size_mb < SIZE_BUDGET_MB, f"the image grew to {size_mb:.0f} MB (budget {SIZE_BUDGET_MB} MB)"
 
 
-def test_a_second_ensure_image_reuses_the_archive(built: tuple[image.ImageRef, Path, dict],  # type: ignore[type-arg]
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    ref, _, _ = built
+def test_a_second_ensure_image_reuses_the_archive(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
     start = time.monotonic()
-    assert image.ensure_image() == ref
+    assert image.ensure_image() == built.ref
     assert "reused" in capsys.readouterr().err and time.monotonic() - start < 30
 
 

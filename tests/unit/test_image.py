@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from controller.devcluster import image, oci
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _blob(tar: tarfile.TarFile, desc: dict) -> bytes:  # type: ignore[type-arg]
+def _blob(tar: tarfile.TarFile, desc: dict[str, Any]) -> bytes:
     member = tar.extractfile("blobs/sha256/" + desc["digest"].removeprefix("sha256:"))
     assert member is not None
     data = member.read()

@@ -1,0 +1,76 @@
+"""replayops installed from manifests/ as a user would (the dev overlay, the image built here), running in
+pods with its real ServiceAccounts: the webhook, the controller (two replicas, one leader) and the forwarder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller import paths
+from controller.api import SYSTEM_NAMESPACE
+from controller.devcluster import host
+from tests.node.conftest import NodeCluster, git_daemon, wait_available
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@localhost"}
+
+
+def kustomization(tmp: Path, image: str) -> Path:
+    """What a user writes to install the dev overlay with their own image tag."""
+    overlay = os.path.relpath(paths.source_dir("manifests") / "overlays" / "dev", tmp)
+    name, _, tag = image.rpartition(":")
+    (tmp / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{overlay}]\n"
+        f"images:\n  - name: localhost/replayops\n    newName: {name}\n    newTag: {tag}\n")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def installed(node: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    base = tmp_path_factory.mktemp("git")
+    repo = base / "repo"
+    repo.mkdir()
+    env = {**os.environ, **GIT_ENV}
+    (repo / "README.md").write_text("policies and replays\n")
+    for argv in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "seed"]):
+        subprocess.run(["git", *argv], cwd=repo, env=env, check=True)
+    daemon, port = git_daemon(base, host.NODE_IP)
+    try:
+        node.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}})
+        node.kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "replayops-source", "namespace": SYSTEM_NAMESPACE},
+                         "data": {"repo": f"git://{host.NODE_IP}:{port}/repo"}})
+        out = node.kubectl("apply", "--server-side", "-k", str(kustomization(tmp_path_factory.mktemp("k"),
+                                                                              node.image)))
+        assert out.returncode == 0, out.stderr
+        yield repo
+    finally:
+        daemon.terminate()
+
+
+@pytest.mark.parametrize(("name", "replicas"), [("replayops-webhook", 2), ("replayops-controller", 2),
+                                                ("replayops-forwarder", 1)])
+def test_each_component_runs_in_its_pods_from_the_manifests(node: NodeCluster, installed: Path, name: str,
+                                                            replicas: int) -> None:
+    deployment = wait_available(node, SYSTEM_NAMESPACE, name, timeout=240)
+    assert deployment["status"]["availableReplicas"] == replicas
+    pods = [p for p in node.kube.list("v1", "Pod", SYSTEM_NAMESPACE)
+            if p["metadata"].get("labels", {}).get("app.kubernetes.io/name") == name]
+    assert {p["spec"]["serviceAccountName"] for p in pods} == {name}
+    assert {p["spec"]["containers"][0]["image"] for p in pods} == {node.image}
+
+
+def test_the_controller_replicas_elect_one_leader(node: NodeCluster, installed: Path) -> None:
+    wait_available(node, SYSTEM_NAMESPACE, "replayops-controller", timeout=240)
+    lease = node.kube.wait_for("the controller's lease held", lambda: (
+        got if (got := node.kube.get("coordination.k8s.io/v1", "Lease", "replayops-controller-default",
+                                   SYSTEM_NAMESPACE)) and got["spec"].get("holderIdentity") else None), timeout=60)
+    pods = {p["metadata"]["name"] for p in node.kube.list("v1", "Pod", SYSTEM_NAMESPACE)
+            if p["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "replayops-controller"}
+    assert lease["spec"]["holderIdentity"] in pods
+
