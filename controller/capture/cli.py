@@ -189,7 +189,15 @@ def _policies(files: list[Path], kubeconfig: Path | None) -> Any:
     from controller.kube import connect
     from controller.kube.cache import Cache
 
-    cache = Cache(connect(kubeconfig), API_VERSION, "CapturePolicy").start(wait=10)
+    try:
+        kube = connect(kubeconfig)
+    except Exception as exc:
+        if kubeconfig is not None:
+            raise
+        log.warning("no cluster and no --policy-file: only batches that name no policy are stored",
+                    extra=logs.fields(error=str(exc)))
+        return lambda ref: None
+    cache = Cache(kube, API_VERSION, "CapturePolicy").start(wait=10)
 
     def lookup(ref: str) -> Any:
         if not cache.ready:
