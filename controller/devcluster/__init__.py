@@ -6,8 +6,9 @@ kubeconfig. See ../shared/control-plane.md for the researched recipe.
 """
 
 from controller.devcluster.build import K8S_VERSION, Binaries, ensure_binaries
-from controller.devcluster.cluster import DevCluster, pid_alive, read_state, stop_pid
+from controller.devcluster.cluster import DevCluster, read_state
 from controller.devcluster.errors import DevClusterError
+from controller.devcluster.process import pid_alive, stop_pid
 
 __all__ = [
     "K8S_VERSION", "Binaries", "DevCluster", "DevClusterError", "ensure_binaries",

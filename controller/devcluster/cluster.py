@@ -21,9 +21,8 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from controller import pki
@@ -31,9 +30,9 @@ from controller.devcluster import host
 from controller.devcluster import node as nodes
 from controller.devcluster.build import Binaries, NodeBinaries
 from controller.devcluster.errors import DevClusterError
+from controller.devcluster.process import STOP_TIMEOUT_S, Proc, http_check, pid_alive, stop_pid, wait_until
 
 START_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 15.0
 SERVICE_CIDR = "10.0.0.0/24"
 ADMIN_USER = "replayops-admin"
 
@@ -48,25 +47,6 @@ def free_port() -> int:
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def pid_alive(pid: int) -> bool:
-    """True when ``pid`` names a live (not zombie) process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-@dataclass
-class Proc:
-    """One started component: its name, pid and log file."""
-
-    name: str
-    pid: int
-    log: Path
-    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -128,11 +108,13 @@ class DevCluster:
         sa = pki.new_key()
         pki.write_atomic(pkidir / "sa.key", pki.key_pem(sa), mode=0o600)
         pki.write_atomic(pkidir / "sa.pub", pki.public_pem(sa))
-        self._write_kubeconfig(ca, admin)
+        self._write_kubeconfig(self.kubeconfig, ca, admin, ADMIN_USER)
         if self.node:
-            self.node.write_pki(ca)
+            kubelet = self.node.write_pki(ca)
+            self._write_kubeconfig(self.node.kubelet_kubeconfig, ca, kubelet, f"system:node:{nodes.NODE_NAME}")
 
-    def _write_kubeconfig(self, ca: pki.KeyPair, admin: pki.KeyPair) -> None:
+    def _write_kubeconfig(self, path: Path, ca: pki.KeyPair, user: pki.KeyPair, user_name: str) -> None:
+        """A kubeconfig for ``user`` (its client certificate) on this cluster's apiserver."""
         import base64
 
         def b64(data: bytes) -> str:
@@ -143,14 +125,14 @@ class DevCluster:
             "kind": "Config",
             "clusters": [{"name": "replayops-dev", "cluster": {
                 "server": self.server, "certificate-authority-data": b64(ca.cert_pem)}}],
-            "users": [{"name": ADMIN_USER, "user": {
-                "client-certificate-data": b64(admin.cert_pem),
-                "client-key-data": b64(admin.key_pem)}}],
+            "users": [{"name": user_name, "user": {
+                "client-certificate-data": b64(user.cert_pem),
+                "client-key-data": b64(user.key_pem)}}],
             "contexts": [{"name": "replayops-dev",
-                          "context": {"cluster": "replayops-dev", "user": ADMIN_USER}}],
+                          "context": {"cluster": "replayops-dev", "user": user_name}}],
             "current-context": "replayops-dev",
         }
-        pki.write_atomic(self.kubeconfig, json.dumps(config, indent=2).encode(), mode=0o600)
+        pki.write_atomic(path, json.dumps(config, indent=2).encode(), mode=0o600)
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -212,8 +194,8 @@ class DevCluster:
                 "--bind-address=127.0.0.1", f"--cert-dir={p / 'kcm'}",
                 "--controllers=*,-serviceaccount-token-controller", "-v=1"]
 
-    def _scheduler_argv(self) -> list[str]:
-        return [str(self.node.binaries.kube_scheduler) if self.node else "kube-scheduler",
+    def _scheduler_argv(self, binary: Path) -> list[str]:
+        return [str(binary),
                 f"--kubeconfig={self.kubeconfig}", f"--authentication-kubeconfig={self.kubeconfig}",
                 f"--authorization-kubeconfig={self.kubeconfig}", "--leader-elect=false",
                 f"--secure-port={self.ports.scheduler}", "--bind-address=127.0.0.1", "-v=1"]
@@ -222,30 +204,7 @@ class DevCluster:
 
     def _wait(self, proc: Proc, what: str, probe: ssl.SSLContext | None, url: str,
               timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            if not pid_alive(proc.pid):
-                raise DevClusterError(self._failure(proc, f"{proc.name} exited while waiting for {what}"))
-            try:
-                with urllib.request.urlopen(url, timeout=2, context=probe) as resp:
-                    if resp.status == 200:
-                        return
-                    last = f"HTTP {resp.status}"
-            except OSError as exc:
-                last = str(exc)
-            time.sleep(0.25)
-        raise DevClusterError(self._failure(proc, f"timed out after {timeout:.0f}s waiting for {what} "
-                                                  f"at {url} (last: {last})"))
-
-    def _failure(self, proc: Proc, headline: str) -> str:
-        tail = ""
-        with contextlib.suppress(OSError):
-            tail = "\n".join(proc.log.read_text(errors="replace").splitlines()[-12:])
-        hint = ""
-        if "address already in use" in tail:
-            hint = "\nport clash: another process took the port; run again (new ports are picked)"
-        return f"{headline}\nlog {proc.log}:\n{tail}{hint}"
+        wait_until(proc, f"{what} at {url}", http_check(url, probe), timeout)
 
     def _tls(self, *, verify: bool = True) -> ssl.SSLContext:
         p = self.workdir / "pki"
@@ -274,7 +233,7 @@ class DevCluster:
                 self._wait(kcm, "kube-controller-manager health", self._tls(verify=False),
                            f"https://127.0.0.1:{self.ports.controller_manager}/healthz", timeout)
             if self.node and state:
-                sched = self._spawn("kube-scheduler", self._scheduler_argv())
+                sched = self._spawn("kube-scheduler", self._scheduler_argv(self.node.binaries.kube_scheduler))
                 self._wait(sched, "kube-scheduler health", self._tls(verify=False),
                            f"https://127.0.0.1:{self.ports.scheduler}/healthz", timeout)
                 state.pids[sched.name] = sched.pid
@@ -309,23 +268,18 @@ class DevCluster:
         return state
 
     def _wait_node_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last = "not registered"
-        while time.monotonic() < deadline:
+        def ready() -> str | None:
             try:
                 with urllib.request.urlopen(f"{self.server}/api/v1/nodes/{nodes.NODE_NAME}", timeout=3,
                                             context=self._tls()) as resp:
                     conds = {c["type"]: c for c in json.load(resp).get("status", {}).get("conditions", [])}
-                ready = conds.get("Ready", {})
-                if ready.get("status") == "True":
-                    return
-                last = f"Ready={ready.get('status')}: {ready.get('message', '')}"
             except OSError as exc:
-                last = str(exc)
-            time.sleep(0.5)
+                return str(exc)
+            got = conds.get("Ready", {})
+            return None if got.get("status") == "True" else f"Ready={got.get('status')}: {got.get('message', '')}"
+
         kubelet = next(p for p in self.procs if p.name == "kubelet")
-        raise DevClusterError(self._failure(kubelet, f"timed out after {timeout:.0f}s waiting for node "
-                                                     f"{nodes.NODE_NAME} Ready (last: {last})"))
+        wait_until(kubelet, f"node {nodes.NODE_NAME} Ready", ready, timeout, interval=0.5)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Tear the node down in node.md's order, then terminate every other component (reverse order),
@@ -350,24 +304,6 @@ class DevCluster:
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
-
-
-def stop_pid(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the process group of ``pid`` (or the process, when it leads none), then SIGKILL it if it is
-    still alive after ``timeout``."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:  # not a group leader: signal the process itself
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        except PermissionError:
-            pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not pid_alive(pid):
-                return
-            time.sleep(0.05)
 
 
 def read_state(workdir: Path) -> dict[str, object] | None:

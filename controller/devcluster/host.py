@@ -25,6 +25,7 @@ BRIDGE = "replayops0"
 NODE_IP = "10.244.0.1"
 POD_CIDR = "10.244.0.0/24"
 GUARD_COMMENT = "replayops-node guard: pods never leave the machine"
+GUARD_RULE = ("FORWARD", "-s", POD_CIDR, "!", "-o", BRIDGE, "-m", "comment", "--comment", GUARD_COMMENT, "-j", "DROP")
 # Chains the kubelet (and kube-proxy's canary) create in iptables; kube-proxy's own nft table is
 # removed by ``kube-proxy --cleanup``.
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT", "KUBE-PROXY-CANARY")
@@ -155,17 +156,13 @@ def add_guards(state: HostState) -> None:
     """FORWARD drops anything from the pod range that would leave by another interface than our bridge."""
     state.guards = True
     state.save()
-    rule = ["FORWARD", "-s", POD_CIDR, "!", "-o", BRIDGE, "-m", "comment", "--comment", GUARD_COMMENT,
-            "-j", "DROP"]
-    if run("iptables", "-C", *rule, check=False).returncode != 0:
-        run("iptables", "-I", *rule)
+    if run("iptables", "-C", *GUARD_RULE, check=False).returncode != 0:
+        run("iptables", "-I", *GUARD_RULE)
 
 
 def _remove_guards() -> None:
-    rule = ["FORWARD", "-s", POD_CIDR, "!", "-o", BRIDGE, "-m", "comment", "--comment", GUARD_COMMENT,
-            "-j", "DROP"]
-    while run("iptables", "-C", *rule, check=False).returncode == 0:
-        run("iptables", "-D", *rule, check=False)
+    while run("iptables", "-C", *GUARD_RULE, check=False).returncode == 0:
+        run("iptables", "-D", *GUARD_RULE, check=False)
 
 
 def _remove_kubelet_chains() -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.devcluster import host
 from controller.devcluster.build import cache_root
 from controller.devcluster.errors import DevClusterError
 from controller.devcluster.oci import write_oci_archive
@@ -287,18 +288,9 @@ def base_key(packages: Iterable[str] = BASE_PACKAGES) -> str:
     return _digest(SUITE, BASE_RECIPE, *sorted(packages))[:16]
 
 
-def _unmount_under(root: Path) -> None:
-    """Unmount whatever a crashed debootstrap left mounted under ``root``, deepest first."""
-    prefix = str(root.resolve()) + "/"
-    with open("/proc/self/mountinfo") as mounts:
-        points = [line.split()[4] for line in mounts]
-    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
-        _quick(["umount", "-l", point], timeout_s=60)
-
-
 def _remove_tree(root: Path) -> None:
     if root.exists():
-        _unmount_under(root)
+        host.unmount_under(root)  # what a crashed debootstrap left mounted
         shutil.rmtree(root)
 
 

@@ -16,16 +16,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from controller import pki
 from controller.devcluster import host, image
 from controller.devcluster.build import NodeBinaries
-from controller.devcluster.errors import DevClusterError
+from controller.devcluster.process import Proc, http_check, wait_until
 
 NODE_NAME = "replayops-node"
 CLUSTER_DOMAIN = "cluster.local"
@@ -34,7 +31,7 @@ KUBELET_HEALTHZ = 10248
 PROXY_HEALTHZ, PROXY_METRICS = 10256, 10249
 DNS_HEALTH, DNS_READY = 18080, 18181
 RUNC = "/usr/sbin/runc"
-Spawn = Callable[[str, list[str], dict[str, str] | None], Any]
+Spawn = Callable[[str, list[str], dict[str, str] | None], Proc]
 
 
 class Node:
@@ -53,28 +50,18 @@ class Node:
 
     # -- configuration -------------------------------------------------------------------------
 
-    def write_pki(self, ca: pki.KeyPair) -> None:
-        """The kubelet's client (Node authorizer identity) and serving certificates."""
-        node = pki.issue(ca, f"system:node:{NODE_NAME}", orgs=("system:nodes",), server=False, client=True)
-        node.write(self.pkidir / "kubelet-client.crt", self.pkidir / "kubelet-client.key")
+    @property
+    def kubelet_kubeconfig(self) -> Path:
+        return self.dir / "kubelet.kubeconfig"
+
+    def write_pki(self, ca: pki.KeyPair) -> pki.KeyPair:
+        """The kubelet's serving certificate, and its client certificate (the Node authorizer's identity),
+        which is returned for the kubelet's kubeconfig."""
+        client = pki.issue(ca, f"system:node:{NODE_NAME}", orgs=("system:nodes",), server=False, client=True)
+        client.write(self.pkidir / "kubelet-client.crt", self.pkidir / "kubelet-client.key")
         serving = pki.issue(ca, NODE_NAME, dns=(NODE_NAME,), ips=(host.NODE_IP,))
         serving.write(self.pkidir / "kubelet.crt", self.pkidir / "kubelet.key")
-        self._kubeconfig_for(ca, node, self.dir / "kubelet.kubeconfig")
-
-    def _kubeconfig_for(self, ca: pki.KeyPair, user: pki.KeyPair, path: Path) -> None:
-        import base64
-
-        admin = json.loads(self.kubeconfig.read_text())
-        server = admin["clusters"][0]["cluster"]["server"]
-        config = {"apiVersion": "v1", "kind": "Config",
-                  "clusters": [{"name": "local", "cluster": {
-                      "server": server, "certificate-authority-data": base64.b64encode(ca.cert_pem).decode()}}],
-                  "users": [{"name": "node", "user": {
-                      "client-certificate-data": base64.b64encode(user.cert_pem).decode(),
-                      "client-key-data": base64.b64encode(user.key_pem).decode()}}],
-                  "contexts": [{"name": "local", "context": {"cluster": "local", "user": "node"}}],
-                  "current-context": "local"}
-        pki.write_atomic(path, json.dumps(config).encode(), mode=0o600)
+        return client
 
     def _containerd_config(self) -> Path:
         d = self.dir / "containerd"
@@ -204,76 +191,42 @@ imports = []
         self.dir.mkdir(parents=True, exist_ok=True)
         self._cni_config()
         env = self.env()
-        containerd = spawn("containerd", [str(self.binaries.containerd_bin / "containerd"), "--config",
-                                          str(self._containerd_config())], env)
-        self._record(state, containerd)
-        self._wait(containerd, "containerd's socket", lambda: self._ctr("version") is None, timeout)
+
+        def run(name: str, argv: list[str], ready: Callable[[], str | None] | None, what: str = "",
+                child_env: dict[str, str] | None = env) -> None:
+            proc = spawn(name, argv, child_env)
+            state.pids[name] = proc.pid  # recorded before waiting: a crash mid-start is still torn down
+            state.save()
+            if ready:
+                wait_until(proc, what, ready, timeout)
+
+        run("containerd", [str(self.binaries.containerd_bin / "containerd"), "--config",
+                           str(self._containerd_config())], self._ctr_version, "containerd's socket")
         for archive in self.images:
             image.import_into(self.binaries.containerd_bin / "ctr", str(self.socket), archive)
         host.remember_sysctls(state, host.KERNEL_SYSCTLS)  # the kubelet rewrites them
-        kubelet = spawn("kubelet", [str(self.binaries.kubelet), f"--config={self._kubelet_config()}",
-                                    f"--kubeconfig={self.dir / 'kubelet.kubeconfig'}",
-                                    f"--hostname-override={NODE_NAME}", f"--node-ip={host.NODE_IP}",
-                                    f"--root-dir={self.dir / 'kubelet'}", "--v=1"], env)
-        self._record(state, kubelet)
-        self._wait(kubelet, "kubelet health", lambda: _http_ok(f"http://127.0.0.1:{KUBELET_HEALTHZ}/healthz"),
-                   timeout)
+        run("kubelet", [str(self.binaries.kubelet), f"--config={self._kubelet_config()}",
+                        f"--kubeconfig={self.kubelet_kubeconfig}", f"--hostname-override={NODE_NAME}",
+                        f"--node-ip={host.NODE_IP}", f"--root-dir={self.dir / 'kubelet'}", "--v=1"],
+            http_check(f"http://127.0.0.1:{KUBELET_HEALTHZ}/healthz"), "kubelet health")
         host.restore_sysctls(state, host.KERNEL_SYSCTLS)
         state.cleanup = {"kube-proxy": str(self.binaries.kube_proxy), "crictl": str(self.binaries.crictl),
                          "socket": str(self.socket)}
-        state.save()
-        proxy = spawn("kube-proxy", [str(self.binaries.kube_proxy), f"--config={self._proxy_config()}", "--v=1"],
-                      env)
-        self._record(state, proxy)
-        self._wait(proxy, "kube-proxy health", lambda: _http_ok(f"http://127.0.0.1:{PROXY_HEALTHZ}/healthz"),
-                   timeout)
-        dns = spawn("coredns", [str(self.binaries.coredns), "-conf", str(self._corefile())], env)
-        self._record(state, dns)
-        self._wait(dns, "CoreDNS ready", lambda: _http_ok(f"http://127.0.0.1:{DNS_READY}/ready"), timeout)
-        provisioner = spawn("provisioner", [sys.executable, "-m", "controller.devcluster.provisioner",
-                                            "--kubeconfig", str(self.kubeconfig), "--root", str(self.dir / "volumes")],
-                            None)
-        self._record(state, provisioner)
+        run("kube-proxy", [str(self.binaries.kube_proxy), f"--config={self._proxy_config()}", "--v=1"],
+            http_check(f"http://127.0.0.1:{PROXY_HEALTHZ}/healthz"), "kube-proxy health")
+        run("coredns", [str(self.binaries.coredns), "-conf", str(self._corefile())],
+            http_check(f"http://127.0.0.1:{DNS_READY}/ready"), "CoreDNS ready")
+        run("provisioner", [sys.executable, "-m", "controller.devcluster.provisioner", "--kubeconfig",
+                            str(self.kubeconfig), "--root", str(self.dir / "volumes")], None, child_env=None)
 
-    def _record(self, state: host.HostState, proc: Any) -> None:
-        state.pids[proc.name] = proc.pid
-        state.save()
-
-    def _ctr(self, *args: str, timeout: float = 10) -> str | None:
-        """Run ``ctr`` against our containerd; None on success, else its error."""
-        argv = [str(self.binaries.containerd_bin / "ctr"), "--address", str(self.socket), "-n", "k8s.io", *args]
+    def _ctr_version(self) -> str | None:
+        """A ``wait_until`` check: containerd answers on its socket (None), else ``ctr``'s error."""
+        argv = [str(self.binaries.containerd_bin / "ctr"), "--address", str(self.socket), "version"]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env())
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, env=self.env())
         except (OSError, subprocess.TimeoutExpired) as exc:
             return str(exc)
         return None if proc.returncode == 0 else (proc.stderr or proc.stdout).strip()
-
-    def _wait(self, proc: Any, what: str, ok: Callable[[], bool], timeout: float) -> None:
-        from controller.devcluster.cluster import pid_alive
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not pid_alive(proc.pid):
-                raise DevClusterError(_failure(proc, f"{proc.name} exited while waiting for {what}"))
-            if ok():
-                return
-            time.sleep(0.25)
-        raise DevClusterError(_failure(proc, f"timed out after {timeout:.0f}s waiting for {what}"))
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
-def _failure(proc: Any, headline: str) -> str:
-    tail = ""
-    with contextlib.suppress(OSError):
-        tail = "\n".join(Path(proc.log).read_text(errors="replace").splitlines()[-12:])
-    return f"{headline}\nlog {proc.log}:\n{tail}"
 
 
 def teardown(stop: Callable[[int], None]) -> list[str]:

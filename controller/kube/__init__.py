@@ -7,6 +7,7 @@ dicts, and translates API errors into ``KubeError`` with the server's message.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -172,8 +173,6 @@ class Kube:
     def own_image(self) -> str | None:
         """In a pod ($POD_NAME, $POD_NAMESPACE from the downward API): its first container's image, which
         kustomize ``images:`` set; None elsewhere or when the pod cannot be read."""
-        import os
-
         name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
         if not (name and namespace):
             return None
