@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ENV = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "Test",
@@ -101,3 +105,29 @@ def serve_https(root: Path, token: str, cert_dir: Path) -> tuple[int, object]:
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server.server_address[1], server
+
+
+@contextlib.contextmanager
+def git_daemon(base: Path, address: str = "127.0.0.1") -> Iterator[int]:
+    """``git daemon`` serving the repositories under ``base`` (``git://ADDRESS:PORT/<dir>``) until the block
+    ends; yields the port once it accepts connections."""
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        port = int(sock.getsockname()[1])
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
+                               f"--listen={address}", f"--port={port}", str(base)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection((address, port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or daemon.poll() is not None:
+                    raise RuntimeError(f"git daemon on {address}:{port} did not start") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)

@@ -22,7 +22,7 @@ from controller.devcluster.cluster import free_port
 from controller.gitops.leader import LeaderElector
 from tests.cluster.test_gitops import replay_yaml
 from tests.conftest import Cluster
-from tests.gitrepo import Repo
+from tests.gitrepo import Repo, git_daemon
 
 API = "replayops.dev/v1alpha1"
 
@@ -98,11 +98,8 @@ def test_push_webhook_over_git_daemon_converges_without_polling(
         cluster: Cluster, namespace: str, controllers: Controllers, tmp_path: Path) -> None:
     repo = Repo(tmp_path / "served" / "repo")
     repo.commit("one", {"r1.yaml": replay_yaml("r1", copies=1)})
-    git_port, push_port = free_port(), free_port()
-    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all",
-                               f"--base-path={tmp_path / 'served'}", "--listen=127.0.0.1", f"--port={git_port}",
-                               str(tmp_path / "served")], stderr=subprocess.DEVNULL)
-    try:
+    push_port = free_port()
+    with git_daemon(tmp_path / "served") as git_port:
         secret_file = tmp_path / "secret"
         secret_file.write_bytes(b"hush")
         metrics_port = free_port()
@@ -123,9 +120,6 @@ def test_push_webhook_over_git_daemon_converges_without_polling(
             text = resp.read().decode()
         assert 'replayops_revisions_total{outcome="applied"}' in text
         assert "replayops_objects_applied_total 2.0" in text and "replayops_reconcile_duration_seconds_count" in text
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=10)
 
 
 def test_killed_mid_apply_and_restarted_converges_with_nothing_lost_or_doubled(

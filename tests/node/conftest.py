@@ -7,13 +7,10 @@ imported; it is torn down (host restored) at the end of the session, on failure 
 
 from __future__ import annotations
 
-import subprocess
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,12 +27,6 @@ class NodeCluster(Cluster):
     """A ``Cluster`` with a real node, and the replayops image's tag in it."""
 
     image: str = ""
-
-    def wait_pod_phase(self, namespace: str, name: str, phases: tuple[str, ...],
-                       timeout: float = 120) -> dict[str, Any]:
-        return self.kube.wait_for(f"pod {namespace}/{name} in {phases}", lambda: (
-            p if (p := self.kube.get("v1", "Pod", name, namespace)) and p.get("status", {}).get("phase") in phases
-            else None), timeout=timeout, interval=0.5)
 
     def logs(self, namespace: str, pod: str, container: str | None = None) -> str:
         args = ["-n", namespace, "logs", pod] + (["-c", container] if container else [])
@@ -95,15 +86,3 @@ def wait_available(node: NodeCluster, namespace: str, name: str, timeout: float 
         want, status = (d.get("spec") or {}).get("replicas", 1), d.get("status") or {}
         return d if status.get("availableReplicas") == want and status.get("updatedReplicas") == want else None
     return node.kube.wait_for(f"deployment {namespace}/{name} available", available, timeout=timeout, interval=0.5)
-
-
-def git_daemon(base: Path, address: str) -> tuple[subprocess.Popen[bytes], int]:
-    """``git daemon`` serving ``base`` on the node's address (where pods reach it, as a git server)."""
-    from controller.devcluster.cluster import free_port
-
-    port = free_port()
-    proc = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
-                             f"--listen={address}", f"--port={port}", str(base)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    return proc, port

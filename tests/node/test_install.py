@@ -4,7 +4,6 @@ pods with its real ServiceAccounts: the webhook, the controller (two replicas, o
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +12,8 @@ import pytest
 from controller import paths
 from controller.api import SYSTEM_NAMESPACE
 from controller.devcluster import host
-from tests.node.conftest import NodeCluster, git_daemon, wait_available
-
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@localhost"}
+from tests.gitrepo import Repo, git_daemon
+from tests.node.conftest import NodeCluster, wait_available
 
 
 def kustomization(tmp: Path, image: str) -> Path:
@@ -31,16 +28,11 @@ def kustomization(tmp: Path, image: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installed(node: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def installed(node: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
     base = tmp_path_factory.mktemp("git")
-    repo = base / "repo"
-    repo.mkdir()
-    env = {**os.environ, **GIT_ENV}
-    (repo / "README.md").write_text("policies and replays\n")
-    for argv in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "seed"]):
-        subprocess.run(["git", *argv], cwd=repo, env=env, check=True)
-    daemon, port = git_daemon(base, host.NODE_IP)
-    try:
+    repo = Repo(base / "repo")
+    repo.commit("seed", {"README.md": "policies and replays\n"})
+    with git_daemon(base, host.NODE_IP) as port:  # where pods reach it, as a git server
         node.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}})
         node.kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
                          "metadata": {"name": "replayops-source", "namespace": SYSTEM_NAMESPACE},
@@ -49,13 +41,11 @@ def installed(node: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> It
                                                                               node.image)))
         assert out.returncode == 0, out.stderr
         yield repo
-    finally:
-        daemon.terminate()
 
 
 @pytest.mark.parametrize(("name", "replicas"), [("replayops-webhook", 2), ("replayops-controller", 2),
                                                 ("replayops-forwarder", 1)])
-def test_each_component_runs_in_its_pods_from_the_manifests(node: NodeCluster, installed: Path, name: str,
+def test_each_component_runs_in_its_pods_from_the_manifests(node: NodeCluster, installed: Repo, name: str,
                                                             replicas: int) -> None:
     deployment = wait_available(node, SYSTEM_NAMESPACE, name, timeout=240)
     assert deployment["status"]["availableReplicas"] == replicas
@@ -65,7 +55,7 @@ def test_each_component_runs_in_its_pods_from_the_manifests(node: NodeCluster, i
     assert {p["spec"]["containers"][0]["image"] for p in pods} == {node.image}
 
 
-def test_the_controller_replicas_elect_one_leader(node: NodeCluster, installed: Path) -> None:
+def test_the_controller_replicas_elect_one_leader(node: NodeCluster, installed: Repo) -> None:
     wait_available(node, SYSTEM_NAMESPACE, "replayops-controller", timeout=240)
     lease = node.kube.wait_for("the controller's lease held", lambda: (
         got if (got := node.kube.get("coordination.k8s.io/v1", "Lease", "replayops-controller-default",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.gitops.source import GitError, GitSource
-from tests.gitrepo import Repo
+from tests.gitrepo import Repo, git_daemon
 
 
 def test_branch_head_is_read_without_a_checkout(tmp_path: Path) -> None:
@@ -68,27 +68,11 @@ def test_unknown_branch_and_unreachable_remote_are_clear_errors(tmp_path: Path) 
 def test_fetch_over_git_daemon_on_loopback(tmp_path: Path) -> None:
     repo = Repo(tmp_path / "src" / "repo")
     sha = repo.commit("one", {"a.yaml": "1"})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={tmp_path / 'src'}",
-                               "--listen=127.0.0.1", f"--port={port}", str(tmp_path / "src")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with git_daemon(tmp_path / "src") as port:
         source = GitSource(f"git://127.0.0.1:{port}/repo", cache=tmp_path / "cache")
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                rev = source.fetch()
-                break
-            except GitError:
-                assert time.monotonic() < deadline, "git daemon never answered"
-                time.sleep(0.2)
+        rev = source.fetch()
         assert rev.sha == sha
         assert source.files(rev) == {"a.yaml": b"1"}
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=10)
 
 
 def test_fetch_over_https_with_a_token(tmp_path: Path) -> None:
