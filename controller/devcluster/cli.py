@@ -14,8 +14,9 @@ from controller import paths
 from controller.devcluster import host
 from controller.devcluster import node as nodes
 from controller.devcluster.build import ensure_binaries, ensure_node_binaries
-from controller.devcluster.cluster import DevCluster, pid_alive, read_state, stop_pid
+from controller.devcluster.cluster import DevCluster, read_state
 from controller.devcluster.errors import DevClusterError
+from controller.devcluster.process import pid_alive, stop_pid
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -51,11 +52,11 @@ def _running(workdir: Path) -> dict | None:  # type: ignore[type-arg]
 def up(workdir: Path, *, controller_manager: bool = True, node: bool = True,
        images: tuple[Path, ...] = ()) -> Path:
     """Start a detached cluster in ``workdir`` (or reuse a running one); return the kubeconfig."""
+    node = node and controller_manager  # the node needs the controller-manager (ServiceAccounts, Jobs)
     state = _running(workdir)
-    if state and (bool(state.get("node")) == node):
+    if state and bool(state.get("node")) == node:
         return Path(str(state["kubeconfig"]))
     down(workdir)
-    node = node and controller_manager
     binaries = ensure_binaries()
     if not node:
         cluster = DevCluster(workdir, binaries, controller_manager=controller_manager, detached=True)

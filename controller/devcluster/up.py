@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="use this existing cluster instead of the local control plane ($KUBECONFIG)")
     p.add_argument("--webhook-port", type=int, default=0, help="local webhook port (default: a free one)")
     p.add_argument("--inspector-port", type=int, default=0, help="local inspector port (default: a free one)")
+    p.add_argument("--no-node", action="store_true", help="the local control plane only (no pods run; fast)")
     p.set_defaults(func=run)
 
 
@@ -85,7 +86,7 @@ def _start_inspector(kubeconfig: Path, workdir: Path, port: int) -> str:
 def run(args: argparse.Namespace) -> int:
     workdir = paths.dev_cluster_dir()
     try:
-        kubeconfig = args.kubeconfig or dev_cli.up(workdir)
+        kubeconfig = args.kubeconfig or dev_cli.up(workdir, node=not args.no_node)
         kube = connect(kubeconfig)
         kube.install_crds(schema.load_crds())
         workdir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ from tests.helpers import wait_200
 
 def test_up_then_down(cluster: Cluster, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | {"REPLAYOPS_HOME": str(tmp_path)}
-    up = subprocess.run([sys.executable, "-m", "controller.cli", "up"], env=env, capture_output=True,
+    # --no-node: the machine holds one node, and the session's (tests/node) may be running
+    up = subprocess.run([sys.executable, "-m", "controller.cli", "up", "--no-node"], env=env, capture_output=True,
                         text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stderr
