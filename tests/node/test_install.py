@@ -3,15 +3,18 @@ pods with its real ServiceAccounts: the webhook, the controller (two replicas, o
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from controller import paths
-from controller.api import SYSTEM_NAMESPACE
+from controller.api import INJECTED, PROXY, SYSTEM_NAMESPACE
 from controller.devcluster import host
+from controller.kube import KubeError
 from tests.gitrepo import Repo, git_daemon
 from tests.node.conftest import NodeCluster, wait_available
 
@@ -64,3 +67,41 @@ def test_the_controller_replicas_elect_one_leader(node: NodeCluster, installed: 
             if p["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "replayops-controller"}
     assert lease["spec"]["holderIdentity"] in pods
 
+
+
+def test_a_policy_committed_to_git_gets_the_workload_captured_by_the_webhook_in_its_pods(
+        node: NodeCluster, installed: Repo, node_ns: str) -> None:
+    wait_available(node, SYSTEM_NAMESPACE, "replayops-webhook", timeout=240)
+    labels = {"app": "web"}
+    web = {"name": "web", "image": node.image, "imagePullPolicy": "Never",
+           "command": ["python3", "-m", "http.server", "8080", "-d", "/opt/replayops"],
+           "ports": [{"containerPort": 8080}], "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": node_ns},
+                  "spec": {"selector": {"matchLabels": labels},
+                           "template": {"metadata": {"labels": labels}, "spec": {"containers": [web]}}}}
+    # the team's own deployment tool (its own field manager), not the controller's
+    node.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(deployment), check=True)
+    installed.commit(f"capture {node_ns}/web", {f"policies/{node_ns}.yaml": (
+        f"apiVersion: replayops.dev/v1alpha1\nkind: CapturePolicy\nmetadata: {{name: web, namespace: {node_ns}}}\n"
+        "spec:\n  selector: {matchLabels: {app: web}}\n  inbound: {mode: reverse, ports: [8080]}\n")})
+
+    def pods() -> list[dict[str, Any]]:
+        return [p for p in node.kube.list("v1", "Pod", node_ns) if not p["metadata"].get("deletionTimestamp")]
+
+    def injected_and_ready() -> list[dict[str, Any]] | None:
+        live = pods()
+        ok = [p for p in live if p["metadata"].get("annotations", {}).get(INJECTED)
+              and (p.get("status") or {}).get("containerStatuses")
+              and all(s.get("ready") for s in p["status"]["containerStatuses"] +
+                      p["status"].get("initContainerStatuses", []))]
+        return ok if ok and len(ok) == len(live) else None
+
+    try:
+        ready = node.kube.wait_for("the workload's pods rolled with the sidecar and Ready", injected_and_ready,
+                                   timeout=240, interval=1)
+    except KubeError:
+        seen = [(p["metadata"]["name"], p["metadata"].get("annotations"), p.get("status")) for p in pods()]
+        status = node.kube.get("v1", "ConfigMap", "replayops-status-default", SYSTEM_NAMESPACE)
+        raise AssertionError(f"pods: {seen}\nsource status: {(status or {}).get('data')}") from None
+    sidecar = next(c for c in ready[0]["spec"]["initContainers"] if c["name"] == PROXY)
+    assert sidecar["image"] == node.image  # the webhook's own image, as kustomize images: set it
