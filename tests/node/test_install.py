@@ -3,6 +3,8 @@ pods with its real ServiceAccounts: the webhook, the controller (two replicas, o
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import os
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from controller.api import INJECTED, PROXY, SYSTEM_NAMESPACE
 from controller.devcluster import host
 from controller.kube import KubeError
 from tests.gitrepo import Repo, git_daemon
-from tests.node.conftest import NodeCluster, wait_available
+from tests.node.conftest import NodeCluster, job_outcome, python_job, wait_available
 
 
 def kustomization(tmp: Path, image: str) -> Path:
@@ -69,24 +71,40 @@ def test_the_controller_replicas_elect_one_leader(node: NodeCluster, installed: 
 
 
 
-def test_a_policy_committed_to_git_gets_the_workload_captured_by_the_webhook_in_its_pods(
-        node: NodeCluster, installed: Repo, node_ns: str) -> None:
+POLICY = """apiVersion: replayops.dev/v1alpha1
+kind: CapturePolicy
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  inbound: {{mode: reverse, ports: [8080]}}
+  filters: {{exclude: [{{paths: [/skip]}}]}}
+  dlp: {{patterns: [{{type: custom, name: order, regex: "ORDER-[0-9]{{6}}"}}]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def captured(node: NodeCluster, installed: Repo) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A team's workload (applied with its own tool) that a CapturePolicy committed to git captures;
+    yields its namespace and its pods once they rolled with the sidecar and are Ready."""
+    ns = "team-web"
+    node.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     wait_available(node, SYSTEM_NAMESPACE, "replayops-webhook", timeout=240)
     labels = {"app": "web"}
     web = {"name": "web", "image": node.image, "imagePullPolicy": "Never",
            "command": ["python3", "-m", "http.server", "8080", "-d", "/opt/replayops"],
            "ports": [{"containerPort": 8080}], "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}
-    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": node_ns},
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": ns},
                   "spec": {"selector": {"matchLabels": labels},
                            "template": {"metadata": {"labels": labels}, "spec": {"containers": [web]}}}}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": ns},
+               "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 15001}]}}  # the reverse proxy
     # the team's own deployment tool (its own field manager), not the controller's
-    node.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(deployment), check=True)
-    installed.commit(f"capture {node_ns}/web", {f"policies/{node_ns}.yaml": (
-        f"apiVersion: replayops.dev/v1alpha1\nkind: CapturePolicy\nmetadata: {{name: web, namespace: {node_ns}}}\n"
-        "spec:\n  selector: {matchLabels: {app: web}}\n  inbound: {mode: reverse, ports: [8080]}\n")})
+    for obj in (deployment, service):
+        node.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(obj), check=True)
+    installed.commit(f"capture {ns}/web", {f"policies/{ns}.yaml": POLICY.format(ns=ns)})
 
     def pods() -> list[dict[str, Any]]:
-        return [p for p in node.kube.list("v1", "Pod", node_ns) if not p["metadata"].get("deletionTimestamp")]
+        return [p for p in node.kube.list("v1", "Pod", ns) if not p["metadata"].get("deletionTimestamp")]
 
     def injected_and_ready() -> list[dict[str, Any]] | None:
         live = pods()
@@ -103,5 +121,52 @@ def test_a_policy_committed_to_git_gets_the_workload_captured_by_the_webhook_in_
         seen = [(p["metadata"]["name"], p["metadata"].get("annotations"), p.get("status")) for p in pods()]
         status = node.kube.get("v1", "ConfigMap", "replayops-status-default", SYSTEM_NAMESPACE)
         raise AssertionError(f"pods: {seen}\nsource status: {(status or {}).get('data')}") from None
-    sidecar = next(c for c in ready[0]["spec"]["initContainers"] if c["name"] == PROXY)
+    yield ns, ready
+    node.kube.delete("v1", "Namespace", ns)
+
+
+def test_a_policy_committed_to_git_gets_the_workload_captured_by_the_webhook_in_its_pods(
+        node: NodeCluster, captured: tuple[str, list[dict[str, Any]]]) -> None:
+    _, pods = captured
+    sidecar = next(c for c in pods[0]["spec"]["initContainers"] if c["name"] == PROXY)
     assert sidecar["image"] == node.image  # the webhook's own image, as kustomize images: set it
+    assert sidecar["restartPolicy"] == "Always"
+
+
+def _store_records(node: NodeCluster) -> list[dict[str, Any]]:
+    """Every record in the store's volume, read from the node's disk (segments decompressed)."""
+    claim = node.kube.get("v1", "PersistentVolumeClaim", "replayops-store", SYSTEM_NAMESPACE) or {}
+    volume = node.kube.get("v1", "PersistentVolume", claim.get("spec", {}).get("volumeName", ""))
+    if not volume:
+        return []
+    records = []
+    for segment in Path(volume["spec"]["hostPath"]["path"]).rglob("*.jsonl.gz"):
+        with contextlib.suppress(OSError, EOFError):
+            records += [json.loads(line) for line in gzip.decompress(segment.read_bytes()).splitlines() if line]
+    return records
+
+
+def test_traffic_through_the_sidecar_reaches_the_store_shaped_by_the_policy_the_forwarder_reads(
+        node: NodeCluster, captured: tuple[str, list[dict[str, Any]]]) -> None:
+    ns, _ = captured
+    code = f"""
+        import urllib.error, urllib.request
+        try:  # first (the sidecar sends in order): a path the policy filters out, and the app answers 404
+            urllib.request.urlopen("http://web.{ns}.svc/skip?order=ORDER-999999", timeout=10)
+            raise SystemExit("/skip answered 200")
+        except urllib.error.HTTPError as err:
+            assert err.code == 404, err.code
+        for i in range(5):
+            urllib.request.urlopen("http://web.{ns}.svc/?order=ORDER-12345" + str(i), timeout=10).read()
+    """
+    node.kube.apply(python_job("client", ns, node.image, code))
+    ok, log = job_outcome(node, ns, "client", timeout=180)
+    assert ok, log
+    records = node.kube.wait_for("five pairs in the store", lambda: (
+        r if len(r := [x for x in _store_records(node) if "order=" in x["request"]["url"]]) >= 5 else None),
+        timeout=120, interval=1)
+    raw = json.dumps(records)
+    assert "ORDER-12345" not in raw, "the policy's custom DLP pattern, read from the cluster, redacts it"
+    assert "[redacted:order:" in raw
+    stored = _store_records(node)  # the /skip pair was sent before these: it was filtered, not pending
+    assert not [r for r in stored if "/skip" in r["request"]["url"]], "the policy's filter drops /skip"
