@@ -121,6 +121,15 @@ def captured(node: NodeCluster, installed: Repo) -> Iterator[tuple[str, list[dic
         seen = [(p["metadata"]["name"], p["metadata"].get("annotations"), p.get("status")) for p in pods()]
         status = node.kube.get("v1", "ConfigMap", "replayops-status-default", SYSTEM_NAMESPACE)
         raise AssertionError(f"pods: {seen}\nsource status: {(status or {}).get('data')}") from None
+    ips = {p["status"]["podIP"] for p in ready}
+
+    def serving() -> set[str] | None:  # the Service routes to them (kube-proxy follows the slices)
+        slices = node.kube.list("discovery.k8s.io/v1", "EndpointSlice", ns)
+        got = {a for s in slices if s["metadata"].get("labels", {}).get("kubernetes.io/service-name") == "web"
+               for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")
+               for a in e["addresses"]}
+        return got if got == ips else None
+    node.kube.wait_for("the Service's endpoints are the injected pods", serving, timeout=60, interval=0.5)
     yield ns, ready
     node.kube.delete("v1", "Namespace", ns)
 
@@ -150,12 +159,20 @@ def test_traffic_through_the_sidecar_reaches_the_store_shaped_by_the_policy_the_
         node: NodeCluster, captured: tuple[str, list[dict[str, Any]]]) -> None:
     ns, _ = captured
     code = f"""
-        import urllib.error, urllib.request
-        try:  # first (the sidecar sends in order): a path the policy filters out, and the app answers 404
-            urllib.request.urlopen("http://web.{ns}.svc/skip?order=ORDER-999999", timeout=10)
-            raise SystemExit("/skip answered 200")
-        except urllib.error.HTTPError as err:
-            assert err.code == 404, err.code
+        import time, urllib.error, urllib.request
+        for _ in range(60):  # kube-proxy programs the Service's new endpoints shortly after the slice lists them
+            try:  # first (the sidecar sends in order): a path the policy filters out, and the app answers 404
+                urllib.request.urlopen("http://web.{ns}.svc/skip?order=ORDER-999999", timeout=10)
+                raise SystemExit("/skip answered 200")
+            except urllib.error.HTTPError as err:
+                assert err.code == 404, err.code
+                break
+            except urllib.error.URLError as err:
+                if not isinstance(err.reason, ConnectionRefusedError):
+                    raise
+                time.sleep(0.5)
+        else:
+            raise SystemExit("web.{ns}.svc refused connections for 30 s")
         for i in range(5):
             urllib.request.urlopen("http://web.{ns}.svc/?order=ORDER-12345" + str(i), timeout=10).read()
     """
