@@ -11,7 +11,7 @@ from __future__ import annotations
 GROUP = "replayops.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
-KINDS = ("TrafficReplay", "CapturePolicy")
+KINDS = ("TrafficReplay", "CapturePolicy", "Snapshot")
 WORKLOAD_API = "apps/v1"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 
@@ -47,8 +47,12 @@ GENERATION = "replayops.dev/replay-generation"
 PROXY = "replayops-proxy"
 INIT = "replayops-init"
 
+# On snapshot Jobs
+SNAPSHOT = "replayops.dev/snapshot"  # annotation: namespace/name of the Snapshot
+
 # TrafficReplay phases
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "Pending", "Running", "Succeeded", "Failed", "Cancelled"
+READY_PHASE = "Ready"  # a Snapshot cut and readable
 ACTIVE_PHASES = (PENDING, RUNNING)
 TERMINAL_PHASES = (SUCCEEDED, FAILED, CANCELLED)
 
@@ -67,3 +71,6 @@ MOCKS_SERVED = "MocksServed"
 REPLAY_FAILED = "ReplayFailed"
 GOALS_MET = "GoalsMet"
 GOALS_NOT_MET = "GoalsNotMet"
+SNAPSHOT_CUT = "SnapshotCut"
+SNAPSHOT_FAILED = "SnapshotFailed"
+SNAPSHOT_NOT_READY = "SnapshotNotReady"  # a TrafficReplay waits for the Snapshot it names

@@ -1,7 +1,7 @@
 """The admission webhook as a Flask application factory.
 
 Routes: ``/mutate/pods`` (sidecar injection), ``/mutate/trafficreplays`` and
-``/mutate/capturepolicies`` (defaulting), ``/validate/trafficreplays`` and
+``/mutate/capturepolicies`` (defaulting), ``/validate/trafficreplays``, ``/validate/snapshots`` and
 ``/validate/capturepolicies`` (schema + cross-object rules), ``/healthz``,
 ``/readyz``, ``/metrics``. A body that is not an AdmissionReview gets a 400
 with the reason; a review always gets an answer echoing its ``uid`` — a
@@ -155,6 +155,7 @@ ROUTES: dict[str, Route] = {
     "/mutate/capturepolicies": Route(api.GROUP, "CapturePolicy", False, _mutator(defaults.default_policy)),
     "/validate/trafficreplays": Route(api.GROUP, "TrafficReplay", False, _validator(rules.check_replay)),
     "/validate/capturepolicies": Route(api.GROUP, "CapturePolicy", False, _validator(rules.check_policy)),
+    "/validate/snapshots": Route(api.GROUP, "Snapshot", False, _validator(rules.check_snapshot)),
 }
 
 

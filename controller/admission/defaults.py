@@ -11,14 +11,15 @@ from controller import schema
 MOCK_TIMING_BY_MODE = {"full": "none", "mocks-only": "recorded", "tests-only": "none"}
 
 
-def _schema_defaults(obj: Mapping[str, Any]) -> dict[str, Any]:
+def schema_defaults(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``obj`` with its CRD schema's defaults (all a Snapshot needs)."""
     found = schema.schema_for(str(obj.get("apiVersion")), str(obj.get("kind")))
     return schema.apply_defaults(found, copy.deepcopy(dict(obj))) if found else copy.deepcopy(dict(obj))
 
 
 def default_replay(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A TrafficReplay with the target's kind and the mocks' timing filled in."""
-    out = _schema_defaults(obj)
+    out = schema_defaults(obj)
     spec = out.setdefault("spec", {})
     ref = (spec.get("target") or {}).get("workloadRef")
     if isinstance(ref, dict):
@@ -32,7 +33,7 @@ def default_replay(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 def default_policy(obj: Mapping[str, Any], *, max_size_mb: int = 1024) -> dict[str, Any]:
     """A CapturePolicy whose retention carries the cluster's size cap when it names none."""
-    out = _schema_defaults(obj)
+    out = schema_defaults(obj)
     retention = out.setdefault("spec", {}).setdefault("retention", {})
     if isinstance(retention, dict):
         retention.setdefault("maxSizeMB", max_size_mb)

@@ -61,6 +61,12 @@ class ClusterLookup:
     def snapshot_exists(self, name: str) -> bool | None:
         return self._snapshot_exists(name)
 
+    def resource_exists(self, kind: str, namespace: str, name: str) -> bool | None:
+        try:
+            return self.kube.get(API_VERSION, kind, name, namespace) is not None
+        except KubeError:
+            return None
+
     def policy(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         def fetch() -> Mapping[str, Any] | None:
             try:

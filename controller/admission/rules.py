@@ -54,6 +54,7 @@ class Lookup(Protocol):
     def finished_replays(self, namespace: str) -> set[str] | None: ...  # names; None: unknown
     def namespace_labels(self, namespace: str) -> Mapping[str, str] | None: ...
     def snapshot_exists(self, name: str) -> bool | None: ...  # None: the store is unreachable
+    def resource_exists(self, kind: str, namespace: str, name: str) -> bool | None: ...  # our kinds; None: unknown
 
 
 def target_key(spec: Mapping[str, Any]) -> str:
@@ -77,13 +78,15 @@ def check_replay(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list
         elif exists is None:
             found.append(Finding("spec.target.workloadRef", f"{kind} {ns}/{ref['name']} not checked: no cluster",
                                  "target-exists", warning=True))
-    exists = lookup.snapshot_exists(str(spec.get("snapshot")))
+    snapshot = str(spec.get("snapshot"))
+    declared = lookup.resource_exists("Snapshot", ns, snapshot)  # a Snapshot of this namespace, or a store name
+    exists = True if declared else lookup.snapshot_exists(snapshot)
     if exists is False:
-        found.append(Finding("spec.snapshot", f"snapshot {spec.get('snapshot')!r} is not in the store",
-                             "snapshot-exists"))
+        found.append(Finding("spec.snapshot", f"{snapshot!r} is neither a Snapshot in namespace {ns} nor a "
+                             "snapshot in the store", "snapshot-exists"))
     elif exists is None:
-        found.append(Finding("spec.snapshot", "the snapshot store is unreachable; existence not checked",
-                             "snapshot-exists", warning=True))
+        found.append(Finding("spec.snapshot", f"{snapshot!r} is not a Snapshot in namespace {ns} and the store "
+                             "is unreachable; existence not checked", "snapshot-exists", warning=True))
     load = spec.get("load") or {}
     if int(load.get("copies", 1)) > limits.max_copies:
         found.append(Finding("spec.load.copies", f"{load['copies']} copies exceed the limit of "
@@ -98,6 +101,25 @@ def check_replay(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list
         if other_name != name and target_key(other.get("spec") or {}) == key:
             found.append(Finding("spec.target", f"replay {ns}/{other_name} is already running against "
                                  f"{key}; one running replay per target", "one-replay-per-target"))
+    return found
+
+
+def check_snapshot(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list[Finding]:
+    """Cross-object rules of a Snapshot: the policy it names exists; its window is not reversed."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    ns = meta.get("namespace", "default")
+    found: list[Finding] = []
+    if spec.get("policy"):
+        exists = lookup.resource_exists("CapturePolicy", ns, str(spec["policy"]))
+        if exists is False:
+            found.append(Finding("spec.policy", f"CapturePolicy {ns}/{spec['policy']} does not exist",
+                                 "policy-exists"))
+        elif exists is None:
+            found.append(Finding("spec.policy", f"CapturePolicy {ns}/{spec['policy']} not checked: no cluster",
+                                 "policy-exists", warning=True))
+    window = spec.get("window") or {}
+    if window.get("from") and window.get("to") and str(window["to"]) <= str(window["from"]):
+        found.append(Finding("spec.window.to", f"{window['to']} is not after from {window['from']}", "window"))
     return found
 
 
@@ -189,6 +211,7 @@ class StaticLookup:
     namespaces: dict[str, Mapping[str, str]]
     snapshots: set[str] | None = None  # None: no store to ask
     finished: dict[str, set[str]] | None = None  # namespace → names of finished replays; None: unknown
+    resources: set[tuple[str, str, str]] | None = None  # (kind, namespace, name) of our objects; None: unknown
 
     @classmethod
     def offline(cls) -> StaticLookup:
@@ -210,6 +233,35 @@ class StaticLookup:
 
     def snapshot_exists(self, name: str) -> bool | None:
         return None if self.snapshots is None else name in self.snapshots
+
+    def resource_exists(self, kind: str, namespace: str, name: str) -> bool | None:
+        return None if self.resources is None else (kind, namespace, name) in self.resources
+
+
+class RevisionLookup:
+    """A ``Lookup`` that also knows the objects of the revision being judged: a Snapshot may name a
+    CapturePolicy, and a TrafficReplay a Snapshot, committed beside it."""
+
+    def __init__(self, inner: Lookup, declared: set[tuple[str, str, str]]) -> None:
+        self.inner, self.declared = inner, declared
+
+    def workload_exists(self, namespace: str, kind: str, name: str) -> bool | None:
+        return self.inner.workload_exists(namespace, kind, name)
+
+    def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
+        return self.inner.active_replays(namespace)
+
+    def finished_replays(self, namespace: str) -> set[str] | None:
+        return self.inner.finished_replays(namespace)
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
+        return self.inner.namespace_labels(namespace)
+
+    def snapshot_exists(self, name: str) -> bool | None:
+        return self.inner.snapshot_exists(name)
+
+    def resource_exists(self, kind: str, namespace: str, name: str) -> bool | None:
+        return True if (kind, namespace, name) in self.declared else self.inner.resource_exists(kind, namespace, name)
 
 
 class MemoLookup:
@@ -239,3 +291,6 @@ class MemoLookup:
 
     def snapshot_exists(self, name: str) -> bool | None:
         return self._ask("snapshot_exists", name)  # type: ignore[no-any-return]
+
+    def resource_exists(self, kind: str, namespace: str, name: str) -> bool | None:
+        return self._ask("resource_exists", kind, namespace, name)  # type: ignore[no-any-return]

@@ -20,7 +20,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from controller import logs, paths
+from controller import argtypes, logs, paths
 from controller.capture import dlp, har
 from controller.store import FileStore, Manifest, ReadProblem, StoreError, rrpair
 
@@ -104,8 +104,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     verbs.add_parser("ls")
     show = verbs.add_parser("show")
     show.add_argument("name")
-    cut = verbs.add_parser("cut")
-    cut.add_argument("name")
+    cut = verbs.add_parser("cut", help="cut NAME from the store's streams, or cut the Snapshot --resource names")
+    cut.add_argument("name", nargs="?")
+    cut.add_argument("--resource", metavar="NAMESPACE/NAME", type=argtypes.resource,
+                     help="a Snapshot of the cluster: cut its window and write its status (the snapshot Jobs)")
+    cut.add_argument("--kubeconfig", type=Path, help="cluster access for --resource")
     cut.add_argument("--service", default="")
     cut.add_argument("--stream")
     cut.add_argument("--from", dest="start", type=_time, default=0.0)
@@ -303,7 +306,12 @@ def run_snapshot(args: argparse.Namespace) -> int:
             for p in problems:
                 print(f"problem: {p}", file=sys.stderr)
             return 1 if problems else 0
+        elif args.verb == "cut" and args.resource:
+            return _cut_resource(store, args)
         elif args.verb == "cut":
+            if not args.name:
+                print("replayops snapshot cut: give a NAME or --resource NAMESPACE/NAME", file=sys.stderr)
+                return 2
             m = store.cut(args.name, service=args.service, start=args.start, end=args.end, stream=args.stream)
             print(f"snapshot {m.name}: {m.count} pairs")
         elif args.verb == "rm":
@@ -325,6 +333,21 @@ def run_snapshot(args: argparse.Namespace) -> int:
         print(f"replayops snapshot {args.verb}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cut_resource(store: FileStore, args: argparse.Namespace) -> int:
+    """Cut the cluster's Snapshot ``--resource`` names and write its status."""
+    from controller import snapshots
+    from controller.kube import KubeError, connect
+
+    namespace, name = args.resource
+    try:
+        ok, message = snapshots.cut(connect(args.kubeconfig), store, namespace, name, time.time())
+    except (KubeError, OSError, ValueError) as exc:
+        print(f"replayops snapshot cut: Snapshot {namespace}/{name}: {exc}", file=sys.stderr)
+        return 1
+    print(f"replayops snapshot cut: Snapshot {namespace}/{name}: {message}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def _import(store: FileStore, args: argparse.Namespace) -> int:

@@ -164,7 +164,7 @@ def _serve(app: Any, port: int) -> None:
 def run_controller(args: argparse.Namespace) -> int:
     from prometheus_client import make_wsgi_app
 
-    from controller.api import API_VERSION, MANAGED_BY, SOURCE
+    from controller.api import API_VERSION, KINDS, MANAGED_BY, SOURCE
     from controller.gitops import receiver
     from controller.gitops.leader import LeaderElector
     from controller.gitops.loop import Loop
@@ -202,11 +202,12 @@ def run_controller(args: argparse.Namespace) -> int:
     if args.metrics_port:
         _serve(make_wsgi_app(metrics.registry), args.metrics_port)
     selector = f"{MANAGED_BY}=replayops,{SOURCE}={options.name}"
-    for ref in sorted(allowed | {f"{API_VERSION}/CapturePolicy", f"{API_VERSION}/TrafficReplay"}):
+    for ref in sorted(allowed | {f"{API_VERSION}/{kind}" for kind in KINDS}):
         api, _, kind = ref.rpartition("/")
         Watcher(kube, api, kind, loop.wake, loop.stopping, label_selector=selector).start()
-    if replays:  # every replay in the cluster, from our git source or synced by another tool (Argo CD)
+    if replays:  # every replay and snapshot in the cluster, from our git source or synced by another tool (Argo CD)
         Watcher(kube, API_VERSION, "TrafficReplay", loop.wake, loop.stopping).start()
+        Watcher(kube, API_VERSION, "Snapshot", loop.wake, loop.stopping).start()
         Watcher(kube, "batch/v1", "Job", loop.wake, loop.stopping,  # its Role covers that namespace only
                 label_selector=f"{MANAGED_BY}={JOB_MANAGER}", namespace=args.replay_namespace).start()
     signal.signal(signal.SIGTERM, loop.stop)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from controller import schema
 from controller.admission import defaults, rules
 
 DEFAULT_ALLOWED_KINDS = frozenset({"v1/Namespace", "v1/ConfigMap"})
-APPLY_ORDER = ("Namespace", "ConfigMap", "CapturePolicy", "TrafficReplay")
+APPLY_ORDER = ("Namespace", "ConfigMap", "CapturePolicy", "Snapshot", "TrafficReplay")
 
 
 @dataclass(frozen=True)
@@ -169,12 +169,32 @@ def _concurrent_replays(items: list[Item], lookup: rules.Lookup) -> list[Problem
     return found
 
 
+JUDGES: dict[str, tuple[Callable[[Mapping[str, Any]], dict[str, Any]],
+                        Callable[[Mapping[str, Any], rules.Lookup, rules.Limits], list[rules.Finding]]]] = {
+    "TrafficReplay": (defaults.default_replay, rules.check_replay),
+    "CapturePolicy": (defaults.default_policy, rules.check_policy),
+    "Snapshot": (defaults.schema_defaults, rules.check_snapshot),
+}
+
+
+def _declared(docs: list[tuple[Any, str, int]], namespace: str) -> set[tuple[str, str, str]]:
+    """(kind, namespace, name) of our objects in the revision, which others of it may name."""
+    out = set()
+    for node, _file, _line in docs:
+        obj = _plain(node)
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        if isinstance(meta, dict) and isinstance(meta.get("name"), str) and schema.is_ours(obj):
+            out.add((str(obj["kind"]), str(meta.get("namespace") or namespace), meta["name"]))
+    return out
+
+
 def build(files: Mapping[str, bytes], *, lookup: rules.Lookup, limits: rules.Limits | None = None,
           namespace: str = "default", allowed_kinds: Iterable[str] = DEFAULT_ALLOWED_KINDS) -> Desired:
     """Parse, default and validate a revision; raise InvalidRevision with every problem found."""
     limits = limits or rules.Limits()
     allowed = set(allowed_kinds)
     docs, problems = parse(files)
+    revision = rules.RevisionLookup(lookup, _declared(docs, namespace))
     items: list[Item] = []
     warnings: list[Problem] = []
     seen: dict[tuple[str, str, str, str], Item] = {}
@@ -197,13 +217,13 @@ def build(files: Mapping[str, bytes], *, lookup: rules.Lookup, limits: rules.Lim
         label = f"{kind} {meta.get('namespace', '')}/{meta['name']}".replace(" /", " ")
         if schema.is_ours(obj):
             # judged as the webhook would see it (defaulted); applied as written, so git owns only its fields
-            judged = defaults.default_replay(obj) if kind == "TrafficReplay" else defaults.default_policy(obj)
+            default, check = JUDGES[kind]
+            judged = default(obj)
             errors = schema.validate(judged)
             for err in errors:
                 problems.append(Problem(file, _line_of(node, err.path) or line, f"{label}: {err} (rule: {err.rule})"))
             if not errors:
-                check = rules.check_replay if kind == "TrafficReplay" else rules.check_policy
-                for finding in check(judged, lookup, limits):
+                for finding in check(judged, revision, limits):
                     problem = Problem(file, _line_of(node, finding.path) or line, f"{label}: {finding}",
                                       finding.warning)
                     (warnings if finding.warning else problems).append(problem)

@@ -28,6 +28,7 @@ from controller.api import (
     CONFLICT,
     FIELD_MANAGER,
     INJECTED,
+    KINDS,
     MANAGED_BY,
     PRUNE,
     READY,
@@ -167,7 +168,7 @@ class Reconciler:
         """Every object this source owns in the cluster, by (apiVersion, kind, namespace, name)."""
         selector = f"{MANAGED_BY}=replayops,{SOURCE}={self.options.name}"
         out = {}
-        ours = {f"{API_VERSION}/CapturePolicy", f"{API_VERSION}/TrafficReplay"}
+        ours = {f"{API_VERSION}/{kind}" for kind in KINDS}
         for kind_ref in sorted(self.options.allowed_kinds | ours):
             api, _, kind = kind_ref.rpartition("/")
             for obj in self.kube.list(api, kind, label_selector=selector):

@@ -27,7 +27,10 @@ from controller.api import (
     JOB_MANAGER,
     MANAGED_BY,
     PENDING,
+    READY_PHASE,
     REPLAY,
+    SNAPSHOT,
+    SNAPSHOT_NOT_READY,
     SYSTEM_NAMESPACE,
     TERMINAL_PHASES,
     UID_LABEL,
@@ -85,23 +88,13 @@ def render_service(replay: Mapping[str, Any], config: JobConfig, job_uid: str) -
                      "ports": [{"name": "mocks", "port": MOCKS_PORT, "targetPort": "mocks"}]}}
 
 
-def render(replay: Mapping[str, Any], config: JobConfig) -> dict[str, Any]:
-    """The Job that runs ``replay``: the generator, or for mocks-only the responder."""
-    meta, spec = replay["metadata"], replay.get("spec") or {}
-    labels = {MANAGED_BY: JOB_MANAGER, UID_LABEL: meta["uid"], "app.kubernetes.io/part-of": "replayops"}
-    ref = f"{meta['namespace']}/{meta['name']}"
-    if mocks_only(replay):
-        work: dict[str, Any] = {"args": ["mock", "--resource", ref, "--listen", str(MOCKS_PORT), "--host", "0.0.0.0",
-                                         "--url", mocks_url(replay, config)],
-                                "ports": [{"name": "mocks", "containerPort": MOCKS_PORT}],
-                                "readinessProbe": {"httpGet": {"path": "/__replayops/status", "port": "mocks"}}}
-    else:
-        work = {"args": ["replay", "--resource", ref, "--no-progress"]}
+def _job(name: str, uid: str, annotations: dict[str, str], work: dict[str, Any], deadline: int,
+         ttl: int | None, config: JobConfig) -> dict[str, Any]:
+    """A Job of ours running the image with ``work`` (args, ports, probes) on the store's volume."""
+    labels = {MANAGED_BY: JOB_MANAGER, UID_LABEL: uid, "app.kubernetes.io/part-of": "replayops"}
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
-        # mocks serve for the timeout and stop by themselves: their deadline leaves room for the pod's start
-        "activeDeadlineSeconds": max(1, int(parse_duration(spec.get("timeout") or "30m") or 1800))
-        + (MOCKS_DEADLINE_MARGIN_S if mocks_only(replay) else 0),
+        "activeDeadlineSeconds": deadline,
         "template": {
             "metadata": {"labels": labels, "annotations": {"sidecar.replayops.dev/inject": "false"}},
             "spec": {
@@ -126,13 +119,46 @@ def render(replay: Mapping[str, Any], config: JobConfig) -> dict[str, Any]:
             },
         },
     }
-    if spec.get("ttlAfterFinished"):
-        job_spec["ttlSecondsAfterFinished"] = int(parse_duration(spec["ttlAfterFinished"]) or 0)
+    if ttl is not None:
+        job_spec["ttlSecondsAfterFinished"] = ttl
     return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": job_name(replay), "namespace": config.namespace, "labels": labels,
-                         "annotations": {REPLAY: f"{meta['namespace']}/{meta['name']}",
-                                         GENERATION: str(meta.get("generation", 1))}},
+            "metadata": {"name": name, "namespace": config.namespace, "labels": labels, "annotations": annotations},
             "spec": job_spec}
+
+
+def render(replay: Mapping[str, Any], config: JobConfig) -> dict[str, Any]:
+    """The Job that runs ``replay``: the generator, or for mocks-only the responder."""
+    meta, spec = replay["metadata"], replay.get("spec") or {}
+    ref = f"{meta['namespace']}/{meta['name']}"
+    if mocks_only(replay):
+        work: dict[str, Any] = {"args": ["mock", "--resource", ref, "--listen", str(MOCKS_PORT), "--host", "0.0.0.0",
+                                         "--url", mocks_url(replay, config)],
+                                "ports": [{"name": "mocks", "containerPort": MOCKS_PORT}],
+                                "readinessProbe": {"httpGet": {"path": "/__replayops/status", "port": "mocks"}}}
+    else:
+        work = {"args": ["replay", "--resource", ref, "--no-progress"]}
+    # mocks serve for the timeout and stop by themselves: their deadline leaves room for the pod's start
+    deadline = max(1, int(parse_duration(spec.get("timeout") or "30m") or 1800)) \
+        + (MOCKS_DEADLINE_MARGIN_S if mocks_only(replay) else 0)
+    ttl = int(parse_duration(spec["ttlAfterFinished"]) or 0) if spec.get("ttlAfterFinished") else None
+    return _job(job_name(replay), meta["uid"], {REPLAY: ref, GENERATION: str(meta.get("generation", 1))}, work,
+                deadline, ttl, config)
+
+
+SNAPSHOT_DEADLINE_S = 1800
+SNAPSHOT_JOB_TTL_S = 3600
+
+
+def snapshot_job_name(snap: Mapping[str, Any]) -> str:
+    return "snapshot-" + job_name(snap).removeprefix("replay-")
+
+
+def render_snapshot(snap: Mapping[str, Any], config: JobConfig) -> dict[str, Any]:
+    """The Job that cuts the Snapshot ``snap`` from the store and writes its status."""
+    meta = snap["metadata"]
+    ref = f"{meta['namespace']}/{meta['name']}"
+    return _job(snapshot_job_name(snap), meta["uid"], {SNAPSHOT: ref, GENERATION: str(meta.get("generation", 1))},
+                {"args": ["snapshot", "cut", "--resource", ref]}, SNAPSHOT_DEADLINE_S, SNAPSHOT_JOB_TTL_S, config)
 
 
 def _job_failure(job: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -142,18 +168,22 @@ def _job_failure(job: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def next_status(replay: Mapping[str, Any], job: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The status the controller writes for ``replay`` given its Job for the current generation
-    (None: the Job is still to be created); None when there is nothing to write."""
-    generation = int(replay["metadata"].get("generation", 1))
-    status = replay.get("status") or {}
-    current = status.get("observedGeneration") == generation
-    if current and status.get("phase") in TERMINAL_PHASES:
+def _status(phase: str, generation: int, reason: str, message: str, finished: bool = False) -> dict[str, Any]:
+    status = {"phase": phase, "observedGeneration": generation,
+              "conditions": [resource_status.ready(False, reason, message, generation)]}
+    return {**status, "finishTime": resource_status.now()} if finished else status
+
+
+def next_status(obj: Mapping[str, Any], job: Mapping[str, Any] | None, *, name: str | None = None,
+                terminal: tuple[str, ...] = TERMINAL_PHASES) -> dict[str, Any] | None:
+    """The status the controller writes for ``obj`` (a TrafficReplay or Snapshot) given its Job ``name``
+    for the current generation (None: the Job is still to be created); None when there is nothing to write."""
+    generation = int(obj["metadata"].get("generation", 1))
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") == generation and status.get("phase") in terminal:
         return None
     if job is None:
-        return {"phase": PENDING, "observedGeneration": generation,
-                "conditions": [resource_status.ready(False, JOB_CREATED,
-                                                     f"waiting for Job {job_name(replay)} to start", generation)]}
+        return _status(PENDING, generation, JOB_CREATED, f"waiting for Job {name or job_name(obj)} to start")
     failed = _job_failure(job)
     if failed is None:
         return None
@@ -161,44 +191,87 @@ def next_status(replay: Mapping[str, Any], job: Mapping[str, Any] | None) -> dic
     message = f"Job {job['metadata']['namespace']}/{job['metadata']['name']} failed: {reason}"
     if failed.get("message"):
         message += f": {failed['message']}"
-    return {"phase": FAILED, "observedGeneration": generation, "finishTime": resource_status.now(),
-            "conditions": [resource_status.ready(False, reason, message, generation)]}
+    return _status(FAILED, generation, reason, message, finished=obj.get("kind", "TrafficReplay") == "TrafficReplay")
+
+
+def snapshot_block(replay: Mapping[str, Any], snap: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Why ``replay`` cannot start yet (Pending) or ever (Failed) because of the Snapshot it names; None
+    when it can (the Snapshot is Ready, or the name is a store snapshot's)."""
+    if snap is None:
+        return None
+    generation, status = int(replay["metadata"].get("generation", 1)), snap.get("status") or {}
+    ref = f"{snap['metadata']['namespace']}/{snap['metadata']['name']}"
+    current = status.get("observedGeneration") == snap["metadata"].get("generation")
+    if current and status.get("phase") == READY_PHASE:
+        return None
+    if current and status.get("phase") == FAILED:
+        why = next((c.get("message", "") for c in status.get("conditions") or []), "")
+        return _status(FAILED, generation, SNAPSHOT_NOT_READY, f"Snapshot {ref} failed: {why}", finished=True)
+    return _status(PENDING, generation, SNAPSHOT_NOT_READY, f"waiting for Snapshot {ref} to be cut")
 
 
 @dataclass
 class ReplayJobs:
-    """One pass: start Jobs for replays that need one, fail replays whose Job failed, delete orphans."""
+    """One pass: start Jobs for replays and snapshots that need one, fail those whose Job failed, delete
+    orphans. A replay naming a Snapshot of its namespace waits for it to be Ready."""
 
     kube: Kube
     config: JobConfig = field(default_factory=JobConfig)
     dry_run: bool = False
 
     def sync(self) -> list[str]:
-        """Bring Jobs and replay statuses up to the cluster's TrafficReplays; return what was done."""
+        """Bring Jobs and statuses up to the cluster's Snapshots and TrafficReplays; return what was done."""
         done: list[str] = []
-        replays = self.kube.list(API_VERSION, "TrafficReplay")
+        snapshots = self.kube.list(API_VERSION, "Snapshot")
+        by_ref = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in snapshots}
         jobs = {j["metadata"]["name"]: j for j in self.kube.list(
             "batch/v1", "Job", self.config.namespace, label_selector=f"{MANAGED_BY}={JOB_MANAGER}")}
         wanted = set()
-        for replay in replays:
-            name = job_name(replay)
+        for obj, name in [(s, snapshot_job_name(s)) for s in snapshots] + [
+                (r, job_name(r)) for r in self.kube.list(API_VERSION, "TrafficReplay")]:
             wanted.add(name)
+            meta = obj["metadata"]
             try:
-                done += self._one(replay, jobs.get(name))
+                if obj["kind"] == "Snapshot":
+                    done += self._snapshot(obj, jobs.get(name))
+                else:
+                    snap = by_ref.get((meta["namespace"], str((obj.get("spec") or {}).get("snapshot"))))
+                    done += self._replay(obj, jobs.get(name), snap)
             except KubeError as exc:
-                meta = replay["metadata"]
-                log.error("replay not run", extra=logs.fields(replay=f"{meta['namespace']}/{meta['name']}",
-                                                              error=str(exc)))
+                log.error(f"{obj['kind']} not run", extra=logs.fields(
+                    resource=f"{meta['namespace']}/{meta['name']}", error=str(exc)))
         for name, job in jobs.items():
             if name not in wanted:
                 if not self.dry_run:
                     self.kube.delete("batch/v1", "Job", name, self.config.namespace)
-                done.append(f"deleted Job {name} of {job['metadata'].get('annotations', {}).get(REPLAY, '?')}")
+                notes = job["metadata"].get("annotations", {})
+                done.append(f"deleted Job {name} of {notes.get(REPLAY) or notes.get(SNAPSHOT) or '?'}")
         for line in done:
             log.info(line)
         return done
 
-    def _one(self, replay: Mapping[str, Any], job: Mapping[str, Any] | None) -> list[str]:
+    def _write(self, obj: Mapping[str, Any], status: dict[str, Any]) -> list[str]:
+        meta = obj["metadata"]
+        self.kube.apply_status({"apiVersion": API_VERSION, "kind": obj["kind"],
+                                "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+                                "status": status})
+        if status["phase"] == FAILED:
+            return [f"{obj['kind']} {meta['namespace']}/{meta['name']} failed: {status['conditions'][0]['message']}"]
+        return []
+
+    def _snapshot(self, snap: Mapping[str, Any], job: Mapping[str, Any] | None) -> list[str]:
+        name = snapshot_job_name(snap)
+        status = next_status(snap, job, name=name, terminal=(READY_PHASE, FAILED))
+        if status is None or self.dry_run:
+            return []
+        out = []
+        if job is None:
+            self.kube.apply(render_snapshot(snap, self.config))
+            out.append(f"created Job {name} for Snapshot {snap['metadata']['namespace']}/{snap['metadata']['name']}")
+        return out + self._write(snap, status)
+
+    def _replay(self, replay: Mapping[str, Any], job: Mapping[str, Any] | None,
+                snap: Mapping[str, Any] | None) -> list[str]:
         meta = replay["metadata"]
         ref = f"{meta['namespace']}/{meta['name']}"
         status = next_status(replay, job)
@@ -206,14 +279,15 @@ class ReplayJobs:
             return []
         out = []
         if job is None:
+            blocked = snapshot_block(replay, snap)
+            if blocked is not None:
+                had = replay.get("status") or {}
+                said = [c.get("message") for c in had.get("conditions") or []]
+                same = had.get("phase") == blocked["phase"] and said == [c["message"] for c in blocked["conditions"]]
+                return [] if same else self._write(replay, blocked)
             created = self.kube.apply(render(replay, self.config))
             out.append(f"created Job {job_name(replay)} for TrafficReplay {ref}")
             if mocks_only(replay):
                 self.kube.apply(render_service(replay, self.config, created["metadata"]["uid"]))
                 out.append(f"created Service {job_name(replay)} for the mocks of TrafficReplay {ref}")
-        self.kube.apply_status({"apiVersion": API_VERSION, "kind": "TrafficReplay",
-                                "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
-                                "status": status})
-        if status["phase"] == FAILED:
-            out.append(f"TrafficReplay {ref} failed: {status['conditions'][0]['message']}")
-        return out
+        return out + self._write(replay, status)

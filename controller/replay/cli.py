@@ -21,7 +21,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from controller import api, logs, schema
+from controller import api, argtypes, logs, schema
 from controller.api import SERVING_MOCKS
 from controller.durations import parse_duration
 from controller.replay import generator, report, resource_status
@@ -37,13 +37,6 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _resource(text: str) -> tuple[str, str]:
-    namespace, _, name = text.partition("/")
-    if not namespace or not name or "/" in name:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAMESPACE/NAME")
-    return namespace, name
-
-
 def _positive(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -55,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r = sub.add_parser("replay", help="replay a snapshot's inbound requests against a target and compare")
     r.add_argument("snapshot", nargs="?", help="the snapshot (default with --resource: its spec.snapshot)")
     r.add_argument("--target", help="base URL of the service under test (default with --resource: its target)")
-    r.add_argument("--resource", metavar="NAMESPACE/NAME", type=_resource,
+    r.add_argument("--resource", metavar="NAMESPACE/NAME", type=argtypes.resource,
                    help="run this TrafficReplay from the cluster and write the outcome into its status")
     r.add_argument("--kubeconfig", type=Path, help="cluster access for --resource (default: $KUBECONFIG or "
                    "in-cluster)")
@@ -81,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
     m = sub.add_parser("mock", help="serve a snapshot's outbound calls as mocks")
     m.add_argument("snapshot", nargs="?", help="the snapshot (default with --resource: its spec.snapshot)")
-    m.add_argument("--resource", metavar="NAMESPACE/NAME", type=_resource,
+    m.add_argument("--resource", metavar="NAMESPACE/NAME", type=argtypes.resource,
                    help="serve a mocks-only TrafficReplay from the cluster for its duration, with its status")
     m.add_argument("--url", help="with --resource: the address others reach these mocks at (for the status)")
     m.add_argument("--kubeconfig", type=Path, help="cluster access for --resource")
@@ -196,6 +189,7 @@ def _fetch_resource(args: argparse.Namespace, command: str) -> tuple[Any, dict[s
 
 def _run_resource(args: argparse.Namespace) -> int:
     """Run a TrafficReplay from the cluster; its status says Running, then how it ended."""
+    from controller import snapshots
     from controller.kube import KubeError
     from controller.replay import collect
     from controller.replay import target as targets
@@ -209,14 +203,14 @@ def _run_resource(args: argparse.Namespace) -> int:
     spec = dict(replay.get("spec") or {})
     generation = int(replay["metadata"].get("generation", 1))
     try:
-        snapshot = args.snapshot or spec.get("snapshot", "")
+        snapshot = args.snapshot or snapshots.resolve(kube, namespace, spec.get("snapshot", ""))
         spec["snapshot"] = snapshot
         target = args.target or targets.resolve(kube, namespace, spec)
-        kube.apply_status(status.running(generation, f"replaying against {target}"))
+        kube.apply_status(status.running(generation, f"replaying {snapshot} against {target}"))
         outcome = _replay(args, spec, snapshot, target,
                           events=lambda since, until: collect.events(kube, namespace, spec, since, until))
         kube.apply_status(status.finished(generation, outcome))
-    except targets.TargetError as exc:
+    except (targets.TargetError, snapshots.SnapshotNotReady) as exc:
         outcome = Outcome(2, error=str(exc))
         kube.apply_status(status.finished(generation, outcome))
     except KubeError as exc:
@@ -377,6 +371,8 @@ def _mock_resource(args: argparse.Namespace) -> int:
     timeout; Running, then Succeeded with the match rate."""
     import urllib.request
 
+    from controller import snapshots
+
     namespace, name = args.resource
     status = resource_status.Writer(namespace, name)
     found = _fetch_resource(args, "mock")
@@ -386,7 +382,12 @@ def _mock_resource(args: argparse.Namespace) -> int:
     spec, generation = replay.get("spec") or {}, int(replay["metadata"].get("generation", 1))
     mocks = spec.get("mocks") or {}
     match, timing = mocks.get("match") or {}, mocks.get("timing") or {}
-    args.snapshot = args.snapshot or spec.get("snapshot")
+    try:
+        args.snapshot = args.snapshot or snapshots.resolve(kube, namespace, str(spec.get("snapshot", "")))
+    except snapshots.SnapshotNotReady as exc:
+        kube.apply_status(status.finished(generation, Outcome(2, error=str(exc))))
+        print(f"replayops mock: {exc}", file=sys.stderr)
+        return 2
     args.ignore_header += match.get("ignoreHeaders") or []
     args.ignore_query += match.get("ignoreQueryKeys") or []
     args.ignore_json_path += match.get("ignoreJsonPaths") or []

@@ -56,7 +56,9 @@ class Writer:
                                True, MOCKS_SERVED, f"served mocks for {seconds:g}s", generation)]})
 
     def finished(self, generation: int, outcome: Outcome) -> dict[str, Any]:
-        """Succeeded with the summary and report when the replay ran (goals met or not); Failed otherwise."""
+        """Succeeded with the summary and report when the replay ran and met its goals; Failed with them and
+        the reason (missed goals, first differing fields) when it missed them; Failed with the error when it
+        did not run."""
         rep = outcome.report
         if rep is None:
             return self._body({"phase": FAILED, "observedGeneration": generation, "finishTime": now(),
@@ -67,10 +69,23 @@ class Writer:
         if rep["goalsMet"]:
             condition = ready(True, GOALS_MET, outcome.error or "every goal met", generation)
         else:
-            detail = "; ".join(f"{g.get('goal')}: {g.get('actual')} (limit {g.get('limit')})" for g in missed)
-            condition = ready(False, GOALS_NOT_MET, outcome.error or detail or "goals not met", generation)
+            detail = "; ".join([f"{g.get('goal')}: {g.get('actual')} (limit {g.get('limit')})" for g in missed]
+                               + differences(rep))
+            condition = ready(False, GOALS_NOT_MET, "; ".join(filter(None, [outcome.error, detail]))
+                              or "goals not met", generation)
         ref = {"id": rep["id"]}
         if outcome.where is not None:
             ref["path"] = str(outcome.where / "report.json")
-        return self._body({"phase": SUCCEEDED, "observedGeneration": generation, "finishTime": now(),
-                           "summary": summary, "reportRef": ref, "conditions": [condition]})
+        return self._body({"phase": SUCCEEDED if rep["goalsMet"] else FAILED, "observedGeneration": generation,
+                           "finishTime": now(), "summary": summary, "reportRef": ref, "conditions": [condition]})
+
+
+def differences(rep: dict[str, Any], most: int = 3) -> list[str]:
+    """The first fields that differed from the recording, per endpoint (``GET /x: $.total: recorded 3, got
+    2.7``), so a Failed replay names what changed."""
+    out: list[str] = []
+    for name, ep in (rep.get("endpoints") or {}).items():
+        for example in ep.get("examples") or []:
+            if example and len(out) < most:
+                out.append(f"{name}: {example[0]}")
+    return out

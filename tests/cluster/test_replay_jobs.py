@@ -151,16 +151,20 @@ def test_a_replay_runs_as_a_job_and_its_outcome_lands_in_its_status(
     assert sync(jobs, namespace) == [f"deleted Job {job_name(created)} of {namespace}/smoke"]
 
 
-def test_missed_goals_are_a_finished_replay_that_is_degraded(
+def test_missed_goals_fail_the_replay_naming_the_differing_field(
         cluster: Cluster, namespace: str, jobs: ReplayJobs, service: str, home: Path) -> None:
     created = replay(cluster, namespace, "changed", {"url": f"{service}/changed"}, goals={"minSuccessRate": 1})
     jobs.sync()
     ran = run_pod(cluster, cluster.kube.get("batch/v1", "Job", job_name(created), jobs.config.namespace) or {}, home)
     assert ran.returncode == 0, "the replay ran: its verdict is in the status, the Job succeeded"
     done = get(cluster, namespace, "changed")
-    assert done["status"]["phase"] == "Succeeded" and done["status"]["summary"]["goalsMet"] is False
-    assert done["status"]["conditions"][0]["reason"] == "GoalsNotMet"
+    assert done["status"]["phase"] == "Failed" and done["status"]["summary"]["goalsMet"] is False
+    assert done["status"]["reportRef"]["id"], "a replay that ran keeps its report"
+    condition = done["status"]["conditions"][0]
+    assert condition["reason"] == "GoalsNotMet" and "minSuccessRate" in condition["message"]
+    assert "GET /api/quote: $.price: recorded 2, got 3" in condition["message"], "it names the differing field"
     assert health(script(GROUP, "TrafficReplay"), done)["status"] == "Degraded"
+    assert jobs.sync() == [], "Failed is final: no second Job"
 
 
 def test_a_job_past_its_deadline_fails_the_replay_and_a_new_generation_runs_again(

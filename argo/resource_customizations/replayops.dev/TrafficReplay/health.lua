@@ -76,7 +76,11 @@ elseif phase == "Succeeded" then
   end
 elseif phase == "Failed" then
   hs.status = "Degraded"
-  hs.message = said or "Replay failed"
+  if summary.goalsMet == false then
+    hs.message = "Replay finished, goals not met: " .. figures(summary) .. ((said and ("; " .. said)) or "")
+  else
+    hs.message = said or "Replay failed"
+  end
 elseif phase == "Cancelled" then
   hs.status = "Degraded"
   hs.message = said or "Replay cancelled"

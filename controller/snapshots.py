@@ -1,0 +1,127 @@
+"""Snapshots declared in the cluster: cut from the store by a Job, named by TrafficReplays.
+
+A ``Snapshot`` names a CapturePolicy (its streams are ``<namespace>.<policy>.<pod>``) or one
+stream, a time window and optional filters. ``cut`` (run in the snapshot Job's pod) writes the
+snapshot into the store as ``<namespace>.<name>`` and its status (Ready with pairs, bytes and the
+window; Failed with the reason). A TrafficReplay's ``spec.snapshot`` is the name of a Snapshot of
+its namespace when one exists, else a snapshot of the store by its own name (imported ones).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from controller.api import API_VERSION, FAILED, READY, READY_PHASE, SNAPSHOT_CUT, SNAPSHOT_FAILED
+from controller.durations import parse_duration
+from controller.kube import Kube
+from controller.store import FileStore, Manifest, StoreError
+
+
+class SnapshotNotReady(LookupError):
+    """A TrafficReplay names a Snapshot that is not (yet) cut; the message says which and why."""
+
+
+def store_name(namespace: str, name: str) -> str:
+    """The store's name of the Snapshot ``namespace/name`` (DNS names joined by a dot stay unique)."""
+    return f"{namespace}.{name}"
+
+
+def resolve(kube: Kube, namespace: str, name: str) -> str:
+    """The store name a TrafficReplay in ``namespace`` means by ``spec.snapshot: name``."""
+    snap = kube.get(API_VERSION, "Snapshot", name, namespace)
+    if snap is None:
+        return name
+    status = snap.get("status") or {}
+    if status.get("phase") != READY_PHASE or status.get("observedGeneration") != snap["metadata"].get("generation"):
+        why = next((c.get("message") for c in status.get("conditions") or [] if c.get("type") == "Ready"), "")
+        raise SnapshotNotReady(f"Snapshot {namespace}/{name} is {status.get('phase') or 'not cut yet'}"
+                               + (f": {why}" if why else ""))
+    return str(status.get("storeName") or store_name(namespace, name))
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def window(spec: Mapping[str, Any], now: float) -> tuple[float, float]:
+    """``spec.window`` as epoch seconds (from, to); ``last`` counts back from ``now``."""
+    win = spec.get("window") or {}
+    if win.get("last"):
+        return now - float(parse_duration(str(win["last"])) or 0), now
+    return _epoch(str(win["from"])), _epoch(str(win["to"])) if win.get("to") else now
+
+
+def streams(store: FileStore, namespace: str, spec: Mapping[str, Any]) -> list[str]:
+    """The store streams a Snapshot's spec names."""
+    if spec.get("stream"):
+        return [str(spec["stream"])]
+    prefix = f"{namespace}.{spec['policy']}."
+    return [s for s in store.streams() if s.startswith(prefix)]
+
+
+def kept(filters: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
+    """Whether a Snapshot's ``filters`` keep ``record`` (each filter named must match)."""
+    request = record.get("request") or {}
+    path = urlsplit(str(request.get("url", ""))).path or "/"
+    return (not filters.get("directions") or record.get("direction") in filters["directions"]) \
+        and (not filters.get("methods") or str(request.get("method", "")).upper() in filters["methods"]) \
+        and (not filters.get("paths") or any(fnmatch.fnmatchcase(path, p) for p in filters["paths"]))
+
+
+def records(store: FileStore, namespace: str, spec: Mapping[str, Any], start: float,
+            end: float) -> Iterator[dict[str, Any]]:
+    """The pairs of the Snapshot's streams in its window that its filters keep."""
+    filters = spec.get("filters") or {}
+    for stream in streams(store, namespace, spec):
+        for record in store.stream_records(stream):
+            at = float((record.get("timestamps") or {}).get("request", 0))
+            if start <= at <= end and kept(filters, record):
+                yield record
+
+
+def _status(namespace: str, name: str, phase: str, generation: int, reason: str, message: str,
+            **fields: Any) -> dict[str, Any]:
+    """A Snapshot's status body (for server-side apply) with its Ready condition."""
+    ready = {"type": READY, "status": "True" if phase == READY_PHASE else "False", "reason": reason,
+             "message": message, "observedGeneration": generation, "lastTransitionTime": _iso(time.time())}
+    return {"apiVersion": API_VERSION, "kind": "Snapshot", "metadata": {"name": name, "namespace": namespace},
+            "status": {"phase": phase, "observedGeneration": generation, **fields, "conditions": [ready]}}
+
+
+def cut(kube: Kube, store: FileStore, namespace: str, name: str, now: float) -> tuple[bool, str]:
+    """Cut the Snapshot ``namespace/name`` into the store and write its status; (ok, what happened)."""
+    snap = kube.get(API_VERSION, "Snapshot", name, namespace)
+    if snap is None:
+        return False, f"Snapshot {namespace}/{name} does not exist"
+    generation = int(snap["metadata"].get("generation", 1))
+    spec = snap.get("spec") or {}
+    target = store_name(namespace, name)
+    try:
+        start, end = window(spec, now)
+        if store.exists(target):  # a cut that wrote the store but not the status (a pod killed in between)
+            manifest = store.manifest(target)
+        else:
+            source = f"Snapshot {namespace}/{name} of " + (f"CapturePolicy {spec['policy']}" if spec.get("policy")
+                                                           else f"stream {spec.get('stream')}")
+            manifest = store.write_snapshot(Manifest(name=target, service=spec.get("policy", ""), start=start,
+                                                     end=end, policy=spec.get("policy", ""), source=source),
+                                            records(store, namespace, spec, start, end))
+    except (StoreError, OSError, ValueError) as exc:
+        message = f"cutting {target}: {exc}"
+        kube.apply_status(_status(namespace, name, FAILED, generation, SNAPSHOT_FAILED, message))
+        return False, message
+    size = sum(p.stat().st_size for p in store.segments(target))
+    message = f"{manifest.count} pairs of {_iso(start)} to {_iso(end)}"
+    kube.apply_status(_status(namespace, name, READY_PHASE, generation, SNAPSHOT_CUT, message, storeName=target,
+                              pairs=manifest.count, byDirection=manifest.by_direction, bytes=size,
+                              window={"from": _iso(start), "to": _iso(end)}))
+    return True, message
