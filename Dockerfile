@@ -41,6 +41,8 @@ RUN set -eu; missing=""; for p in python3 iptables ca-certificates; do \
 COPY --from=build /opt/replayops /opt/replayops
 COPY crds /opt/replayops/share/crds
 COPY manifests /opt/replayops/share/manifests
+# the demo (make up runs it in pods) and the example GitOps repository
+COPY examples /opt/replayops/share/examples
 ENV REPLAYOPS_ROOT=/opt/replayops/share \
     REPLAYOPS_HOME=/var/lib/replayops \
     HOME=/var/lib/replayops \

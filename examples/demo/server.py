@@ -58,5 +58,6 @@ if __name__ == "__main__":
     parser.add_argument("port", type=int)
     parser.add_argument("dependency")
     parser.add_argument("--variant", default="base", choices=["base", "discount"])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a pod)")
     args = parser.parse_args()
-    ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.dependency, args.variant)).serve_forever()
+    ThreadingHTTPServer((args.host, args.port), make_handler(args.dependency, args.variant)).serve_forever()

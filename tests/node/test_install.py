@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import json
 import os
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from typing import Any
 import pytest
 
 from controller import paths
-from controller.api import INJECTED, PROXY, SYSTEM_NAMESPACE
+from controller.api import API_VERSION, INJECTED, PROXY, SNAPSHOT, SYSTEM_NAMESPACE
 from controller.devcluster import host
+from controller.gitops.replayjobs import job_name
 from controller.kube import KubeError
 from tests.gitrepo import Repo, git_daemon
 from tests.node.conftest import NodeCluster, job_outcome, python_job, wait_available
@@ -73,38 +75,33 @@ def test_the_controller_replicas_elect_one_leader(node: NodeCluster, installed: 
 
 POLICY = """apiVersion: replayops.dev/v1alpha1
 kind: CapturePolicy
-metadata: {{name: web, namespace: {ns}}}
+metadata: {{name: demo-server, namespace: {ns}}}
 spec:
-  selector: {{matchLabels: {{app: web}}}}
+  selector: {{matchLabels: {{app: demo-server}}}}
   inbound: {{mode: reverse, ports: [8080]}}
+  outbound: {{enabled: true}}
   filters: {{exclude: [{{paths: [/skip]}}]}}
   dlp: {{patterns: [{{type: custom, name: order, regex: "ORDER-[0-9]{{6}}"}}]}}
 """
+NS = "team-web"
 
 
-@pytest.fixture(scope="module")
-def captured(node: NodeCluster, installed: Repo) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A team's workload (applied with its own tool) that a CapturePolicy committed to git captures;
-    yields its namespace and its pods once they rolled with the sidecar and are Ready."""
-    ns = "team-web"
-    node.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    wait_available(node, SYSTEM_NAMESPACE, "replayops-webhook", timeout=240)
-    labels = {"app": "web"}
-    web = {"name": "web", "image": node.image, "imagePullPolicy": "Never",
-           "command": ["python3", "-m", "http.server", "8080", "-d", "/opt/replayops"],
-           "ports": [{"containerPort": 8080}], "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}
-    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": ns},
-                  "spec": {"selector": {"matchLabels": labels},
-                           "template": {"metadata": {"labels": labels}, "spec": {"containers": [web]}}}}
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": ns},
-               "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 15001}]}}  # the reverse proxy
-    # the team's own deployment tool (its own field manager), not the controller's
-    for obj in (deployment, service):
-        node.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(obj), check=True)
-    installed.commit(f"capture {ns}/web", {f"policies/{ns}.yaml": POLICY.format(ns=ns)})
+def apply_demo(node: NodeCluster, tmp: Path, namespace: str) -> None:
+    """examples/demo/k8s/app in ``namespace`` with the image built here, applied by the team's own tool."""
+    app = os.path.relpath(paths.source_dir("examples") / "demo" / "k8s" / "app", tmp)
+    name, _, tag = node.image.rpartition(":")
+    (tmp / "kustomization.yaml").write_text(
+        f"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {namespace}\n"
+        f"resources: [{app}]\nimages:\n  - name: localhost/replayops\n    newName: {name}\n    newTag: {tag}\n")
+    node.kubectl("apply", "--server-side", "-k", str(tmp), check=True)
 
+
+def rolled_with_sidecar(node: NodeCluster, namespace: str, app: str, timeout: float = 240) -> list[dict[str, Any]]:
+    """Wait until every live pod of ``app`` carries the sidecar and is Ready, and its Service routes to
+    exactly them; return them."""
     def pods() -> list[dict[str, Any]]:
-        return [p for p in node.kube.list("v1", "Pod", ns) if not p["metadata"].get("deletionTimestamp")]
+        return [p for p in node.kube.list("v1", "Pod", namespace, label_selector=f"app={app}")
+                if not p["metadata"].get("deletionTimestamp")]
 
     def injected_and_ready() -> list[dict[str, Any]] | None:
         live = pods()
@@ -115,8 +112,8 @@ def captured(node: NodeCluster, installed: Repo) -> Iterator[tuple[str, list[dic
         return ok if ok and len(ok) == len(live) else None
 
     try:
-        ready = node.kube.wait_for("the workload's pods rolled with the sidecar and Ready", injected_and_ready,
-                                   timeout=240, interval=1)
+        ready = node.kube.wait_for(f"the pods of {app} rolled with the sidecar and Ready", injected_and_ready,
+                                   timeout=timeout, interval=1)
     except KubeError:
         seen = [(p["metadata"]["name"], p["metadata"].get("annotations"), p.get("status")) for p in pods()]
         status = node.kube.get("v1", "ConfigMap", "replayops-status-default", SYSTEM_NAMESPACE)
@@ -124,22 +121,35 @@ def captured(node: NodeCluster, installed: Repo) -> Iterator[tuple[str, list[dic
     ips = {p["status"]["podIP"] for p in ready}
 
     def serving() -> set[str] | None:  # the Service routes to them (kube-proxy follows the slices)
-        slices = node.kube.list("discovery.k8s.io/v1", "EndpointSlice", ns)
-        got = {a for s in slices if s["metadata"].get("labels", {}).get("kubernetes.io/service-name") == "web"
-               for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")
+        slices = node.kube.list("discovery.k8s.io/v1", "EndpointSlice", namespace,
+                                label_selector=f"kubernetes.io/service-name={app}")
+        got = {a for s in slices for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")
                for a in e["addresses"]}
         return got if got == ips else None
-    node.kube.wait_for("the Service's endpoints are the injected pods", serving, timeout=60, interval=0.5)
-    yield ns, ready
-    node.kube.delete("v1", "Namespace", ns)
+    node.kube.wait_for(f"the Service {app} routes to the injected pods", serving, timeout=60, interval=0.5)
+    return ready
+
+
+@pytest.fixture(scope="module")
+def captured(node: NodeCluster, installed: Repo, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[list[dict[str, Any]]]:
+    """The demo app (applied with the team's own tool) that a CapturePolicy committed to git captures;
+    yields the server's pods once they rolled with the sidecar and are Ready."""
+    node.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    wait_available(node, SYSTEM_NAMESPACE, "replayops-webhook", timeout=240)
+    apply_demo(node, tmp_path_factory.mktemp("demo"), NS)
+    installed.commit(f"capture {NS}/demo-server", {f"policies/{NS}.yaml": POLICY.format(ns=NS)})
+    yield rolled_with_sidecar(node, NS, "demo-server")
+    node.kube.delete("v1", "Namespace", NS)
 
 
 def test_a_policy_committed_to_git_gets_the_workload_captured_by_the_webhook_in_its_pods(
-        node: NodeCluster, captured: tuple[str, list[dict[str, Any]]]) -> None:
-    _, pods = captured
-    sidecar = next(c for c in pods[0]["spec"]["initContainers"] if c["name"] == PROXY)
+        node: NodeCluster, captured: list[dict[str, Any]]) -> None:
+    sidecar = next(c for c in captured[0]["spec"]["initContainers"] if c["name"] == PROXY)
     assert sidecar["image"] == node.image  # the webhook's own image, as kustomize images: set it
     assert sidecar["restartPolicy"] == "Always"
+    env = {e["name"]: e.get("value") for e in captured[0]["spec"]["containers"][0].get("env") or []}
+    assert env["HTTP_PROXY"] == "http://127.0.0.1:15002", "the app's outbound calls go through the sidecar"
 
 
 def _store_records(node: NodeCluster) -> list[dict[str, Any]]:
@@ -149,41 +159,170 @@ def _store_records(node: NodeCluster) -> list[dict[str, Any]]:
     if not volume:
         return []
     records = []
-    for segment in Path(volume["spec"]["hostPath"]["path"]).rglob("*.jsonl.gz"):
+    for segment in (Path(volume["spec"]["hostPath"]["path"]) / "store" / "streams").rglob("*.jsonl.gz"):
         with contextlib.suppress(OSError, EOFError):
             records += [json.loads(line) for line in gzip.decompress(segment.read_bytes()).splitlines() if line]
     return records
 
 
-def test_traffic_through_the_sidecar_reaches_the_store_shaped_by_the_policy_the_forwarder_reads(
-        node: NodeCluster, captured: tuple[str, list[dict[str, Any]]]) -> None:
-    ns, _ = captured
-    code = f"""
-        import time, urllib.error, urllib.request
-        for _ in range(60):  # kube-proxy programs the Service's new endpoints shortly after the slice lists them
-            try:  # first (the sidecar sends in order): a path the policy filters out, and the app answers 404
-                urllib.request.urlopen("http://web.{ns}.svc/skip?order=ORDER-999999", timeout=10)
-                raise SystemExit("/skip answered 200")
-            except urllib.error.HTTPError as err:
-                assert err.code == 404, err.code
-                break
-            except urllib.error.URLError as err:
-                if not isinstance(err.reason, ConnectionRefusedError):
-                    raise
-                time.sleep(0.5)
-        else:
-            raise SystemExit("web.{ns}.svc refused connections for 30 s")
-        for i in range(5):
-            urllib.request.urlopen("http://web.{ns}.svc/?order=ORDER-12345" + str(i), timeout=10).read()
-    """
-    node.kube.apply(python_job("client", ns, node.image, code))
-    ok, log = job_outcome(node, ns, "client", timeout=180)
+CLIENT = """
+    import time, urllib.error, urllib.request
+    for _ in range(60):  # kube-proxy programs the Service's new endpoints shortly after the slice lists them
+        try:  # first (the sidecar sends in order): a path the policy filters out, and the app answers 404
+            urllib.request.urlopen("http://demo-server.{ns}.svc/skip?order=ORDER-999999", timeout=10)
+            raise SystemExit("/skip answered 200")
+        except urllib.error.HTTPError as err:
+            assert err.code == 404, err.code
+            break
+        except urllib.error.URLError as err:
+            if not isinstance(err.reason, ConnectionRefusedError):
+                raise
+            time.sleep(0.5)
+    else:
+        raise SystemExit("demo-server.{ns}.svc refused connections for 30 s")
+    for i in range(5):
+        urllib.request.urlopen("http://demo-server.{ns}.svc/api/quote?item=apple&order=ORDER-12345" + str(i),
+                               timeout=10).read()
+"""
+
+
+@pytest.fixture(scope="module")
+def traffic(node: NodeCluster, captured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A client pod's requests through the sidecar, once the forwarder stored them: the store's records."""
+    node.kube.apply(python_job("client", NS, node.image, CLIENT.format(ns=NS)))
+    ok, log = job_outcome(node, NS, "client", timeout=180)
     assert ok, log
-    records = node.kube.wait_for("five pairs in the store", lambda: (
-        r if len(r := [x for x in _store_records(node) if "order=" in x["request"]["url"]]) >= 5 else None),
-        timeout=120, interval=1)
-    raw = json.dumps(records)
+
+    def stored() -> list[dict[str, Any]] | None:
+        records = _store_records(node)
+        inbound = [r for r in records if "order=" in r["request"]["url"]]
+        outbound = [r for r in records if r["direction"] == "outbound"]
+        return records if len(inbound) >= 5 and len(outbound) >= 5 else None
+    return node.kube.wait_for("five pairs each way in the store", stored, timeout=120, interval=1)
+
+
+def test_traffic_through_the_sidecar_reaches_the_store_shaped_by_the_policy_the_forwarder_reads(
+        traffic: list[dict[str, Any]]) -> None:
+    raw = urllib.parse.unquote(json.dumps(traffic))  # query values are stored percent-encoded
     assert "ORDER-12345" not in raw, "the policy's custom DLP pattern, read from the cluster, redacts it"
     assert "[redacted:order:" in raw
-    stored = _store_records(node)  # the /skip pair was sent before these: it was filtered, not pending
-    assert not [r for r in stored if "/skip" in r["request"]["url"]], "the policy's filter drops /skip"
+    # the /skip pair was sent before the others: it was filtered, not pending
+    assert not [r for r in traffic if "/skip" in r["request"]["url"]], "the policy's filter drops /skip"
+    calls = [r for r in traffic if r["direction"] == "outbound"]
+    assert {r["request"]["url"] for r in calls} == {"http://demo-dependency:9090/price?item=apple"}
+
+
+SNAPSHOT_YAML = """apiVersion: replayops.dev/v1alpha1
+kind: Snapshot
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  policy: {policy}
+  window: {{last: 1h}}
+"""
+REPLAY = """apiVersion: replayops.dev/v1alpha1
+kind: TrafficReplay
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  snapshot: quotes
+  target: {{workloadRef: {{name: demo-server}}}}
+  mode: {mode}
+  assertions: {{body: {{compare: json, ignorePaths: [$.ts]}}}}
+  goals: {{minSuccessRate: 1}}
+  timeout: 3m
+"""
+
+
+def _finished(node: NodeCluster, kind: str, name: str, phases: tuple[str, ...], timeout: float = 180
+              ) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        obj = node.kube.get(API_VERSION, kind, name, NS) or {}
+        return obj if (obj.get("status") or {}).get("phase") in phases else None
+    try:
+        return node.kube.wait_for(f"{kind} {NS}/{name} {'/'.join(phases)}", done, timeout=timeout, interval=1)
+    except KubeError:
+        obj = node.kube.get(API_VERSION, kind, name, NS) or {}
+        jobs = [(j["metadata"]["name"], j.get("status")) for j in node.kube.list("batch/v1", "Job", SYSTEM_NAMESPACE)]
+        raise AssertionError(f"{kind} {name}: {obj.get('status')}\njobs: {jobs}") from None
+
+
+@pytest.fixture(scope="module")
+def snapshot(node: NodeCluster, installed: Repo, traffic: list[dict[str, Any]]) -> dict[str, Any]:
+    installed.commit("snapshot quotes", {f"snapshots/{NS}.yaml": SNAPSHOT_YAML.format(name="quotes", ns=NS,
+                                                                                policy="demo-server")})
+    return _finished(node, "Snapshot", "quotes", ("Ready", "Failed"))
+
+
+def test_a_snapshot_committed_to_git_is_cut_in_a_job_pod_with_the_pairs_of_its_window(
+        node: NodeCluster, snapshot: dict[str, Any]) -> None:
+    status = snapshot["status"]
+    assert status["phase"] == "Ready", status
+    recorded = [r for r in _store_records(node) if r["service"].startswith("demo-server-")]
+    assert status["pairs"] == len(recorded) >= 10, "every pair the policy recorded in the last hour"
+    assert status["byDirection"]["outbound"] == len([r for r in recorded if r["direction"] == "outbound"])
+    assert status["storeName"] == f"{NS}.quotes" and status["bytes"] > 0
+    def cut_by_job() -> dict[str, Any] | None:  # the pod writes the status, then exits
+        return next((j for j in node.kube.list("batch/v1", "Job", SYSTEM_NAMESPACE)
+                     if j["metadata"]["annotations"].get(SNAPSHOT) == f"{NS}/quotes"
+                     and (j.get("status") or {}).get("succeeded") == 1), None)
+    node.kube.wait_for("the snapshot's Job succeeded (cut in its pod, on the store's volume)", cut_by_job,
+                       timeout=60, interval=0.5)
+
+
+def test_a_snapshot_naming_an_unknown_policy_is_refused_by_the_webhook_naming_the_field(
+        node: NodeCluster, snapshot: dict[str, Any]) -> None:
+    out = node.kubectl("apply", "-f", "-", input=SNAPSHOT_YAML.format(name="nothing", ns=NS, policy="no-such-policy"))
+    assert out.returncode != 0
+    assert "spec.policy" in out.stderr and "CapturePolicy team-web/no-such-policy does not exist" in out.stderr
+
+
+def test_a_replay_committed_to_git_runs_as_a_job_pod_against_the_service_and_succeeds(
+        node: NodeCluster, installed: Repo, snapshot: dict[str, Any]) -> None:
+    installed.commit("replay smoke", {f"replays/{NS}-smoke.yaml": REPLAY.format(name="smoke", ns=NS,
+                                                                               mode="tests-only")})
+    done = _finished(node, "TrafficReplay", "smoke", ("Succeeded", "Failed"))
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    inbound = snapshot["status"]["byDirection"]["inbound"]
+    assert status["summary"]["requests"] == inbound and status["summary"]["successRate"] == 1
+    assert status["reportRef"]["id"] and status["reportRef"]["path"].startswith("/var/lib/replayops/")
+    node.kube.wait_for("the replay's Job succeeded (it ran in the Job's pod)", lambda: (
+        (node.kube.get("batch/v1", "Job", job_name(done), SYSTEM_NAMESPACE) or {}).get("status") or {}
+    ).get("succeeded") == 1 or None, timeout=60, interval=0.5)
+
+
+def test_a_changed_build_makes_the_replay_fail_naming_the_differing_field(
+        node: NodeCluster, installed: Repo, snapshot: dict[str, Any]) -> None:
+    patch = [{"op": "add", "path": "/spec/template/spec/containers/0/command/-", "value": v}
+             for v in ("--variant", "discount")]
+    node.kubectl("-n", NS, "patch", "deployment", "demo-server", "--type=json", "-p", json.dumps(patch), check=True)
+    node.kubectl("-n", NS, "rollout", "status", "deployment/demo-server", "--timeout=180s", check=True)
+    rolled_with_sidecar(node, NS, "demo-server")
+    installed.commit("replay discount", {f"replays/{NS}-discount.yaml": REPLAY.format(name="discount", ns=NS,
+                                                                                     mode="tests-only")})
+    status = _finished(node, "TrafficReplay", "discount", ("Succeeded", "Failed"))["status"]
+    assert status["phase"] == "Failed", status
+    message = status["conditions"][0]["message"]
+    assert "minSuccessRate" in message and "$.total: recorded 3, got 2.7" in message
+
+
+def test_a_mocks_only_replay_serves_the_recorded_calls_through_its_service_to_a_client_pod(
+        node: NodeCluster, installed: Repo, snapshot: dict[str, Any]) -> None:
+    installed.commit("mocks", {f"replays/{NS}-mocks.yaml": REPLAY.format(name="mocks", ns=NS, mode="mocks-only")})
+    served = _finished(node, "TrafficReplay", "mocks", ("Running", "Succeeded", "Failed"))
+    assert served["status"]["phase"] == "Running", served["status"]
+    url = f"http://{job_name(served)}.{SYSTEM_NAMESPACE}.svc:9300/price?item=apple"
+    code = f"""
+        import json, time, urllib.request
+        for _ in range(60):  # the Service answers once the responder's pod is Ready
+            try:
+                body = json.load(urllib.request.urlopen({url!r}, timeout=5))
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise SystemExit("the mocks never answered")
+        assert body == {{"item": "apple", "price": 3}}, body
+    """
+    node.kube.apply(python_job("mock-client", NS, node.image, code))
+    ok, log = job_outcome(node, NS, "mock-client", timeout=120)
+    assert ok, log
