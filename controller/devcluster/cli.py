@@ -49,6 +49,12 @@ def _running(workdir: Path) -> dict | None:  # type: ignore[type-arg]
     return None
 
 
+def running_node(workdir: Path) -> bool:
+    """Whether a cluster with its node runs in ``workdir`` (``up`` would reuse it)."""
+    state = _running(workdir)
+    return bool(state and state.get("node"))
+
+
 def up(workdir: Path, *, controller_manager: bool = True, node: bool = True,
        images: tuple[Path, ...] = ()) -> Path:
     """Start a detached cluster in ``workdir`` (or reuse a running one); return the kubeconfig."""
@@ -137,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
                 alive = "running" if pid_alive(int(proc["pid"])) else "DEAD"
                 print(f"{proc['name']:<26} pid {proc['pid']:<8} {alive}  log {proc['log']}")
             print(f"kube-apiserver {state['server']}: {_ready(state)}")
+            summary = workdir / "summary.txt"  # what `replayops up` installed, and what next
+            if summary.is_file():
+                print("\n" + summary.read_text(), end="")
         elif args.verb == "kubeconfig":
             state = _running(workdir)
             if not state:

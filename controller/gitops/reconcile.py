@@ -119,6 +119,8 @@ class Reconciler:
         started = time.perf_counter()
         out = Outcome()
         revision: Revision | None = None
+        if not self.options.dry_run:  # the forwarder's pod needs its token whatever git holds
+            forwardertoken.share(self.kube, self.options.status_namespace, ())
         try:
             revision = self.source.fetch() if fetch else self.source.resolve()
             out.revision = str(revision)

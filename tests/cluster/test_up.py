@@ -35,11 +35,11 @@ def test_up_then_down(cluster: Cluster, tmp_path: Path) -> None:
         assert inspector, up.stdout
         wait_200(f"{inspector.group(1)}/healthz")
         deadline = time.monotonic() + 60
-        while "demo-smoke" not in cluster.kubectl("get", "tr", "-A", f"--kubeconfig={kubeconfig}").stdout:
+        while "demo-server" not in cluster.kubectl("get", "cp", "-A", f"--kubeconfig={kubeconfig}").stdout:
             assert time.monotonic() < deadline, "the controller never applied examples/gitops"
             time.sleep(0.5)
-        with urllib.request.urlopen(f"{inspector.group(1)}/replays", timeout=10) as page:
-            assert "demo-smoke" in page.read().decode(), "the inspector shows what the controller applied"
+        with urllib.request.urlopen(f"{inspector.group(1)}/policies", timeout=10) as page:
+            assert "demo-server" in page.read().decode(), "the inspector shows what the controller applied"
     finally:
         down = subprocess.run([sys.executable, "-m", "controller.cli", "dev", "down"], env=env,
                               capture_output=True, text=True, timeout=120)

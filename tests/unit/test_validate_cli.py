@@ -15,7 +15,7 @@ def validate(path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_examples_and_policies_are_valid() -> None:
-    for path in (ROOT / "examples" / "gitops", ROOT / "policies"):
+    for path in (ROOT / "examples" / "gitops", ROOT / "examples" / "demo" / "replay", ROOT / "policies"):
         out = validate(path)
         assert out.returncode == 0, out.stdout + out.stderr
         assert "objects valid" in out.stdout
@@ -39,11 +39,11 @@ def test_missing_path_is_exit_2(tmp_path: Path) -> None:
 
 
 def test_two_new_replays_on_one_target_are_warned_about_offline(tmp_path: Path) -> None:
-    smoke = (ROOT / "examples" / "gitops" / "replays" / "smoke.yaml").read_text()
+    smoke = (ROOT / "examples" / "demo" / "replay" / "smoke.yaml").read_text()
     (tmp_path / "a.yaml").write_text(smoke)
     (tmp_path / "b.yaml").write_text(smoke.replace("name: demo-smoke", "name: demo-smoke-2"))
     out = validate(tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert (f"{tmp_path}/b.yaml:2: warning: TrafficReplay demo/demo-smoke-2: TrafficReplay demo/demo-smoke (a.yaml) "
-            "also targets http://demo-server.demo.svc:8080; one running replay per target "
+    assert (f"{tmp_path}/b.yaml:3: warning: TrafficReplay demo/demo-smoke-2: TrafficReplay demo/demo-smoke (a.yaml) "
+            "also targets Deployment/demo-server; one running replay per target "
             "(rule: one-replay-per-target)") in out.stderr.splitlines()

