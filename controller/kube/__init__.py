@@ -50,8 +50,12 @@ def connect(kubeconfig: str | Path | None = None) -> Kube:
     try:
         config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None,
                                 client_configuration=cfg)
-    except config.ConfigException:
-        config.load_incluster_config(client_configuration=cfg)
+    except (config.ConfigException, OSError) as outside:
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except config.ConfigException as inside:
+            where = f"kubeconfig {kubeconfig}" if kubeconfig else "no kubeconfig ($KUBECONFIG, ~/.kube/config)"
+            raise KubeError(f"no cluster to talk to: {where}: {outside}; not in a pod: {inside}") from None
     cfg.proxy = None
     return Kube(client.ApiClient(cfg))
 
