@@ -180,9 +180,23 @@ def create_app(deps: Deps) -> Flask:
 
     @app.get("/snapshots")
     def snapshots() -> str:
-        rows = [(m.name, m.service, m.count, m.policy) for m in deps.snapshots()]
+        """Snapshots declared in the cluster (with their cut's status), then the store's other snapshots."""
+        rows, declared = [], set()
+        for snap in listed(API_VERSION, "Snapshot"):
+            meta, spec, status = snap["metadata"], snap.get("spec") or {}, snap.get("status") or {}
+            store_name = status.get("storeName") or f"{meta['namespace']}.{meta['name']}"
+            declared.add(store_name)
+            window = status.get("window") or {}
+            of = f"CapturePolicy {spec['policy']}" if spec.get("policy") else f"stream {spec.get('stream')}"
+            rows.append((f"Snapshot {meta['namespace']}/{meta['name']}", of, status.get("phase", "Pending"),
+                         status.get("pairs", ""), f"{window.get('from', '')} .. {window.get('to', '')}"
+                         if window else (spec.get("window") or {}).get("last", ""),
+                         view.ready_condition(status).get("message", "")))
+        rows.sort()
+        rows += [(m.name, m.policy or m.service or "-", "in the store", m.count, m.source, "")
+                 for m in deps.snapshots() if m.name not in declared]
         return page("table.html", "Snapshots", table_id="snapshots", rows=rows,
-                    headers=("snapshot", "service", "pairs", "policy"))
+                    headers=("snapshot", "of", "phase", "pairs", "window", "message"))
 
     def commit(message: str, back: str, **change: Any) -> Response:
         try:

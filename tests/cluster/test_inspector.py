@@ -20,7 +20,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from controller.admission import register
-from controller.api import CAPTURE
+from controller.api import API_VERSION, CAPTURE
 from controller.devcluster.cluster import free_port
 from controller.gitops.reconcile import Options, Reconciler
 from controller.gitops.source import GitSource
@@ -158,6 +158,21 @@ def test_secrets_show_names_and_keys_never_values(setup: Setup) -> None:
     assert SECRET_VALUE not in shown
     import base64
     assert base64.b64encode(SECRET_VALUE.encode()).decode() not in shown
+
+
+def test_snapshots_declared_in_the_cluster_show_with_their_cut(setup: Setup) -> None:
+    setup.cluster.kube.create({"apiVersion": API_VERSION, "kind": "Snapshot",
+                               "metadata": {"name": "morning", "namespace": setup.ns},
+                               "spec": {"stream": "a.b.c", "window": {"last": "10m"}}})
+    assert f"Snapshot {setup.ns}/morning" in setup.page("/snapshots") and "Pending" in setup.page("/snapshots")
+    setup.cluster.kube.apply_status({
+        "apiVersion": API_VERSION, "kind": "Snapshot", "metadata": {"name": "morning", "namespace": setup.ns},
+        "status": {"phase": "Ready", "observedGeneration": 1, "pairs": 42, "storeName": f"{setup.ns}.morning",
+                   "window": {"from": "2026-12-01T09:50:00Z", "to": "2026-12-01T10:00:00Z"},
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "SnapshotCut", "message": "42 pairs",
+                                   "lastTransitionTime": "2026-12-01T10:00:01Z"}]}})
+    shown = setup.page("/snapshots")
+    assert "stream a.b.c" in shown and "Ready" in shown and "2026-12-01T09:50:00Z .. 2026-12-01T10:00:00Z" in shown
 
 
 def test_a_post_without_the_csrf_token_is_refused(setup: Setup) -> None:
