@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import json
 import os
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from controller import paths
-from controller.api import API_VERSION, INJECTED, PROXY, SNAPSHOT, SYSTEM_NAMESPACE
+from controller.api import API_VERSION, CAPTURE, INJECTED, PROXY, SNAPSHOT, SYSTEM_NAMESPACE
 from controller.devcluster import host
 from controller.gitops.replayjobs import job_name
 from controller.kube import KubeError
@@ -326,3 +327,109 @@ def test_a_mocks_only_replay_serves_the_recorded_calls_through_its_service_to_a_
     node.kube.apply(python_job("mock-client", NS, node.image, code))
     ok, log = job_outcome(node, NS, "mock-client", timeout=120)
     assert ok, log
+
+
+TRANSPARENT = """apiVersion: replayops.dev/v1alpha1
+kind: CapturePolicy
+metadata: {{name: demo-server, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: demo-server}}}}
+  inbound: {{mode: transparent, ports: [8080]}}
+"""
+
+
+def test_transparent_capture_redirects_the_apps_port_with_the_init_containers_iptables(
+        node: NodeCluster, installed: Repo, captured: list[dict[str, Any]],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    ns = "team-tp"
+    node.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    apply_demo(node, tmp_path_factory.mktemp("demo-tp"), ns)
+    direct = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "demo-direct", "namespace": ns},
+              "spec": {"selector": {"app": "demo-server"}, "ports": [{"port": 80, "targetPort": 8080}]}}
+    node.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(direct), check=True)
+    installed.commit(f"capture {ns} transparently", {f"policies/{ns}.yaml": TRANSPARENT.format(ns=ns)})
+    pods = rolled_with_sidecar(node, ns, "demo-server")
+    init = next(c for c in pods[0]["spec"]["initContainers"] if c["name"] == "replayops-init")
+    assert init["args"] == ["iptables", "--proxy-port", "15001", "--ports", "8080"]
+    assert "NET_ADMIN" in init["securityContext"]["capabilities"]["add"]
+    done = next(s for s in pods[0]["status"]["initContainerStatuses"] if s["name"] == "replayops-init")
+    assert done["state"]["terminated"]["exitCode"] == 0, "its iptables ran in the pod's network namespace"
+    code = f"""
+        import time, urllib.request
+        for i in range(60):  # the app's own port: the pod's nat table sends it to the sidecar
+            try:
+                urllib.request.urlopen("http://demo-direct.{ns}.svc/api/quote?item=fig&n=" + str(i), timeout=5).read()
+                if i >= 2:
+                    break
+            except OSError:
+                time.sleep(0.5)
+    """
+    node.kube.apply(python_job("client", ns, node.image, code))
+    ok, log = job_outcome(node, ns, "client", timeout=180)
+    assert ok, log
+    node.kube.wait_for("the redirected requests in the store", lambda: [
+        r for r in _store_records(node) if "item=fig" in r["request"]["url"] and r["tags"].get("mode") == "transparent"
+    ], timeout=120, interval=1)
+
+
+def _leader(node: NodeCluster) -> str:
+    lease = node.kube.get("coordination.k8s.io/v1", "Lease", "replayops-controller-default", SYSTEM_NAMESPACE) or {}
+    return str((lease.get("spec") or {}).get("holderIdentity") or "")
+
+
+def test_when_the_leader_pod_goes_the_other_replica_takes_over_and_applies_the_next_commit_once(
+        node: NodeCluster, installed: Repo, snapshot: dict[str, Any]) -> None:
+    before = node.kube.wait_for("a leader", lambda: _leader(node), timeout=60)
+    node.kubectl("-n", SYSTEM_NAMESPACE, "delete", "pod", before, "--wait=false", check=True)
+    after = node.kube.wait_for("another replica holding the lease", lambda: (
+        who if (who := _leader(node)) and who != before else None), timeout=90, interval=0.5)
+    assert after.startswith("replayops-controller-")
+    installed.commit("snapshot after failover", {f"snapshots/{NS}-ha.yaml": SNAPSHOT_YAML.format(
+        name="after-failover", ns=NS, policy="demo-server")})
+    assert _finished(node, "Snapshot", "after-failover", ("Ready", "Failed"))["status"]["phase"] == "Ready"
+    later = installed.commit("a later commit")  # once applied, the leader has passed over the Snapshot again
+
+    def applied() -> bool:
+        data = (node.kube.get("v1", "ConfigMap", "replayops-status-default", SYSTEM_NAMESPACE) or {}).get("data") or {}
+        return later in data.get("lastAppliedRevision", "")
+    node.kube.wait_for("the later commit applied", applied, timeout=120, interval=0.5)
+    jobs = [j for j in node.kube.list("batch/v1", "Job", SYSTEM_NAMESPACE)
+            if j["metadata"]["annotations"].get(SNAPSHOT) == f"{NS}/after-failover"]
+    assert len(jobs) == 1, "one Job: one writer"
+
+
+def _scale_webhook(node: NodeCluster, replicas: int) -> None:
+    node.kubectl("-n", SYSTEM_NAMESPACE, "scale", "deployment/replayops-webhook", f"--replicas={replicas}", check=True)
+    if replicas:
+        wait_available(node, SYSTEM_NAMESPACE, "replayops-webhook", timeout=180)
+    else:
+        node.kube.wait_for("no webhook pods", lambda: not node.kube.list(
+            "v1", "Pod", SYSTEM_NAMESPACE, label_selector="app.kubernetes.io/name=replayops-webhook"), timeout=120)
+
+
+def _captured_pod(node: NodeCluster, name: str) -> dict[str, Any]:
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": NS, "labels": {"app": "outage-probe"},
+                        "annotations": {CAPTURE: "demo-server"}},
+           "spec": {"containers": [{"name": "app", "image": node.image, "imagePullPolicy": "Never",
+                                    "command": ["sleep", "600"], "ports": [{"containerPort": 8080}]}]}}
+    out = node.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(pod))
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def test_a_webhook_outage_admits_pods_without_the_sidecar_and_refuses_our_objects_clearly(
+        node: NodeCluster, installed: Repo, captured: list[dict[str, Any]]) -> None:
+    _scale_webhook(node, 0)
+    try:
+        down = _captured_pod(node, "during-outage")
+        assert INJECTED not in (down["metadata"].get("annotations") or {}), "admitted, without the sidecar"
+        refused = node.kubectl("apply", "-f", "-", input=REPLAY.format(name="outage", ns=NS, mode="tests-only"))
+        assert refused.returncode != 0
+        assert "replayops.dev" in refused.stderr and "replayops-webhook" in refused.stderr, refused.stderr
+    finally:
+        _scale_webhook(node, 2)
+    up = node.kube.wait_for("injection back", lambda: (
+        p if INJECTED in ((p := _captured_pod(node, f"after-outage-{int(time.time() * 1000) % 100000}"))
+                          ["metadata"].get("annotations") or {}) else None), timeout=60, interval=2)
+    assert any(c["name"] == PROXY for c in up["spec"]["initContainers"])
