@@ -10,14 +10,14 @@ its namespace when one exists, else a snapshot of the store by its own name (imp
 from __future__ import annotations
 
 import fnmatch
-import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from controller.api import API_VERSION, FAILED, READY, READY_PHASE, SNAPSHOT_CUT, SNAPSHOT_FAILED
-from controller.durations import parse_duration
+from controller import conditions
+from controller.api import API_VERSION, FAILED, READY_PHASE, SNAPSHOT_CUT, SNAPSHOT_FAILED
+from controller.durations import epoch, parse_duration
 from controller.kube import Kube
 from controller.store import FileStore, Manifest, StoreError
 
@@ -44,10 +44,6 @@ def resolve(kube: Kube, namespace: str, name: str) -> str:
     return str(status.get("storeName") or store_name(namespace, name))
 
 
-def _epoch(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def _iso(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -57,15 +53,19 @@ def window(spec: Mapping[str, Any], now: float) -> tuple[float, float]:
     win = spec.get("window") or {}
     if win.get("last"):
         return now - float(parse_duration(str(win["last"])) or 0), now
-    return _epoch(str(win["from"])), _epoch(str(win["to"])) if win.get("to") else now
+    return epoch(str(win["from"])), epoch(str(win["to"])) if win.get("to") else now
 
 
 def streams(store: FileStore, namespace: str, spec: Mapping[str, Any]) -> list[str]:
-    """The store streams a Snapshot's spec names."""
+    """The store streams a Snapshot's spec names, all of its own namespace (``<namespace>.<policy>.<pod>``;
+    pod names of workloads have no dots, so policy ``a`` never takes the streams of policy ``a.b``)."""
     if spec.get("stream"):
-        return [str(spec["stream"])]
+        stream = str(spec["stream"])
+        if not stream.startswith(f"{namespace}."):
+            raise ValueError(f"spec.stream {stream!r} is not a stream of namespace {namespace}")
+        return [stream]
     prefix = f"{namespace}.{spec['policy']}."
-    return [s for s in store.streams() if s.startswith(prefix)]
+    return [s for s in store.streams() if s.startswith(prefix) and "." not in s[len(prefix):]]
 
 
 def kept(filters: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
@@ -91,10 +91,9 @@ def records(store: FileStore, namespace: str, spec: Mapping[str, Any], start: fl
 def _status(namespace: str, name: str, phase: str, generation: int, reason: str, message: str,
             **fields: Any) -> dict[str, Any]:
     """A Snapshot's status body (for server-side apply) with its Ready condition."""
-    ready = {"type": READY, "status": "True" if phase == READY_PHASE else "False", "reason": reason,
-             "message": message, "observedGeneration": generation, "lastTransitionTime": _iso(time.time())}
     return {"apiVersion": API_VERSION, "kind": "Snapshot", "metadata": {"name": name, "namespace": namespace},
-            "status": {"phase": phase, "observedGeneration": generation, **fields, "conditions": [ready]}}
+            "status": {"phase": phase, "observedGeneration": generation, **fields,
+                       "conditions": [conditions.ready(phase == READY_PHASE, reason, message, generation)]}}
 
 
 def cut(kube: Kube, store: FileStore, namespace: str, name: str, now: float) -> tuple[bool, str]:
@@ -105,16 +104,18 @@ def cut(kube: Kube, store: FileStore, namespace: str, name: str, now: float) -> 
     generation = int(snap["metadata"].get("generation", 1))
     spec = snap.get("spec") or {}
     target = store_name(namespace, name)
+    source = f"Snapshot {namespace}/{name} (uid {snap['metadata'].get('uid')}) of " + (
+        f"CapturePolicy {spec['policy']}" if spec.get("policy") else f"stream {spec.get('stream')}")
     try:
         start, end = window(spec, now)
-        if store.exists(target):  # a cut that wrote the store but not the status (a pod killed in between)
-            manifest = store.manifest(target)
-        else:
-            source = f"Snapshot {namespace}/{name} of " + (f"CapturePolicy {spec['policy']}" if spec.get("policy")
-                                                           else f"stream {spec.get('stream')}")
+        if store.exists(target) and store.manifest(target).source == source:
+            manifest = store.manifest(target)  # this very object's cut (its status was not written)
+        else:  # nothing, or the cut of an earlier object of that name: cut anew
+            store.remove(target)
             manifest = store.write_snapshot(Manifest(name=target, service=spec.get("policy", ""), start=start,
                                                      end=end, policy=spec.get("policy", ""), source=source),
                                             records(store, namespace, spec, start, end))
+        start, end = manifest.start or start, manifest.end or end
     except (StoreError, OSError, ValueError) as exc:
         message = f"cutting {target}: {exc}"
         kube.apply_status(_status(namespace, name, FAILED, generation, SNAPSHOT_FAILED, message))

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from controller.admission.inject import HEALTH_PORT
 from controller.api import ACTIVE_PHASES, EXCLUDED_NAMESPACES, PENDING
+from controller.durations import epoch
 from controller.policy import selector_matches
 
 OWN_POD_LABELS = ({"app.kubernetes.io/part-of": "replayops", "app.kubernetes.io/name": "replayops-controller"},
@@ -80,7 +81,13 @@ def check_replay(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list
                                  "target-exists", warning=True))
     snapshot = str(spec.get("snapshot"))
     declared = lookup.resource_exists("Snapshot", ns, snapshot)  # a Snapshot of this namespace, or a store name
-    exists = True if declared else lookup.snapshot_exists(snapshot)
+    other_ns, _, cut_of = snapshot.partition(".")
+    foreign = bool(not declared and cut_of and other_ns != ns
+                   and lookup.resource_exists("Snapshot", other_ns, cut_of))
+    if foreign:
+        found.append(Finding("spec.snapshot", f"{snapshot!r} is the cut of Snapshot {other_ns}/{cut_of}: a replay "
+                             "names Snapshots of its own namespace", "own-namespace"))
+    exists = True if declared or foreign else lookup.snapshot_exists(snapshot)
     if exists is False:
         found.append(Finding("spec.snapshot", f"{snapshot!r} is neither a Snapshot in namespace {ns} nor a "
                              "snapshot in the store", "snapshot-exists"))
@@ -117,8 +124,18 @@ def check_snapshot(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> li
         elif exists is None:
             found.append(Finding("spec.policy", f"CapturePolicy {ns}/{spec['policy']} not checked: no cluster",
                                  "policy-exists", warning=True))
-    window = spec.get("window") or {}
-    if window.get("from") and window.get("to") and str(window["to"]) <= str(window["from"]):
+    if spec.get("stream") and not str(spec["stream"]).startswith(f"{ns}."):
+        found.append(Finding("spec.stream", f"{spec['stream']!r} is not a stream of namespace {ns} (streams are "
+                             f"{ns}.<policy>.<pod>); a Snapshot cuts only its own namespace's traffic",
+                             "own-namespace"))
+    window, at = spec.get("window") or {}, {}
+    for key in ("from", "to"):
+        if window.get(key):
+            try:
+                at[key] = epoch(str(window[key]))
+            except ValueError as exc:
+                found.append(Finding(f"spec.window.{key}", str(exc), "window"))
+    if len(at) == 2 and at["to"] <= at["from"]:
         found.append(Finding("spec.window.to", f"{window['to']} is not after from {window['from']}", "window"))
     return found
 

@@ -53,6 +53,11 @@ def git(repo: Path, *args: str) -> str:
     return out.stdout
 
 
+def repo_dir() -> Path:
+    """The seeded GitOps repository: beside the dev cluster's directory, so ``make down`` keeps its commits."""
+    return paths.home() / "gitops-repo"
+
+
 def seed_repo(repo: Path) -> Path:
     """A local git repository seeded from examples/gitops (kept when it already exists)."""
     if not (repo / ".git").exists():
@@ -73,8 +78,8 @@ def serve_git(workdir: Path, repo: Path) -> str:
     if pid is not None:
         stop_pid(pid, timeout=1)
     proc = spawn_service(workdir, "git-daemon", [
-        "git", "daemon", "--reuseaddr", "--export-all", f"--base-path={repo.parent}", f"--listen={host.NODE_IP}",
-        f"--port={GIT_PORT}", str(repo.parent)])
+        "git", "daemon", "--reuseaddr", "--export-all", "--strict-paths", f"--base-path={repo.parent}",
+        f"--listen={host.NODE_IP}", f"--port={GIT_PORT}", str(repo)])  # this repository only
     deadline = time.monotonic() + 20
     while subprocess.run(["git", "ls-remote", url], capture_output=True).returncode != 0:
         if time.monotonic() > deadline or not pid_alive(proc.pid):
@@ -105,10 +110,12 @@ def kubectl(kubeconfig: Path, *args: str) -> str:
 
 
 def _wait_available(kube: Kube, namespace: str, name: str, timeout: float) -> None:
-    def available() -> bool:
+    def available() -> bool:  # the current template rolled out (a new image restarts the rollout)
         d = kube.get("apps/v1", "Deployment", name, namespace) or {}
         want, status = (d.get("spec") or {}).get("replicas", 1), d.get("status") or {}
-        return status.get("availableReplicas") == want and status.get("updatedReplicas") == want
+        return status.get("observedGeneration") == d.get("metadata", {}).get("generation") \
+            and status.get("availableReplicas") == want and status.get("updatedReplicas") == want \
+            and status.get("replicas") == want
     kube.wait_for(f"Deployment {namespace}/{name} available (kubectl -n {namespace} describe deploy {name})",
                   available, timeout=timeout, interval=1)
 
@@ -163,28 +170,33 @@ def recorded(store: FileStore, namespace: str, policy: str) -> int:
     return sum(1 for s in store.streams() if s.startswith(prefix) for _ in store.stream_records(s))
 
 
-def commit_replay(kube: Kube, repo: Path, store: FileStore, pairs: int = 20) -> None:
-    """Once the demo's pairs are stored, commit examples/demo/replay into the repository (once)."""
+def commit_replay(kube: Kube, repo: Path, store: FileStore, build: str, pairs: int = 20) -> None:
+    """Once the demo's pairs are stored, commit examples/demo/replay into the repository, the replay's
+    ``buildTag`` naming the image: a later ``make up`` with another image replays again (a new generation)."""
     kube.wait_for(f"{pairs} recorded pairs of the demo server in {store.root}",
                   lambda: recorded(store, DEMO_NAMESPACE, "demo-server") >= pairs, timeout=300, interval=2)
     source = paths.source_dir("examples") / "demo" / "replay"
-    wanted = {"snapshots/demo-baseline.yaml": source / "snapshot.yaml",
-              "replays/demo-smoke.yaml": source / "smoke.yaml"}
-    if all((repo / rel).exists() for rel in wanted):
+    smoke = (source / "smoke.yaml").read_text().replace("  timeout: 5m\n", f"  timeout: 5m\n  buildTag: {build}\n")
+    wanted = {"snapshots/demo-baseline.yaml": (source / "snapshot.yaml").read_text(),
+              "replays/demo-smoke.yaml": smoke}
+    changed = [rel for rel, text in wanted.items()
+               if not (repo / rel).is_file() or (repo / rel).read_text() != text]
+    if not changed:
         return
-    for rel, src in wanted.items():
+    for rel in changed:
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, repo / rel)
-    git(repo, "add", *wanted)
-    git(repo, "commit", "-q", "-m", "replay the demo server's last ten minutes (examples/demo/replay)")
+        (repo / rel).write_text(wanted[rel])
+    git(repo, "add", *changed)
+    git(repo, "commit", "-q", "-m", f"replay the demo server's recorded traffic against {build}")
 
 
 def replay_verdict(kube: Kube, name: str = "demo-smoke", timeout: float = 600) -> dict[str, Any]:
     """Wait for the demo's TrafficReplay to finish; return its status."""
-    def finished() -> dict[str, Any] | None:
+    def finished() -> dict[str, Any] | None:  # the verdict on the replay's current generation
         replay = kube.get(API_VERSION, "TrafficReplay", name, DEMO_NAMESPACE) or {}
         status = replay.get("status") or {}
-        return status if status.get("phase") in TERMINAL_PHASES else None
+        current = replay and status.get("observedGeneration") == replay["metadata"].get("generation")
+        return status if current and status.get("phase") in TERMINAL_PHASES else None
     try:
         return kube.wait_for(f"TrafficReplay {DEMO_NAMESPACE}/{name} to finish", finished,  # type: ignore[no-any-return]
                              timeout=timeout, interval=2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ def _start_controller(kube: Kube, kubeconfig: Path, workdir: Path) -> str:
     pid = recorded_service(workdir, "controller")
     if pid is not None and pid_alive(pid):
         return f"running (pid {pid})"
-    repo = _seed_repo(workdir / "gitops-repo")
+    repo = _seed_repo(install.repo_dir())
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}})
     argv = [sys.executable, "-m", "controller.cli", "controller", "run", "--repo", repo, "--branch", "main",
             "--path", ".", "--interval", "10s", "--self-heal", "--prune", "--kubeconfig", str(kubeconfig),
@@ -77,7 +78,7 @@ def _start_inspector(kubeconfig: Path, workdir: Path, port: int, store: Path | N
         return f"{_recorded_url(workdir)} (pid {pid})"
     port = port or free_port()
     argv = [sys.executable, "-m", "controller.cli", "inspector", "serve", "--port", str(port),
-            "--repo", _seed_repo(workdir / "gitops-repo"), "--workdir", str(workdir / "inspector-work"),
+            "--repo", _seed_repo(install.repo_dir()), "--workdir", str(workdir / "inspector-work"),
             "--kubeconfig", str(kubeconfig), "--store", str(store or paths.home() / "store")]
     proc = spawn_service(workdir, "inspector", argv)
     (workdir / "inspector.url").write_text(f"http://127.0.0.1:{port}")
@@ -107,7 +108,7 @@ def _in_pods(args: argparse.Namespace, workdir: Path) -> int:
                 image.import_into(ensure_node_binaries().containerd_bin / "ctr",
                                   str(workdir / "node" / "containerd" / "containerd.sock"), built.archive)
         kube = connect(kubeconfig)
-        repo = install.seed_repo(workdir / "gitops-repo")
+        repo = install.seed_repo(install.repo_dir())
         with install.step(f"serving {repo} to pods with git daemon"):
             url = install.serve_git(workdir, repo)
         with install.step("installing replayops from manifests/overlays/dev: webhook, controller and forwarder pods"):
@@ -118,10 +119,10 @@ def _in_pods(args: argparse.Namespace, workdir: Path) -> int:
         store = FileStore(install.store_root(kube))
         inspector = _start_inspector(kubeconfig, workdir, args.inspector_port, store=store.root)
         with install.step("waiting for recorded pairs, then committing a Snapshot and a TrafficReplay of them"):
-            install.commit_replay(kube, repo, store)
+            install.commit_replay(kube, repo, store, built.tag.rpartition(":")[2])
         with install.step("waiting for the snapshot to be cut and the replay to run as a Job pod"):
             verdict = install.replay_verdict(kube)
-    except (DevClusterError, KubeError) as err:
+    except (DevClusterError, KubeError, OSError, subprocess.SubprocessError) as err:
         print(f"replayops up: {err}", file=sys.stderr)
         return 1
     summary = _summary(kubeconfig, inspector, repo, url, verdict)
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     print("Next:")
     print(f"  export KUBECONFIG={kubeconfig}")
     print("  kubectl get crd | grep replayops")
-    print(f"  cd {paths.dev_cluster_dir() / 'gitops-repo'}   # commit policies/ and replays/ here")
+    print(f"  cd {install.repo_dir()}   # commit policies/ and replays/ here")
     print("  kubectl get tr,cp -A                  # what the controller applied from git")
     print("  replayops dev status                  # what runs, and where its logs are")
     print("  replayops dev down                    # stop everything")

@@ -66,11 +66,15 @@ class Options:
     limits: rules.Limits = field(default_factory=rules.Limits)
 
 
+IMMUTABLE_KINDS = frozenset({"Snapshot"})  # their CRD refuses spec updates (self == oldSelf)
+
+
 @dataclass
 class Outcome:
     revision: str = ""
     applied: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # immutable objects whose spec changed: deleted, recreated
     drifted: list[str] = field(default_factory=list)
     annotated: list[str] = field(default_factory=list)
     error: str = ""
@@ -192,6 +196,13 @@ class Reconciler:
                     continue
                 self.metrics.drift.inc()
             try:
+                if have is not None and item.obj["kind"] in IMMUTABLE_KINDS and have.get("spec") != want.get("spec"):
+                    # an immutable spec changed in git: the object is replaced (a new cut for a Snapshot)
+                    out.replaced.append(str(item))
+                    if self.options.dry_run:
+                        continue
+                    self.kube.delete(item.obj["apiVersion"], item.obj["kind"], have["metadata"]["name"],
+                                     have["metadata"].get("namespace"))
                 self.kube.apply(want, dry_run=self.options.dry_run)
             except KubeError as exc:
                 raise KubeError(f"{item.file}:{item.line}: {item}: {exc}", status=exc.status) from exc
@@ -302,7 +313,7 @@ class Reconciler:
 
     def _report(self, out: Outcome) -> None:
         fields = dict(revision=out.revision, applied=len(out.applied), pruned=len(out.pruned),
-                      drifted=out.drifted, annotated=len(out.annotated))
+                      replaced=len(out.replaced), drifted=out.drifted, annotated=len(out.annotated))
         if out.error:
             log.error("reconcile failed", extra=logs.fields(error=out.error, **fields))
         elif out.applied or out.pruned or out.drifted or out.annotated:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller import __version__, logs
+from controller import __version__, conditions, logs
 from controller.api import (
     API_VERSION,
     FAILED,
@@ -37,7 +37,6 @@ from controller.api import (
 )
 from controller.durations import parse_duration
 from controller.kube import Kube, KubeError
-from controller.replay import resource_status
 
 log = logs.get("replayjobs")
 
@@ -170,8 +169,8 @@ def _job_failure(job: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def _status(phase: str, generation: int, reason: str, message: str, finished: bool = False) -> dict[str, Any]:
     status = {"phase": phase, "observedGeneration": generation,
-              "conditions": [resource_status.ready(False, reason, message, generation)]}
-    return {**status, "finishTime": resource_status.now()} if finished else status
+              "conditions": [conditions.ready(False, reason, message, generation)]}
+    return {**status, "finishTime": conditions.now()} if finished else status
 
 
 def next_status(obj: Mapping[str, Any], job: Mapping[str, Any] | None, *, name: str | None = None,
@@ -197,9 +196,17 @@ def next_status(obj: Mapping[str, Any], job: Mapping[str, Any] | None, *, name: 
 def snapshot_block(replay: Mapping[str, Any], snap: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Why ``replay`` cannot start yet (Pending) or ever (Failed) because of the Snapshot it names; None
     when it can (the Snapshot is Ready, or the name is a store snapshot's)."""
+    generation = int(replay["metadata"].get("generation", 1))
     if snap is None:
+        waited = [c for c in (replay.get("status") or {}).get("conditions") or []
+                  if c.get("reason") == SNAPSHOT_NOT_READY and c.get("observedGeneration") == generation]
+        if waited:  # it waited for a Snapshot that is gone since: the name no longer means a cut of ours
+            name = (replay.get("spec") or {}).get("snapshot")
+            return _status(FAILED, generation, SNAPSHOT_NOT_READY,
+                           f"Snapshot {replay['metadata']['namespace']}/{name} was deleted before it was cut",
+                           finished=True)
         return None
-    generation, status = int(replay["metadata"].get("generation", 1)), snap.get("status") or {}
+    status = snap.get("status") or {}
     ref = f"{snap['metadata']['namespace']}/{snap['metadata']['name']}"
     current = status.get("observedGeneration") == snap["metadata"].get("generation")
     if current and status.get("phase") == READY_PHASE:
@@ -222,7 +229,11 @@ class ReplayJobs:
     def sync(self) -> list[str]:
         """Bring Jobs and statuses up to the cluster's Snapshots and TrafficReplays; return what was done."""
         done: list[str] = []
-        snapshots = self.kube.list(API_VERSION, "Snapshot")
+        try:
+            snapshots = self.kube.list(API_VERSION, "Snapshot")
+        except KubeError as exc:  # e.g. the controller upgraded before its CRD: replays still run
+            log.error("snapshots not listed", extra=logs.fields(error=str(exc)))
+            snapshots = []
         by_ref = {(s["metadata"]["namespace"], s["metadata"]["name"]): s for s in snapshots}
         jobs = {j["metadata"]["name"]: j for j in self.kube.list(
             "batch/v1", "Job", self.config.namespace, label_selector=f"{MANAGED_BY}={JOB_MANAGER}")}
@@ -264,11 +275,11 @@ class ReplayJobs:
         status = next_status(snap, job, name=name, terminal=(READY_PHASE, FAILED))
         if status is None or self.dry_run:
             return []
-        out = []
+        out = self._write(snap, status)  # Pending first: the Job's pod may write Ready before this pass ends
         if job is None:
             self.kube.apply(render_snapshot(snap, self.config))
             out.append(f"created Job {name} for Snapshot {snap['metadata']['namespace']}/{snap['metadata']['name']}")
-        return out + self._write(snap, status)
+        return out
 
     def _replay(self, replay: Mapping[str, Any], job: Mapping[str, Any] | None,
                 snap: Mapping[str, Any] | None) -> list[str]:
@@ -285,9 +296,11 @@ class ReplayJobs:
                 said = [c.get("message") for c in had.get("conditions") or []]
                 same = had.get("phase") == blocked["phase"] and said == [c["message"] for c in blocked["conditions"]]
                 return [] if same else self._write(replay, blocked)
+            out += self._write(replay, status)  # Pending first: the Job's pod may write Running before this ends
             created = self.kube.apply(render(replay, self.config))
             out.append(f"created Job {job_name(replay)} for TrafficReplay {ref}")
             if mocks_only(replay):
                 self.kube.apply(render_service(replay, self.config, created["metadata"]["uid"]))
                 out.append(f"created Service {job_name(replay)} for the mocks of TrafficReplay {ref}")
+            return out
         return out + self._write(replay, status)

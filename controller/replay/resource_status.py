@@ -3,7 +3,6 @@ Ready condition and timestamps the controller writes too."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from controller.api import (
@@ -12,26 +11,16 @@ from controller.api import (
     GOALS_MET,
     GOALS_NOT_MET,
     MOCKS_SERVED,
-    READY,
     REPLAY_FAILED,
     RUNNING,
     SUCCEEDED,
 )
+from controller.conditions import now, ready
 
 if TYPE_CHECKING:
     from controller.replay.cli import Outcome
 
 SUMMARY_KEYS = ("requests", "successRate", "p50Ms", "p95Ms", "p99Ms", "mismatches", "mockMatchRate")
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def ready(ok: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
-    """The Ready condition of a replay at ``generation``."""
-    return {"type": READY, "status": "True" if ok else "False", "reason": reason, "message": message,
-            "observedGeneration": generation, "lastTransitionTime": now()}
 
 
 class Writer:

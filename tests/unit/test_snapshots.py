@@ -53,7 +53,7 @@ def test_a_snapshot_naming_an_unknown_policy_is_refused_naming_the_field() -> No
 
 
 def test_a_reversed_window_is_refused() -> None:
-    found = rules.check_snapshot(snap({"stream": "s", "window": {"from": "2026-12-01T11:00:00Z",
+    found = rules.check_snapshot(snap({"stream": "shop.s", "window": {"from": "2026-12-01T11:00:00Z",
                                                                  "to": "2026-12-01T10:00:00Z"}}),
                                  rules.StaticLookup.offline(), rules.Limits())
     assert [f.path for f in found] == ["spec.window.to"]
@@ -165,3 +165,48 @@ def test_snapshot_cut_says_what_is_wrong_with_its_arguments(tmp_path: Path, args
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == code and said in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(("spec", "path", "said"), [
+    ({"stream": "other.pol.pod", "window": {"last": "1m"}}, "spec.stream", "is not a stream of namespace shop"),
+    ({"stream": "shop.s", "window": {"from": "yesterday"}}, "spec.window.from", "is not an RFC 3339 date-time"),
+    ({"stream": "shop.s", "window": {"from": "2026-12-01T10:00:00"}}, "spec.window.from", "has no time zone"),
+    # 10:00+02:00 is 08:00Z: before from, though it sorts after it as text
+    ({"stream": "shop.s", "window": {"from": "2026-12-01T09:50:00Z", "to": "2026-12-01T10:00:00+02:00"}},
+     "spec.window.to", "is not after from"),
+])
+def test_a_snapshot_outside_its_namespace_or_with_a_bad_window_is_refused(spec: dict[str, Any], path: str,
+                                                                          said: str) -> None:
+    found = rules.check_snapshot(snap(spec), rules.StaticLookup.offline(), rules.Limits())
+    assert [f.path for f in found if not f.warning] == [path] and said in found[0].message, found
+
+
+def test_a_replay_may_not_name_another_namespaces_cut_by_its_store_name() -> None:
+    lookup = rules.StaticLookup(workloads=None, replays={}, namespaces={}, snapshots={"shop.morning"},
+                                resources={("Snapshot", "shop", "morning")})
+    replay = {"apiVersion": "replayops.dev/v1alpha1", "kind": "TrafficReplay",
+              "metadata": {"name": "r", "namespace": "evil"},
+              "spec": {"snapshot": "shop.morning", "target": {"url": "http://x"}}}
+    found = rules.check_replay(replay, lookup, rules.Limits())
+    assert [(f.path, f.rule) for f in found] == [("spec.snapshot", "own-namespace")]
+    assert rules.check_replay({**replay, "metadata": {"name": "r", "namespace": "shop"}}, lookup,
+                              rules.Limits()) == [], "its own namespace may (the store name of its own cut)"
+
+
+def test_the_cut_never_reads_another_namespaces_stream_nor_a_longer_policys(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.append("shop.a.pod", [pair("http://c/x", 1)])
+    store.append("shop.a.b.pod", [pair("http://c/y", 1)])
+    assert snapshots.streams(store, "shop", {"policy": "a"}) == ["shop.a.pod"]
+    assert snapshots.streams(store, "shop", {"policy": "a.b"}) == ["shop.a.b.pod"]
+    with pytest.raises(ValueError, match="is not a stream of namespace evil"):
+        snapshots.streams(store, "evil", {"stream": "shop.a.pod"})
+
+
+def test_a_replay_that_waited_for_a_snapshot_deleted_since_fails_saying_so() -> None:
+    replay = {"kind": "TrafficReplay", "metadata": {"name": "smoke", "namespace": "shop", "generation": 2},
+              "spec": {"snapshot": "morning"},
+              "status": {"phase": "Pending", "conditions": [{"reason": "SnapshotNotReady", "observedGeneration": 2}]}}
+    failed = snapshot_block(replay, None)
+    assert failed and failed["phase"] == "Failed"
+    assert "Snapshot shop/morning was deleted before it was cut" in failed["conditions"][0]["message"]
