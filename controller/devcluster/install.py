@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import paths
-from controller.api import API_VERSION, INJECTED, SYSTEM_NAMESPACE, TERMINAL_PHASES
+from controller.api import API_VERSION, INJECTED, PROXY, SYSTEM_NAMESPACE, TERMINAL_PHASES
 from controller.devcluster import host
 from controller.devcluster.cluster import recorded_service, spawn_service
 from controller.devcluster.errors import DevClusterError
@@ -78,11 +78,12 @@ def serve_git(workdir: Path, repo: Path) -> str:
     if pid is not None:
         stop_pid(pid, timeout=1)
     proc = spawn_service(workdir, "git-daemon", [
-        "git", "daemon", "--reuseaddr", "--export-all", "--strict-paths", f"--base-path={repo.parent}",
-        f"--listen={host.NODE_IP}", f"--port={GIT_PORT}", str(repo)])  # this repository only
+        "git", "daemon", "--reuseaddr", "--export-all", f"--base-path={repo.parent}",
+        f"--listen={host.NODE_IP}", f"--port={GIT_PORT}", str(repo)])  # this repository only (the whitelist)
     deadline = time.monotonic() + 20
     while subprocess.run(["git", "ls-remote", url], capture_output=True).returncode != 0:
         if time.monotonic() > deadline or not pid_alive(proc.pid):
+            stop_pid(proc.pid, timeout=1)
             raise DevClusterError(f"git daemon for {url} did not start; see {proc.log}")
         time.sleep(0.2)
     return url
@@ -109,15 +110,18 @@ def kubectl(kubeconfig: Path, *args: str) -> str:
     return out.stdout
 
 
-def _wait_available(kube: Kube, namespace: str, name: str, timeout: float) -> None:
-    def available() -> bool:  # the current template rolled out (a new image restarts the rollout)
+def wait_available(kube: Kube, namespace: str, name: str, timeout: float) -> dict[str, Any]:
+    """Wait until a Deployment's current template is rolled out and available; return it."""
+    def available() -> dict[str, Any] | None:  # the current template rolled out (a new image restarts it)
         d = kube.get("apps/v1", "Deployment", name, namespace) or {}
         want, status = (d.get("spec") or {}).get("replicas", 1), d.get("status") or {}
-        return status.get("observedGeneration") == d.get("metadata", {}).get("generation") \
+        done = status.get("observedGeneration") == d.get("metadata", {}).get("generation") \
             and status.get("availableReplicas") == want and status.get("updatedReplicas") == want \
             and status.get("replicas") == want
-    kube.wait_for(f"Deployment {namespace}/{name} available (kubectl -n {namespace} describe deploy {name})",
-                  available, timeout=timeout, interval=1)
+        return d if done else None
+    return kube.wait_for(  # type: ignore[no-any-return]
+        f"Deployment {namespace}/{name} available (kubectl -n {namespace} describe deploy {name})",
+        available, timeout=timeout, interval=0.5)
 
 
 def install(kube: Kube, kubeconfig: Path, workdir: Path, image: str, repo_url: str) -> None:
@@ -131,15 +135,18 @@ def install(kube: Kube, kubeconfig: Path, workdir: Path, image: str, repo_url: s
     if had.get("repo") not in (None, repo_url):  # the controller reads its source at start
         kubectl(kubeconfig, "-n", SYSTEM_NAMESPACE, "rollout", "restart", "deployment/replayops-controller")
     for name in COMPONENTS:
-        _wait_available(kube, SYSTEM_NAMESPACE, name, timeout=300)
+        wait_available(kube, SYSTEM_NAMESPACE, name, timeout=300)
 
 
 def captured_pods(kube: Kube, namespace: str, app: str) -> list[dict[str, Any]] | None:
     """The live pods of ``app`` when every one carries the sidecar and is Ready, else None."""
     live = [p for p in kube.list("v1", "Pod", namespace, label_selector=f"app={app}")
             if not p["metadata"].get("deletionTimestamp")]
-    ok = [p for p in live if p["metadata"].get("annotations", {}).get(INJECTED)
-          and all(s.get("ready") for s in (p.get("status") or {}).get("containerStatuses") or [{}])]
+    def ready(pod: dict[str, Any]) -> bool:  # the app's containers and the sidecar
+        status = pod.get("status") or {}
+        sidecar = [s for s in status.get("initContainerStatuses") or [] if s.get("name") == PROXY]
+        return bool(sidecar) and all(s.get("ready") for s in (status.get("containerStatuses") or [{}]) + sidecar)
+    ok = [p for p in live if p["metadata"].get("annotations", {}).get(INJECTED) and ready(p)]
     return ok if ok and len(ok) == len(live) else None
 
 
@@ -190,12 +197,13 @@ def commit_replay(kube: Kube, repo: Path, store: FileStore, build: str, pairs: i
     git(repo, "commit", "-q", "-m", f"replay the demo server's recorded traffic against {build}")
 
 
-def replay_verdict(kube: Kube, name: str = "demo-smoke", timeout: float = 600) -> dict[str, Any]:
-    """Wait for the demo's TrafficReplay to finish; return its status."""
-    def finished() -> dict[str, Any] | None:  # the verdict on the replay's current generation
+def replay_verdict(kube: Kube, build: str, name: str = "demo-smoke", timeout: float = 600) -> dict[str, Any]:
+    """Wait for the demo's TrafficReplay of ``build`` (as committed) to finish; return its status."""
+    def finished() -> dict[str, Any] | None:  # the verdict on the generation that carries this build
         replay = kube.get(API_VERSION, "TrafficReplay", name, DEMO_NAMESPACE) or {}
         status = replay.get("status") or {}
-        current = replay and status.get("observedGeneration") == replay["metadata"].get("generation")
+        current = replay and (replay.get("spec") or {}).get("buildTag") == build \
+            and status.get("observedGeneration") == replay["metadata"].get("generation")
         return status if current and status.get("phase") in TERMINAL_PHASES else None
     try:
         return kube.wait_for(f"TrafficReplay {DEMO_NAMESPACE}/{name} to finish", finished,  # type: ignore[no-any-return]

@@ -119,9 +119,10 @@ def _in_pods(args: argparse.Namespace, workdir: Path) -> int:
         store = FileStore(install.store_root(kube))
         inspector = _start_inspector(kubeconfig, workdir, args.inspector_port, store=store.root)
         with install.step("waiting for recorded pairs, then committing a Snapshot and a TrafficReplay of them"):
-            install.commit_replay(kube, repo, store, built.tag.rpartition(":")[2])
+            build = built.tag.rpartition(":")[2]
+            install.commit_replay(kube, repo, store, build)
         with install.step("waiting for the snapshot to be cut and the replay to run as a Job pod"):
-            verdict = install.replay_verdict(kube)
+            verdict = install.replay_verdict(kube, build)
     except (DevClusterError, KubeError, OSError, subprocess.SubprocessError) as err:
         print(f"replayops up: {err}", file=sys.stderr)
         return 1

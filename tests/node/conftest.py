@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from controller import schema
-from controller.devcluster import DevCluster, ensure_binaries, image
+from controller.devcluster import DevCluster, ensure_binaries, image, install
 from controller.devcluster.build import ensure_node_binaries
 from controller.kube import connect
 from tests.conftest import Cluster
@@ -80,9 +80,5 @@ def job_outcome(node: NodeCluster, namespace: str, name: str, timeout: float = 1
 
 
 def wait_available(node: NodeCluster, namespace: str, name: str, timeout: float = 180) -> dict[str, Any]:
-    """Wait until a Deployment has all its replicas available."""
-    def available() -> dict[str, Any] | None:
-        d = node.kube.get("apps/v1", "Deployment", name, namespace) or {}
-        want, status = (d.get("spec") or {}).get("replicas", 1), d.get("status") or {}
-        return d if status.get("availableReplicas") == want and status.get("updatedReplicas") == want else None
-    return node.kube.wait_for(f"deployment {namespace}/{name} available", available, timeout=timeout, interval=0.5)
+    """Wait until a Deployment has all its replicas of its current template available."""
+    return install.wait_available(node.kube, namespace, name, timeout)

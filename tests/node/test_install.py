@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
-import os
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import pytest
 
 from controller import paths
 from controller.api import API_VERSION, CAPTURE, INJECTED, PROXY, SNAPSHOT, SYSTEM_NAMESPACE
-from controller.devcluster import host
+from controller.devcluster import host, install
 from controller.gitops.replayjobs import job_name
 from controller.kube import KubeError
 from tests.gitrepo import Repo, git_daemon
@@ -26,20 +25,15 @@ from tests.node.conftest import NodeCluster, job_outcome, python_job, wait_avail
 
 def kustomization(tmp: Path, image: str) -> Path:
     """What a user writes to install the dev overlay with their own image tag."""
-    overlay = os.path.relpath(paths.source_dir("manifests") / "overlays" / "dev", tmp)
-    name, _, tag = image.rpartition(":")
-    (tmp / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources: [{overlay}]\n"
-        f"images:\n  - name: localhost/replayops\n    newName: {name}\n    newTag: {tag}\n")
-    return tmp
+    return install.kustomization(tmp, paths.source_dir("manifests") / "overlays" / "dev", image)
 
 
 @pytest.fixture(scope="module")
 def installed(node: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
     base = tmp_path_factory.mktemp("git")
     repo = Repo(base / "repo")
-    repo.commit("seed", {"README.md": "policies and replays\n"})
+    repo.commit("seed", {"README.md": "policies and replays\n",  # the team's namespace too, as a team's repo has
+                         "namespace.yaml": f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"})
     with git_daemon(base, host.NODE_IP) as port:  # where pods reach it, as a git server
         node.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}})
         node.kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
@@ -89,34 +83,21 @@ NS = "team-web"
 
 def apply_demo(node: NodeCluster, tmp: Path, namespace: str) -> None:
     """examples/demo/k8s/app in ``namespace`` with the image built here, applied by the team's own tool."""
-    app = os.path.relpath(paths.source_dir("examples") / "demo" / "k8s" / "app", tmp)
-    name, _, tag = node.image.rpartition(":")
-    (tmp / "kustomization.yaml").write_text(
-        f"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {namespace}\n"
-        f"resources: [{app}]\nimages:\n  - name: localhost/replayops\n    newName: {name}\n    newTag: {tag}\n")
-    node.kubectl("apply", "--server-side", "-k", str(tmp), check=True)
+    app = paths.source_dir("examples") / "demo" / "k8s" / "app"
+    node.kubectl("apply", "--server-side", "-k", str(install.kustomization(tmp, app, node.image, namespace)),
+                 check=True)
 
 
 def rolled_with_sidecar(node: NodeCluster, namespace: str, app: str, timeout: float = 240) -> list[dict[str, Any]]:
     """Wait until every live pod of ``app`` carries the sidecar and is Ready, and its Service routes to
     exactly them; return them."""
-    def pods() -> list[dict[str, Any]]:
-        return [p for p in node.kube.list("v1", "Pod", namespace, label_selector=f"app={app}")
-                if not p["metadata"].get("deletionTimestamp")]
-
-    def injected_and_ready() -> list[dict[str, Any]] | None:
-        live = pods()
-        ok = [p for p in live if p["metadata"].get("annotations", {}).get(INJECTED)
-              and (p.get("status") or {}).get("containerStatuses")
-              and all(s.get("ready") for s in p["status"]["containerStatuses"] +
-                      p["status"].get("initContainerStatuses", []))]
-        return ok if ok and len(ok) == len(live) else None
-
     try:
-        ready = node.kube.wait_for(f"the pods of {app} rolled with the sidecar and Ready", injected_and_ready,
-                                   timeout=timeout, interval=1)
+        ready = node.kube.wait_for(f"the pods of {app} rolled with the sidecar and Ready",
+                                   lambda: install.captured_pods(node.kube, namespace, app), timeout=timeout,
+                                   interval=1)
     except KubeError:
-        seen = [(p["metadata"]["name"], p["metadata"].get("annotations"), p.get("status")) for p in pods()]
+        seen = [(p["metadata"]["name"], p["metadata"].get("annotations"), p.get("status"))
+                for p in node.kube.list("v1", "Pod", namespace, label_selector=f"app={app}")]
         status = node.kube.get("v1", "ConfigMap", "replayops-status-default", SYSTEM_NAMESPACE)
         raise AssertionError(f"pods: {seen}\nsource status: {(status or {}).get('data')}") from None
     ips = {p["status"]["podIP"] for p in ready}
@@ -136,8 +117,9 @@ def captured(node: NodeCluster, installed: Repo, tmp_path_factory: pytest.TempPa
              ) -> Iterator[list[dict[str, Any]]]:
     """The demo app (applied with the team's own tool) that a CapturePolicy committed to git captures;
     yields the server's pods once they rolled with the sidecar and are Ready."""
-    node.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
     wait_available(node, SYSTEM_NAMESPACE, "replayops-webhook", timeout=240)
+    node.kube.wait_for(f"namespace {NS} created by the controller from git", lambda: node.kube.get(
+        "v1", "Namespace", NS), timeout=240, interval=1)
     apply_demo(node, tmp_path_factory.mktemp("demo"), NS)
     installed.commit(f"capture {NS}/demo-server", {f"policies/{NS}.yaml": POLICY.format(ns=NS)})
     yield rolled_with_sidecar(node, NS, "demo-server")
