@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controller import paths  # noqa: E402
-from controller.api import API_VERSION, CAPTURE, PROXY, SYSTEM_NAMESPACE  # noqa: E402
+from controller.api import API_VERSION, CAPTURE, PROXY  # noqa: E402
 from controller.devcluster import DevCluster, ensure_binaries, host, image, install  # noqa: E402
 from controller.devcluster.build import ensure_node_binaries  # noqa: E402
 from controller.kube import Kube, connect  # noqa: E402
@@ -86,13 +86,17 @@ def pod_startup(kube: Kube, tag: str, rounds: int, replicas: int) -> None:
 
 
 def _memory(pod: dict[str, Any]) -> int:
-    """``memory.current`` of the pod's sidecar container (its cgroup under the kubelet's kubepods)."""
+    """The working set of the pod's sidecar container, as the kubelet counts it: its cgroup's usage less
+    inactive file cache (cgroup v1 here: ``memory/kubepods/.../<container id>``; v2: ``memory.current``)."""
     status = next(s for s in pod["status"]["initContainerStatuses"] if s["name"] == PROXY)
     cid = status["containerID"].split("://", 1)[1]
-    found = list(Path("/sys/fs/cgroup").glob(f"kubepods*/**/*{cid}*/memory.current"))
-    if not found:
-        raise RuntimeError(f"no cgroup for container {cid}")
-    return int(found[0].read_text())
+    for root in (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup")):
+        for found in root.glob(f"kubepods*/**/{cid}"):
+            stat = dict(line.split() for line in (found / "memory.stat").read_text().splitlines())
+            if (found / "memory.usage_in_bytes").is_file():
+                return int((found / "memory.usage_in_bytes").read_text()) - int(stat.get("total_inactive_file", 0))
+            return int((found / "memory.current").read_text()) - int(stat.get("inactive_file", 0))
+    raise RuntimeError(f"no cgroup for container {cid}")
 
 
 async def _load(url: str, rate: float, seconds: float) -> tuple[int, int]:
@@ -141,47 +145,45 @@ def sidecar_memory(kube: Kube, tag: str, rate: float, seconds: float) -> None:
         await sampler
         return got
     sent, failed = asyncio.run(run())
-    print(f"sidecar memory (cgroup memory.current of {PROXY}), {seconds:g}s at {rate:g} req/s "
+    print(f"sidecar memory (working set of {PROXY}'s cgroup), {seconds:g}s at {rate:g} req/s "
           f"({sent} sent, {failed} failed):")
     print(f"  idle {idle / 2**20:6.1f} MiB   under load peak {max(peak) / 2**20:6.1f} MiB   (target <= 100 MiB; "
           f"Istio's proxy: ~{40 * rate / 1000:.0f} MB at this rate)   ratio load/idle {max(peak) / idle:.2f}")
     kube.delete("apps/v1", "Deployment", "mem", NS)
 
 
-def end_to_end(kube: Kube, kubeconfig: Path, tag: str, runs: int, work: Path) -> None:
+def end_to_end(kube: Kube, kubeconfig: Path, tag: str, runs: int, work: Path, repo: Repo) -> None:
     """Commit → first pair; commit → Succeeded, through the controller in its pod."""
-    base = work / "git"
-    repo = Repo(base / "repo")
-    repo.commit("seed", {"README.md": "bench\n"})
     to_pair, to_verdict = [], []
-    store: FileStore | None = None
-    with git_daemon(base, host.NODE_IP) as port:
-        install.install(kube, kubeconfig, work, tag, f"git://{host.NODE_IP}:{port}/repo")
-        store = FileStore(install.store_root(kube))
-        for i in range(runs):
-            ns = f"e2e-{i}"
-            kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-            app = paths.source_dir("examples") / "demo" / "k8s"  # the demo with its client, sending already
-            install.kubectl(kubeconfig, "apply", "--server-side", "-k",
-                            str(install.kustomization(work / ns, app, tag, ns)))
-            install.wait_available(kube, ns, "demo-server", 300)
-            policy = (paths.source_dir("examples") / "gitops" / "policies" / "demo-capture.yaml").read_text()
-            started = time.monotonic()
-            repo.commit(f"capture {ns}", {f"policies/{ns}.yaml": policy.replace("namespace: demo", f"namespace: {ns}")})
-            kube.wait_for("the first pair", lambda ns=ns: install.recorded(store, ns, "demo-server") > 0,
-                          timeout=300, interval=0.1)
-            to_pair.append(time.monotonic() - started)
-            snap = (paths.source_dir("examples") / "demo" / "replay" / "snapshot.yaml").read_text()
-            smoke = (paths.source_dir("examples") / "demo" / "replay" / "smoke.yaml").read_text()
-            repo.commit(f"snapshot {ns}", {f"snapshots/{ns}.yaml": snap.replace("namespace: demo", f"namespace: {ns}")})
-            kube.wait_for("the snapshot", lambda ns=ns: ((kube.get(API_VERSION, "Snapshot", "demo-baseline", ns) or {})
-                                                         .get("status") or {}).get("phase") == "Ready", timeout=300)
-            started = time.monotonic()
-            repo.commit(f"replay {ns}", {f"replays/{ns}.yaml": smoke.replace("namespace: demo", f"namespace: {ns}")})
-            kube.wait_for("the verdict", lambda ns=ns: ((kube.get(API_VERSION, "TrafficReplay", "demo-smoke", ns) or {})
-                                                        .get("status") or {}).get("phase") == "Succeeded",
-                          timeout=600, interval=0.1)
-            to_verdict.append(time.monotonic() - started)
+    store = FileStore(install.store_root(kube))
+    examples = paths.source_dir("examples")
+
+    def in_ns(path: Path, ns: str) -> str:
+        return path.read_text().replace("namespace: demo", f"namespace: {ns}")
+
+    def phase(kind: str, name: str, ns: str) -> str:
+        return str(((kube.get(API_VERSION, kind, name, ns) or {}).get("status") or {}).get("phase"))
+
+    for i in range(runs):
+        ns = f"e2e-{i}"
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        install.kubectl(kubeconfig, "apply", "--server-side", "-k",  # the demo with its client, sending already
+                        str(install.kustomization(work / ns, examples / "demo" / "k8s", tag, ns)))
+        install.wait_available(kube, ns, "demo-server", 300)
+        started = time.monotonic()
+        repo.commit(f"capture {ns}", {f"policies/{ns}.yaml": in_ns(examples / "gitops" / "policies" /
+                                                                    "demo-capture.yaml", ns)})
+        kube.wait_for("the first pair", lambda ns=ns: install.recorded(store, ns, "demo-server") > 0,
+                      timeout=300, interval=0.1)
+        to_pair.append(time.monotonic() - started)
+        repo.commit(f"snapshot {ns}", {f"snapshots/{ns}.yaml": in_ns(examples / "demo" / "replay" / "snapshot.yaml",
+                                                                      ns)})
+        kube.wait_for("the snapshot", lambda ns=ns: phase("Snapshot", "demo-baseline", ns) == "Ready", timeout=300)
+        started = time.monotonic()
+        repo.commit(f"replay {ns}", {f"replays/{ns}.yaml": in_ns(examples / "demo" / "replay" / "smoke.yaml", ns)})
+        kube.wait_for("the verdict", lambda ns=ns: phase("TrafficReplay", "demo-smoke", ns) == "Succeeded",
+                      timeout=600, interval=0.1)
+        to_verdict.append(time.monotonic() - started)
     print(f"end to end through the controller in its pod (dev overlay: git polled every 5 s), {runs} runs:")
     print(f"  commit of a CapturePolicy → first pair in the store   p50 {statistics.median(to_pair):6.1f} s   "
           f"(each: {' '.join(f'{t:.1f}' for t in to_pair)})")
@@ -203,19 +205,19 @@ def main() -> None:
         dev = DevCluster(work / "node", ensure_binaries(), node=ensure_node_binaries(), pause_image=pause.tag,
                          images=(pause.archive, replayops.archive))
         dev.start()
+        repo = Repo(work / "git" / "repo")
+        repo.commit("seed", {"README.md": "bench\n"})
         try:
             kube = connect(dev.kubeconfig)
-            overlay = paths.source_dir("manifests") / "overlays" / "dev"
-            install.kubectl(dev.kubeconfig, "apply", "--server-side", "-k",
-                            str(install.kustomization(work / "install", overlay, replayops.tag)))
-            install.wait_available(kube, SYSTEM_NAMESPACE, "replayops-webhook", 300)
-            kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-            kube.wait_for("default ServiceAccount", lambda: kube.get("v1", "ServiceAccount", "default", NS))
-            kube.create(POLICY)
-            pod_startup(kube, replayops.tag, args.rounds, args.replicas)
-            sidecar_memory(kube, replayops.tag, args.rate, args.seconds)
-            if args.e2e:
-                end_to_end(kube, dev.kubeconfig, replayops.tag, args.e2e, work)
+            with git_daemon(work / "git", host.NODE_IP) as port:  # where the controller's pods fetch it
+                install.install(kube, dev.kubeconfig, work, replayops.tag, f"git://{host.NODE_IP}:{port}/repo")
+                kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+                kube.wait_for("default ServiceAccount", lambda: kube.get("v1", "ServiceAccount", "default", NS))
+                kube.create(POLICY)
+                pod_startup(kube, replayops.tag, args.rounds, args.replicas)
+                sidecar_memory(kube, replayops.tag, args.rate, args.seconds)
+                if args.e2e:
+                    end_to_end(kube, dev.kubeconfig, replayops.tag, args.e2e, work, repo)
         finally:
             dev.stop()
     print(json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M")}))

@@ -145,6 +145,14 @@ def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], conf
     return args
 
 
+def _holds_app(spec: Mapping[str, Any]) -> bool:
+    """Whether the app must start after the proxy: its outbound calls go through it (HTTP_PROXY, and the CA
+    it trusts is written by the proxy when TLS is unwrapped). Inbound alone needs no wait — the pod is not
+    Ready, so it gets no traffic, until the proxy is (as Istio's holdApplicationUntilProxyStarts: false) —
+    and the proxy's start then overlaps the app's instead of preceding it."""
+    return bool(spec.get("outbound", {}).get("enabled")) or _unwraps_tls(spec)
+
+
 def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config: InjectConfig) -> dict[str, Any]:
     inbound = spec.get("inbound", {})
     container_ports = [{"name": "rops-health", "containerPort": HEALTH_PORT, "protocol": "TCP"}]
@@ -170,13 +178,15 @@ def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config:
         ],
         "ports": container_ports,
         "resources": _resources(spec, config),
-        "startupProbe": probe(periodSeconds=1, failureThreshold=30),
-        "readinessProbe": probe(),
+        # the pod is Ready once the proxy is: its readiness is probed every second until then
+        "readinessProbe": probe(periodSeconds=1, failureThreshold=3),
         "livenessProbe": probe(failureThreshold=3),
         "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": True,
                             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
+    if _holds_app(spec):  # a startup probe holds the app's containers until the proxy listens
+        sidecar["startupProbe"] = probe(periodSeconds=1, failureThreshold=30)
     sidecar["volumeMounts"] = [{"name": RUN_VOLUME, "mountPath": RUN_DIR}]
     if _unwraps_tls(spec):
         sidecar["volumeMounts"].append({"name": CA_VOLUME, "mountPath": CA_DIR})

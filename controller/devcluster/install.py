@@ -128,11 +128,12 @@ def install(kube: Kube, kubeconfig: Path, workdir: Path, image: str, repo_url: s
     """replayops from the dev overlay in pods, its controller watching ``repo_url``."""
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}})
     had = (kube.get("v1", "ConfigMap", "replayops-source", SYSTEM_NAMESPACE) or {}).get("data") or {}
+    running = kube.get("apps/v1", "Deployment", "replayops-controller", SYSTEM_NAMESPACE) is not None
     kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": "replayops-source", "namespace": SYSTEM_NAMESPACE}, "data": {"repo": repo_url}})
     overlay = paths.source_dir("manifests") / "overlays" / "dev"
     kubectl(kubeconfig, "apply", "--server-side", "-k", str(kustomization(workdir / "install", overlay, image)))
-    if had.get("repo") not in (None, repo_url):  # the controller reads its source at start
+    if running and had.get("repo") != repo_url:  # the controller reads its source at start
         kubectl(kubeconfig, "-n", SYSTEM_NAMESPACE, "rollout", "restart", "deployment/replayops-controller")
     for name in COMPONENTS:
         wait_available(kube, SYSTEM_NAMESPACE, name, timeout=300)

@@ -331,6 +331,8 @@ def test_transparent_capture_redirects_the_apps_port_with_the_init_containers_ip
     node.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(direct), check=True)
     installed.commit(f"capture {ns} transparently", {f"policies/{ns}.yaml": TRANSPARENT.format(ns=ns)})
     pods = rolled_with_sidecar(node, ns, "demo-server")
+    sidecar = next(c for c in pods[0]["spec"]["initContainers"] if c["name"] == PROXY)
+    assert "startupProbe" not in sidecar, "inbound only: the app starts beside the proxy, not after it"
     init = next(c for c in pods[0]["spec"]["initContainers"] if c["name"] == "replayops-init")
     assert init["args"] == ["iptables", "--proxy-port", "15001", "--ports", "8080"]
     assert "NET_ADMIN" in init["securityContext"]["capabilities"]["add"]

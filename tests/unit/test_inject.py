@@ -100,3 +100,19 @@ json_like = st.recursive(st.none() | st.integers() | st.text(max_size=5),
        st.dictionaries(st.text(alphabet="ab/~c", max_size=4), json_like, max_size=4))
 def test_patch_applies_to_any_pair_of_objects(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert jsonpatch.apply_patch(a, inject.patch(a, b)) == b
+
+
+@pytest.mark.parametrize(("policy", "holds"), [
+    ({"selector": {}, "inbound": {"ports": [8080]}}, False),
+    ({"selector": {}, "inbound": {"ports": [8080]}, "outbound": {"enabled": True}}, True),
+    ({"selector": {}, "inbound": {"mode": "transparent", "ports": [8080]}}, False),
+])
+def test_the_app_waits_for_the_proxy_only_when_its_outbound_calls_need_it(policy: dict[str, Any],
+                                                                          holds: bool) -> None:
+    pod = {"metadata": {"name": "p", "annotations": {"replayops.dev/capture": "p"}},
+           "spec": {"containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 8080}]}]}}
+    spec = defaults.default_policy(_policy_obj(policy))["spec"]
+    sidecar = next(c for c in inject.inject(pod, "shop", spec, CONFIG)["spec"]["initContainers"]
+                   if c["name"] == "replayops-proxy")
+    assert ("startupProbe" in sidecar) is holds
+    assert sidecar["readinessProbe"]["periodSeconds"] == 1, "Ready as soon as the proxy is, either way"
