@@ -58,6 +58,15 @@ class Lookup(Protocol):
     def resource_exists(self, kind: str, namespace: str, name: str) -> bool | None: ...  # our kinds; None: unknown
 
 
+def _must_exist(path: str, what: str, exists: bool | None, rule: str) -> list[Finding]:
+    """An error when the object ``what`` names does not exist; a warning when there was no cluster to ask."""
+    if exists is False:
+        return [Finding(path, f"{what} does not exist", rule)]
+    if exists is None:
+        return [Finding(path, f"{what} not checked: no cluster", rule, warning=True)]
+    return []
+
+
 def target_key(spec: Mapping[str, Any]) -> str:
     target = spec.get("target") or {}
     ref = target.get("workloadRef")
@@ -72,13 +81,8 @@ def check_replay(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list
     ref = (spec.get("target") or {}).get("workloadRef")
     if ref:
         kind = ref.get("kind", "Deployment")
-        exists = lookup.workload_exists(ns, kind, ref["name"])
-        if exists is False:
-            found.append(Finding("spec.target.workloadRef", f"{kind} {ns}/{ref['name']} does not exist",
-                                 "target-exists"))
-        elif exists is None:
-            found.append(Finding("spec.target.workloadRef", f"{kind} {ns}/{ref['name']} not checked: no cluster",
-                                 "target-exists", warning=True))
+        found += _must_exist("spec.target.workloadRef", f"{kind} {ns}/{ref['name']}",
+                             lookup.workload_exists(ns, kind, ref["name"]), "target-exists")
     snapshot = str(spec.get("snapshot"))
     declared = lookup.resource_exists("Snapshot", ns, snapshot)  # a Snapshot of this namespace, or a store name
     other_ns, _, cut_of = snapshot.partition(".")
@@ -117,13 +121,8 @@ def check_snapshot(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> li
     ns = meta.get("namespace", "default")
     found: list[Finding] = []
     if spec.get("policy"):
-        exists = lookup.resource_exists("CapturePolicy", ns, str(spec["policy"]))
-        if exists is False:
-            found.append(Finding("spec.policy", f"CapturePolicy {ns}/{spec['policy']} does not exist",
-                                 "policy-exists"))
-        elif exists is None:
-            found.append(Finding("spec.policy", f"CapturePolicy {ns}/{spec['policy']} not checked: no cluster",
-                                 "policy-exists", warning=True))
+        found += _must_exist("spec.policy", f"CapturePolicy {ns}/{spec['policy']}",
+                             lookup.resource_exists("CapturePolicy", ns, str(spec["policy"])), "policy-exists")
     if spec.get("stream") and not str(spec["stream"]).startswith(f"{ns}."):
         found.append(Finding("spec.stream", f"{spec['stream']!r} is not a stream of namespace {ns} (streams are "
                              f"{ns}.<policy>.<pod>); a Snapshot cuts only its own namespace's traffic",
