@@ -38,7 +38,7 @@ def resolve(kube: Kube, namespace: str, name: str) -> str:
         return name
     status = snap.get("status") or {}
     if status.get("phase") != READY_PHASE or status.get("observedGeneration") != snap["metadata"].get("generation"):
-        why = next((c.get("message") for c in status.get("conditions") or [] if c.get("type") == "Ready"), "")
+        why = conditions.ready_condition(status).get("message", "")
         raise SnapshotNotReady(f"Snapshot {namespace}/{name} is {status.get('phase') or 'not cut yet'}"
                                + (f": {why}" if why else ""))
     return str(status.get("storeName") or store_name(namespace, name))
@@ -108,9 +108,8 @@ def cut(kube: Kube, store: FileStore, namespace: str, name: str, now: float) -> 
         f"CapturePolicy {spec['policy']}" if spec.get("policy") else f"stream {spec.get('stream')}")
     try:
         start, end = window(spec, now)
-        if store.exists(target) and store.manifest(target).source == source:
-            manifest = store.manifest(target)  # this very object's cut (its status was not written)
-        else:  # nothing, or the cut of an earlier object of that name: cut anew
+        manifest = store.manifest(target) if store.exists(target) else None
+        if manifest is None or manifest.source != source:  # nothing, or an earlier object's cut: cut anew
             store.remove(target)
             manifest = store.write_snapshot(Manifest(name=target, service=spec.get("policy", ""), start=start,
                                                      end=end, policy=spec.get("policy", ""), source=source),

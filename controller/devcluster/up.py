@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controller import paths, schema
+from controller import conditions, paths, schema
 from controller.admission import register
 from controller.api import SUCCEEDED, SYSTEM_NAMESPACE
 from controller.devcluster import DevClusterError, install, pid_alive, stop_pid
@@ -134,7 +134,7 @@ def _in_pods(args: argparse.Namespace, workdir: Path) -> int:
 
 def _summary(kubeconfig: Path, inspector: str, repo: Path, url: str, verdict: dict[str, Any]) -> str:
     """What runs where and what to do next (printed by ``up`` and ``replayops dev status``)."""
-    said = next((c.get("message", "") for c in verdict.get("conditions") or []), "")
+    said = conditions.ready_condition(verdict).get("message", "")
     figures = verdict.get("summary") or {}
     venv = Path(sys.executable).parent
     return "\n".join([

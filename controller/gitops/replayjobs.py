@@ -55,11 +55,11 @@ class JobConfig:
     memory: str = "512Mi"
 
 
-def job_name(replay: Mapping[str, Any]) -> str:
-    """A DNS label unique to the replay's uid and generation."""
-    meta = replay["metadata"]
+def job_name(obj: Mapping[str, Any], prefix: str = "replay") -> str:
+    """A DNS label unique to the object's uid and generation."""
+    meta = obj["metadata"]
     digest = hashlib.sha256(f"{meta['uid']}/{meta.get('generation', 1)}".encode()).hexdigest()[:10]
-    return f"replay-{meta['name'][:40].rstrip('-.')}-{digest}"
+    return f"{prefix}-{meta['name'][:40].rstrip('-.')}-{digest}"
 
 
 MOCKS_PORT = 9300
@@ -149,7 +149,7 @@ SNAPSHOT_JOB_TTL_S = 3600
 
 
 def snapshot_job_name(snap: Mapping[str, Any]) -> str:
-    return "snapshot-" + job_name(snap).removeprefix("replay-")
+    return job_name(snap, prefix="snapshot")
 
 
 def render_snapshot(snap: Mapping[str, Any], config: JobConfig) -> dict[str, Any]:
@@ -212,7 +212,7 @@ def snapshot_block(replay: Mapping[str, Any], snap: Mapping[str, Any] | None) ->
     if current and status.get("phase") == READY_PHASE:
         return None
     if current and status.get("phase") == FAILED:
-        why = next((c.get("message", "") for c in status.get("conditions") or []), "")
+        why = conditions.ready_condition(status).get("message", "")
         return _status(FAILED, generation, SNAPSHOT_NOT_READY, f"Snapshot {ref} failed: {why}", finished=True)
     return _status(PENDING, generation, SNAPSHOT_NOT_READY, f"waiting for Snapshot {ref} to be cut")
 

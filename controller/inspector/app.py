@@ -19,6 +19,7 @@ from typing import Any
 from flask import Flask, Response, abort, flash, redirect, render_template, request, send_file
 from ruamel.yaml import YAML
 
+from controller import conditions
 from controller.admission import rules
 from controller.api import API_VERSION, MANAGED_BY, WORKLOAD_KINDS
 from controller.gitops import desired
@@ -149,7 +150,7 @@ def create_app(deps: Deps) -> Flask:
         rows = []
         for p in listed(API_VERSION, "CapturePolicy"):
             status = p.get("status") or {}
-            ready = view.ready_condition(status)
+            ready = conditions.ready_condition(status)
             workloads = ", ".join(f"{w['kind']}/{w['name']}" for w in status.get("selectedWorkloads") or [])
             rows.append((p["metadata"]["namespace"], p["metadata"]["name"], workloads or "none",
                          ready.get("status", "Unknown"), ready.get("message", "")))
@@ -191,7 +192,7 @@ def create_app(deps: Deps) -> Flask:
             rows.append((f"Snapshot {meta['namespace']}/{meta['name']}", of, status.get("phase", "Pending"),
                          status.get("pairs", ""), f"{window.get('from', '')} .. {window.get('to', '')}"
                          if window else (spec.get("window") or {}).get("last", ""),
-                         view.ready_condition(status).get("message", "")))
+                         conditions.ready_condition(status).get("message", "")))
         rows.sort()
         rows += [(m.name, m.policy or m.service or "-", "in the store", m.count, m.source, "")
                  for m in deps.snapshots() if m.name not in declared]

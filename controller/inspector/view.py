@@ -9,7 +9,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.api import CAPTURE, CONFIG_HASH, INJECTED, OPT_OUT, PENDING, PROXY, READY
+from controller import conditions
+from controller.api import CAPTURE, CONFIG_HASH, INJECTED, OPT_OUT, PENDING, PROXY
 from controller.policy import selector_matches
 
 
@@ -80,17 +81,12 @@ class ReplayRow:
     report_id: str
 
 
-def ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The Ready condition of one of our objects' status ({} when it has none yet)."""
-    return next((c for c in status.get("conditions") or [] if c.get("type") == READY), {})
-
-
 def replay_row(replay: Mapping[str, Any]) -> ReplayRow:
     meta, spec, status = replay["metadata"], replay.get("spec") or {}, replay.get("status") or {}
     target = spec.get("target") or {}
     ref = target.get("workloadRef") or {}
     summary = status.get("summary") or {}
-    ready = ready_condition(status)
+    ready = conditions.ready_condition(status)
     return ReplayRow(
         namespace=meta["namespace"], name=meta["name"], snapshot=spec.get("snapshot", ""),
         target=target.get("url") or f"{ref.get('kind', 'Deployment')}/{ref.get('name', '')}",
