@@ -73,4 +73,6 @@ GOALS_MET = "GoalsMet"
 GOALS_NOT_MET = "GoalsNotMet"
 SNAPSHOT_CUT = "SnapshotCut"
 SNAPSHOT_FAILED = "SnapshotFailed"
+CAPTURE_DEGRADED = "CaptureDegraded"  # a pod injected in reverse mode: its namespace forbids the init container
+CAPTURE_SKIPPED = "CaptureSkipped"  # a pod not injected: the sidecar would make it refused
 SNAPSHOT_NOT_READY = "SnapshotNotReady"  # a TrafficReplay waits for the Snapshot it names

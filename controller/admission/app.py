@@ -22,11 +22,14 @@ from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from controller import api, logs, schema
-from controller.admission import defaults, inject, review, rules
+from controller.admission import admissible, defaults, inject, review, rules
+from controller.api import INIT, STATUS
+from controller.kube import KubeError
 
 log = logs.get("webhook")
 
 PolicyGetter = Callable[[str, str], Mapping[str, Any] | None]
+Notify = Callable[[Mapping[str, Any], str, str, str], None]  # (pod, namespace, reason, message)
 
 
 @dataclass
@@ -38,6 +41,9 @@ class Deps:
     limits: rules.Limits = field(default_factory=rules.Limits)
     inject_config: inject.InjectConfig = field(default_factory=inject.InjectConfig)
     ready: Callable[[], bool] = lambda: True
+    quotas: Callable[[str], list[Mapping[str, Any]]] = lambda _: []  # a namespace's ResourceQuotas
+    notify: Notify = lambda *_: None
+    pod_security_default: str = "privileged"  # the level of namespaces without an enforce label
 
 
 @dataclass(frozen=True)
@@ -99,18 +105,63 @@ def _mutate_pod(req: review.Request, deps: Deps) -> dict[str, Any]:
     if policy is None:
         return review.response(req.uid, warnings=[
             f"replayops: not injected: CapturePolicy {req.namespace}/{decision.policy} not found"])
+    notify = deps.notify if not req.dry_run else lambda *_: None
+    policy, degraded = _admissible_policy(policy, _level(req.namespace, deps))
     unnamed = {**pod, "metadata": {k: v for k, v in (pod.get("metadata") or {}).items() if k != "name"}}
-    return review.response(req.uid, patch=_injection_patch(req.namespace, json.dumps(unnamed),
-                                                            json.dumps(policy), deps.inject_config))
+    rendered = _render(req.namespace, json.dumps(unnamed), json.dumps(policy), deps.inject_config)
+    quotas = deps.quotas(req.namespace)
+    overrun = quotas and admissible.quota_overrun(quotas, pod["spec"], rendered.pod["spec"], rendered.added)
+    if overrun:
+        message = f"not injected: {overrun}"
+        notify(pod, req.namespace, api.CAPTURE_SKIPPED, message)
+        return review.response(req.uid, warnings=[f"replayops: {message}"])
+    if degraded:
+        notify(pod, req.namespace, api.CAPTURE_DEGRADED, degraded)
+    return review.response(req.uid, patch=rendered.patch,
+                           warnings=[f"replayops: {degraded}"] if degraded else None)
+
+
+def _level(namespace: str, deps: Deps) -> str:
+    """The Pod Security level ``namespace`` enforces (the default when its labels cannot be read)."""
+    try:
+        labels = deps.lookup.namespace_labels(namespace)
+    except KubeError:
+        labels = None
+    return admissible.pod_security_level(labels, deps.pod_security_default)
+
+
+def _admissible_policy(policy: Mapping[str, Any], level: str) -> tuple[Mapping[str, Any], str]:
+    """``policy`` as a pod at Pod Security ``level`` can be injected with it, and what was changed: a transparent
+    policy falls back to reverse mode where the init container's NET_ADMIN is forbidden."""
+    inbound = (policy.get("spec") or {}).get("inbound") or {}
+    if inbound.get("mode") != "transparent" or level not in admissible.FORBID_NET_ADMIN:
+        return policy, ""
+    spec = {**policy["spec"], "inbound": {**inbound, "mode": "reverse"}}
+    port = inbound.get("proxyPort", 15001)
+    return {**policy, "spec": spec}, (
+        f"captured in reverse mode, not transparent: Pod Security level {level} forbids the {INIT} init "
+        f"container's NET_ADMIN; inbound traffic is recorded only when sent to port {port} (point the Service's "
+        f"targetPort at it), outbound as configured")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """An injection: the encoded patch, the injected pod (read-only: it is shared) and the containers added."""
+
+    patch: str | None
+    pod: Mapping[str, Any]
+    added: tuple[str, ...]
 
 
 @functools.lru_cache(maxsize=1024)
-def _injection_patch(namespace: str, pod_json: str, policy_json: str, config: inject.InjectConfig) -> str | None:
-    """The encoded patch injecting a pod (given as JSON without its name, which no patch touches) under a
-    CapturePolicy. Keyed by that JSON: a ReplicaSet's pods reach admission identical (their names are
-    generated after it), so a rollout of any size renders its sidecar once."""
+def _render(namespace: str, pod_json: str, policy_json: str, config: inject.InjectConfig) -> Rendered:
+    """The injection of a pod (given as JSON without its name, which no patch touches) under a CapturePolicy.
+    Keyed by that JSON: a ReplicaSet's pods reach admission identical (their names are generated after it),
+    so a rollout of any size renders its sidecar once."""
     pod = json.loads(pod_json)
-    return review.encode_patch(inject.patch(pod, inject.inject(pod, namespace, _policy_spec(policy_json), config)))
+    mutated = inject.inject(pod, namespace, _policy_spec(policy_json), config)
+    added = tuple(inject.Injected.from_json(mutated["metadata"]["annotations"][STATUS]).init_containers)
+    return Rendered(review.encode_patch(inject.patch(pod, mutated)), mutated, added)
 
 
 @functools.lru_cache(maxsize=256)

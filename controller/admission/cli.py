@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from controller import logs
-from controller.admission import certs, inject, register, rules, secret
+from controller.admission import admissible, certs, inject, register, rules, secret
 from controller.admission.app import Deps, create_app
 from controller.admission.lookup import ClusterLookup
+from controller.admission.notices import Notices
 from controller.admission.serve import WebhookServer
 from controller.api import SYSTEM_NAMESPACE
 from controller.kube import KubeError, connect
@@ -67,6 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     serve.add_argument("--forwarder-url", default=inject.InjectConfig.forwarder_url)
     serve.add_argument("--store", type=Path, default=None,
                        help="snapshot store root (holds snapshots/), to check that replayed snapshots exist")
+    serve.add_argument("--pod-security-default", choices=admissible.LEVELS, default="privileged",
+                       help="the Pod Security level of namespaces without a pod-security.kubernetes.io/enforce "
+                            "label: set it to the apiserver's PodSecurity default (default privileged)")
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--threads", type=int, default=8)
     hook.set_defaults(func=run)
@@ -114,8 +118,11 @@ def run(args: argparse.Namespace) -> int:
                                  forwarder_url=args.forwarder_url)
 
     def factory() -> object:
-        lookup = ClusterLookup(connect(args.kubeconfig), snapshot_exists=_snapshot_check(args.store))
-        return create_app(Deps(lookup=lookup, policies=lookup.policy, limits=limits, inject_config=config))
+        kube = connect(args.kubeconfig)
+        lookup = ClusterLookup(kube, snapshot_exists=_snapshot_check(args.store))
+        return create_app(Deps(lookup=lookup, policies=lookup.policy, limits=limits, inject_config=config,
+                               quotas=lookup.quotas, notify=Notices(kube),
+                               pod_security_default=args.pod_security_default))
 
     WebhookServer(factory, host=args.host, port=args.port, certs=paths,  # type: ignore[arg-type]
                   workers=args.workers, threads=args.threads).run()

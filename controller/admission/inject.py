@@ -183,7 +183,7 @@ def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config:
         "livenessProbe": probe(failureThreshold=3),
         "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": True,
                             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}},
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
     }
     if _holds_app(spec):  # a startup probe holds the app's containers until the proxy listens
         sidecar["startupProbe"] = probe(periodSeconds=1, failureThreshold=30)

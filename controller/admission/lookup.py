@@ -7,9 +7,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from controller import logs
 from controller.api import ACTIVE_PHASES, API_VERSION, PENDING, TERMINAL_PHASES
 from controller.kube import Kube, KubeError
 
+log = logs.get("webhook")
 WORKLOAD_API = {"Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1"}
 
 
@@ -37,10 +39,11 @@ class ClusterLookup:
     """``rules.Lookup`` and the webhook's policy getter, backed by the Kubernetes API."""
 
     def __init__(self, kube: Kube, *, snapshot_exists: Callable[[str], bool | None] = lambda _: None,
-                 policy_ttl: float = 2.0) -> None:
+                 policy_ttl: float = 2.0, namespace_ttl: float = 2.0) -> None:
         self.kube = kube
         self._snapshot_exists = snapshot_exists
         self._policies = TTLCache(policy_ttl)
+        self._namespaces = TTLCache(namespace_ttl)
 
     def workload_exists(self, namespace: str, kind: str, name: str) -> bool:
         api = WORKLOAD_API.get(kind)
@@ -55,8 +58,20 @@ class ClusterLookup:
                 if (i.get("status") or {}).get("phase") in TERMINAL_PHASES}
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
-        ns = self.kube.get("v1", "Namespace", namespace)
-        return None if ns is None else (ns["metadata"].get("labels") or {})
+        def fetch() -> Mapping[str, str] | None:
+            ns = self.kube.get("v1", "Namespace", namespace)
+            return None if ns is None else (ns["metadata"].get("labels") or {})
+        return self._namespaces.get(("labels", namespace), fetch)  # type: ignore[no-any-return]
+
+    def quotas(self, namespace: str) -> list[Mapping[str, Any]]:
+        """The namespace's ResourceQuotas with their usage (none when they cannot be read: injection goes on)."""
+        def fetch() -> list[Mapping[str, Any]]:
+            try:
+                return list(self.kube.list("v1", "ResourceQuota", namespace))
+            except KubeError as err:
+                log.warning("resource quotas not read", extra=logs.fields(namespace=namespace, error=str(err)))
+                return []
+        return self._namespaces.get(("quotas", namespace), fetch)  # type: ignore[no-any-return]
 
     def snapshot_exists(self, name: str) -> bool | None:
         return self._snapshot_exists(name)

@@ -145,7 +145,8 @@ class Kube:
                          content_type="application/apply-patch+yaml",
                          what=f"apply status of {obj['kind']} {_ref(meta)}")
 
-    def event(self, regarding: Mapping[str, Any], *, reason: str, message: str, type_: str = "Normal") -> None:
+    def event(self, regarding: Mapping[str, Any], *, reason: str, message: str, type_: str = "Normal",
+              component: str = FIELD_MANAGER) -> None:
         """Record a Kubernetes Event about ``regarding`` (an object with apiVersion, kind and metadata)."""
         import datetime as dt
         import uuid
@@ -159,7 +160,7 @@ class Kube:
                                     "name": meta["name"], "namespace": meta.get("namespace"),
                                     "uid": meta.get("uid")},
                  "reason": reason, "message": message[:1024], "type": type_, "firstTimestamp": now,
-                 "lastTimestamp": now, "count": 1, "source": {"component": FIELD_MANAGER}}
+                 "lastTimestamp": now, "count": 1, "source": {"component": component}}
         self.create(event)
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:

@@ -132,3 +132,64 @@ def test_metrics_are_served(webhook: WebhookProc) -> None:
     with urllib.request.urlopen(f"{webhook.url}/metrics", context=ctx, timeout=5) as resp:
         text = resp.read().decode()
     assert "replayops_webhook_requests_total" in text
+
+
+def _warning_events(cluster: Cluster, ns: str, reason: str) -> list[dict]:  # type: ignore[type-arg]
+    return cluster.kube.wait_for(  # type: ignore[no-any-return]
+        f"a {reason} Event in {ns}",
+        lambda: [e for e in cluster.kube.list("v1", "Event", ns) if e.get("reason") == reason] or None, timeout=20)
+
+
+def test_transparent_capture_in_a_baseline_namespace_falls_back_to_reverse_and_the_pod_is_created(
+        cluster: Cluster, webhook: WebhookProc, namespace: str) -> None:
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=baseline", check=True)
+    net_admin = POD.format(name="raw").replace("{replayops.dev/capture: checkout}", "{}") + \
+        "    securityContext: {capabilities: {add: [NET_ADMIN]}}\n"
+    refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=net_admin)
+    assert refused.returncode != 0 and "NET_ADMIN" in refused.stderr  # the apiserver enforces baseline
+    _capture_policy(cluster, namespace, inbound={"mode": "transparent"})
+    out = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=POD.format(name="p3"), check=True)
+    assert "captured in reverse mode, not transparent: Pod Security level baseline" in out.stderr
+    pod = cluster.kube.get("v1", "Pod", "p3", namespace)
+    assert pod is not None
+    proxy, = pod["spec"]["initContainers"]
+    assert proxy["name"] == api.PROXY and "--reverse" in proxy["args"]
+    event, = _warning_events(cluster, namespace, api.CAPTURE_DEGRADED)
+    assert event["type"] == "Warning" and event["involvedObject"]["name"] == "p3"
+    assert event["source"]["component"] == "replayops-webhook"
+
+
+def test_a_restricted_namespace_admits_the_sidecar(cluster: Cluster, webhook: WebhookProc, namespace: str) -> None:
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted", check=True)
+    _capture_policy(cluster, namespace)
+    compliant = POD.format(name="p4") + """    securityContext:
+      allowPrivilegeEscalation: false
+      capabilities: {drop: [ALL]}
+  securityContext: {runAsNonRoot: true, runAsUser: 1000, seccompProfile: {type: RuntimeDefault}}
+"""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=compliant, check=True)
+    pod = cluster.kube.get("v1", "Pod", "p4", namespace)
+    assert pod is not None and [c["name"] for c in pod["spec"]["initContainers"]] == [api.PROXY]
+
+
+def test_a_quota_too_small_for_the_sidecar_gets_pods_without_it_and_an_event(
+        cluster: Cluster, webhook: WebhookProc, namespace: str) -> None:
+    _capture_policy(cluster, namespace)
+    cluster.kube.create({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "small", "namespace":
+                         namespace}, "spec": {"hard": {"requests.memory": "100Mi"}}})
+    cluster.kube.wait_for("quota small observed", lambda: (
+        (cluster.kube.get("v1", "ResourceQuota", "small", namespace) or {}).get("status", {}).get("hard")),
+        timeout=30)
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "checkout", "namespace": namespace},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "checkout"}},
+                 "template": {"metadata": {"labels": {"app": "checkout"}, "annotations": {api.CAPTURE: "checkout"}},
+                              "spec": {"containers": [{"name": "app", "image": "shop/checkout:1.4",
+                                                       "resources": {"requests": {"memory": "64Mi"}}}]}}}}
+    cluster.kube.create(deployment)
+    pod, = cluster.kube.wait_for("the pod of checkout",
+                                 lambda: cluster.kube.list("v1", "Pod", namespace, "app=checkout") or None, timeout=60)
+    assert not pod["spec"].get("initContainers") and api.INJECTED not in (pod["metadata"].get("annotations") or {})
+    event, = _warning_events(cluster, namespace, api.CAPTURE_SKIPPED)
+    assert event["involvedObject"]["kind"] == "ReplicaSet"
+    assert "ResourceQuota small has requests.memory 100Mi" in event["message"]

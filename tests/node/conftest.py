@@ -57,12 +57,16 @@ def node_ns(node: NodeCluster) -> Iterator[str]:
 
 
 def python_job(name: str, namespace: str, image: str, code: str, *, backoff: int = 0) -> dict[str, Any]:
-    """A Job running ``python3 -c CODE`` in the replayops image, as a non-root user."""
+    """A Job running ``python3 -c CODE`` in the replayops image, as a non-root user (Pod Security restricted)."""
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": namespace},
             "spec": {"backoffLimit": backoff, "template": {"spec": {
                 "restartPolicy": "Never",
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 65532,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never",
-                                "command": ["python3", "-c", textwrap.dedent(code)]}]}}}}
+                                "command": ["python3", "-c", textwrap.dedent(code)],
+                                "securityContext": {"allowPrivilegeEscalation": False,
+                                                    "capabilities": {"drop": ["ALL"]}}}]}}}}
 
 
 def job_outcome(node: NodeCluster, namespace: str, name: str, timeout: float = 120) -> tuple[bool, str]:

@@ -68,6 +68,22 @@ def test_the_controller_replicas_elect_one_leader(node: NodeCluster, installed: 
 
 
 
+def test_each_component_pod_is_selected_by_a_network_policy_opening_its_ports(node: NodeCluster,
+                                                                            installed: Repo) -> None:
+    for name in ("replayops-webhook", "replayops-controller", "replayops-forwarder"):
+        wait_available(node, SYSTEM_NAMESPACE, name, timeout=240)
+    policies = node.kube.list("networking.k8s.io/v1", "NetworkPolicy", SYSTEM_NAMESPACE)
+    for pod in node.kube.list("v1", "Pod", SYSTEM_NAMESPACE, label_selector="app.kubernetes.io/part-of=replayops"):
+        labels = pod["metadata"]["labels"]
+        chosen = [p for p in policies if all(labels.get(k) == v for k, v in
+                                             p["spec"]["podSelector"]["matchLabels"].items())]
+        assert chosen, f"pod {pod['metadata']['name']} is selected by no NetworkPolicy"
+        served = {port["containerPort"] for c in pod["spec"]["containers"] for port in c.get("ports") or []}
+        opened = {port["port"] for p in chosen for rule in p["spec"].get("ingress") or []
+                  for port in rule.get("ports") or []}
+        assert served <= opened, f"{pod['metadata']['name']} serves {served}, its policies open {opened}"
+
+
 POLICY = """apiVersion: replayops.dev/v1alpha1
 kind: CapturePolicy
 metadata: {{name: demo-server, namespace: {ns}}}
@@ -354,6 +370,66 @@ def test_transparent_capture_redirects_the_apps_port_with_the_init_containers_ip
     node.kube.wait_for("the redirected requests in the store", lambda: [
         r for r in _store_records(node) if "item=fig" in r["request"]["url"] and r["tags"].get("mode") == "transparent"
     ], timeout=120, interval=1)
+
+
+def _owner_events(node: NodeCluster, ns: str, reason: str) -> list[dict[str, Any]]:
+    return node.kube.wait_for(f"a {reason} Event in {ns}", lambda: [  # type: ignore[no-any-return]
+        e for e in node.kube.list("v1", "Event", ns) if e.get("reason") == reason], timeout=60, interval=1)
+
+
+def test_a_restricted_namespace_gets_transparent_capture_in_reverse_mode_and_its_pods_run(
+        node: NodeCluster, installed: Repo, captured: list[dict[str, Any]],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    ns = "team-psa"
+    node.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    apply_demo(node, tmp_path_factory.mktemp("demo-psa"), ns)
+    installed.commit(f"capture {ns} transparently", {f"policies/{ns}.yaml": TRANSPARENT.format(ns=ns)})
+    pods = rolled_with_sidecar(node, ns, "demo-server")
+    names = [c["name"] for c in pods[0]["spec"]["initContainers"]]
+    assert names == [PROXY], "no NET_ADMIN init container where the namespace forbids it"
+    assert "--reverse" in pods[0]["spec"]["initContainers"][0]["args"]
+    event = _owner_events(node, ns, "CaptureDegraded")[0]
+    assert event["involvedObject"]["kind"] == "ReplicaSet" and "Pod Security level restricted" in event["message"]
+    code = f"""
+        import urllib.request
+        for i in range(3):  # the demo's Service targets the proxy port, so reverse mode still records
+            urllib.request.urlopen("http://demo-server.{ns}.svc/api/quote?item=psa&n=" + str(i), timeout=10).read()
+    """
+    node.kube.apply(python_job("client", ns, node.image, code, backoff=3))
+    ok, log = job_outcome(node, ns, "client", timeout=180)
+    assert ok, log
+    node.kube.wait_for("the reverse-mode requests in the store", lambda: [
+        r for r in _store_records(node) if "item=psa" in r["request"]["url"]], timeout=120, interval=1)
+    node.kube.delete("v1", "Namespace", ns)
+
+
+def test_a_quota_too_small_for_the_sidecar_gets_the_pods_created_without_it_and_an_event(
+        node: NodeCluster, installed: Repo, captured: list[dict[str, Any]],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    ns = "team-quota"
+    node.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    # the demo's two pods ask 32Mi each: a third fits alone, not with the sidecar's 64Mi
+    node.kube.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "tight", "namespace": ns},
+                     "spec": {"hard": {"requests.memory": "150Mi"}}})
+    node.kube.wait_for("quota tight observed", lambda: ((node.kube.get("v1", "ResourceQuota", "tight", ns) or {})
+                                                        .get("status") or {}).get("hard"), timeout=60)
+    apply_demo(node, tmp_path_factory.mktemp("demo-quota"), ns)
+    wait_available(node, ns, "demo-server")
+    installed.commit(f"capture {ns}", {f"policies/{ns}.yaml": TRANSPARENT.format(ns=ns)})
+
+    def rolled() -> list[dict[str, Any]] | None:
+        pods = [p for p in node.kube.list("v1", "Pod", ns, label_selector="app=demo-server")
+                if CAPTURE in (p["metadata"].get("annotations") or {})]
+        ready = [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
+                                        for c in (p.get("status") or {}).get("conditions") or [])]
+        return ready or None
+    pod = node.kube.wait_for("the demo's pod rolled for the policy and Ready", rolled, timeout=240, interval=1)[0]
+    assert INJECTED not in pod["metadata"]["annotations"] and not pod["spec"].get("initContainers")
+    event = _owner_events(node, ns, "CaptureSkipped")[0]
+    assert "ResourceQuota tight has requests.memory 150Mi" in event["message"], event["message"]
+    assert event["source"]["component"] == "replayops-webhook"
+    node.kube.delete("v1", "Namespace", ns)
 
 
 def _leader(node: NodeCluster) -> str:

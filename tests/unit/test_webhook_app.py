@@ -101,6 +101,45 @@ def test_pod_naming_a_missing_policy_is_admitted_with_a_warning() -> None:
     assert "CapturePolicy shop/gone not found" in out["warnings"][0]
 
 
+TRANSPARENT = policy(inbound={"mode": "transparent"})
+TRANSPARENT["metadata"]["namespace"] = "shop"
+
+
+def notifying_client(labels: dict[str, str], quotas: list[dict[str, Any]],
+                     notes: list[tuple[str, str]]) -> FlaskClient:
+    deps = Deps(lookup=lookup(namespaces={"shop": labels}), policies=lambda ns, n: TRANSPARENT,
+                quotas=lambda ns: quotas, notify=lambda pod, ns, reason, msg: notes.append((reason, msg)))
+    return create_app(deps).test_client()
+
+
+def test_transparent_capture_falls_back_to_reverse_where_pod_security_forbids_net_admin() -> None:
+    notes: list[tuple[str, str]] = []
+    client = notifying_client({"pod-security.kubernetes.io/enforce": "baseline"}, [], notes)
+    body = review(pod({"replayops.dev/capture": "p1"}), group="", kind="Pod")
+    out = post(client, "/mutate/pods", body)
+    patched = jsonpatch.apply_patch(body["request"]["object"], json.loads(base64.b64decode(out["patch"])))
+    proxy, = patched["spec"]["initContainers"]
+    assert proxy["name"] == "replayops-proxy" and "--reverse" in proxy["args"] and "--transparent" not in proxy["args"]
+    assert "Pod Security level baseline forbids the replayops-init" in out["warnings"][0]
+    assert [r for r, _ in notes] == ["CaptureDegraded"] and "port 15001" in notes[0][1]
+    privileged = injected(notifying_client({}, [], []), pod({"replayops.dev/capture": "p1"}))
+    assert [c["name"] for c in privileged["spec"]["initContainers"]] == ["replayops-init", "replayops-proxy"]
+
+
+def test_a_quota_the_sidecar_would_exceed_skips_injection_with_a_notice() -> None:
+    notes: list[tuple[str, str]] = []
+    tight = {"metadata": {"name": "small"}, "spec": {"hard": {"requests.memory": "100Mi"}},
+             "status": {"used": {"requests.memory": "50Mi"}}}
+    body = review(pod({"replayops.dev/capture": "p1"}), group="", kind="Pod")
+    out = post(notifying_client({}, [tight], notes), "/mutate/pods", body)
+    assert out["allowed"] and "patch" not in out
+    assert out["warnings"][0].startswith("replayops: not injected: ResourceQuota small has requests.memory 100Mi")
+    assert [r for r, _ in notes] == ["CaptureSkipped"]
+    dry = {**body, "request": {**body["request"], "dryRun": True}}
+    post(notifying_client({}, [tight], notes), "/mutate/pods", dry)
+    assert len(notes) == 1  # a dry run records nothing
+
+
 def test_replay_against_a_missing_workload_is_denied_naming_field_and_rule() -> None:
     obj = replay(target={"workloadRef": {"kind": "Deployment", "name": "nope"}})
     out = post(make_client(), "/validate/trafficreplays", review(obj, group="replayops.dev", kind="TrafficReplay"))
