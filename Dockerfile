@@ -32,7 +32,8 @@ RUN --mount=type=secret,id=pip-ca set -eu; \
     /opt/pip/bin/pip --python /opt/replayops/bin/python check
 
 FROM ${BASE}
-RUN set -eu; missing=""; for p in python3 iptables ca-certificates; do \
+# iptables: the init container; git: the inspector's working copy (commit, push)
+RUN set -eu; missing=""; for p in python3 iptables ca-certificates git; do \
       dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done; \
     if [ -n "$missing" ]; then \
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing; \

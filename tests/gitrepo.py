@@ -108,14 +108,15 @@ def serve_https(root: Path, token: str, cert_dir: Path) -> tuple[int, object]:
 
 
 @contextlib.contextmanager
-def git_daemon(base: Path, address: str = "127.0.0.1") -> Iterator[int]:
-    """``git daemon`` serving the repositories under ``base`` (``git://ADDRESS:PORT/<dir>``) until the block
-    ends; yields the port once it accepts connections."""
+def git_daemon(base: Path, address: str = "127.0.0.1", *, push: bool = False) -> Iterator[int]:
+    """``git daemon`` serving the repositories under ``base`` (``git://ADDRESS:PORT/<dir>``, accepting pushes
+    with ``push``) until the block ends; yields the port once it accepts connections."""
     with socket.socket() as sock:
         sock.bind((address, 0))
         port = int(sock.getsockname()[1])
     daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
-                               f"--listen={address}", f"--port={port}", str(base)],
+                               f"--listen={address}", f"--port={port}",
+                               *(["--enable=receive-pack"] if push else []), str(base)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20

@@ -89,15 +89,20 @@ def serve_git(workdir: Path, repo: Path) -> str:
     return url
 
 
-def kustomization(directory: Path, resource: Path, image: str, namespace: str | None = None) -> Path:
-    """A kustomization of ``resource`` with the image built here (what a user writes for their registry)."""
+def kustomization(directory: Path, resource: Path, image: str, namespace: str | None = None,
+                  components: tuple[Path, ...] = ()) -> Path:
+    """A kustomization of ``resource`` (and optional ``components``) with the image built here, whichever
+    name (the base's or the dev overlay's) an object gives it: what a user writes for their registry."""
     directory.mkdir(parents=True, exist_ok=True)
     name, _, tag = image.rpartition(":")
+    parts = ", ".join(os.path.relpath(c, directory) for c in components)
     (directory / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
         + (f"namespace: {namespace}\n" if namespace else "")
         + f"resources: [{os.path.relpath(resource, directory)}]\n"
-        f"images:\n  - name: localhost/replayops\n    newName: {name}\n    newTag: {tag}\n")
+        + (f"components: [{parts}]\n" if parts else "")
+        + "images:\n" + "".join(f"  - name: {given}\n    newName: {name}\n    newTag: {tag}\n"
+                                 for given in ("localhost/replayops", "ghcr.io/replayops/replayops")))
     return directory
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from ruamel.yaml import YAML
 
 from controller.kube import KubeError
 from tests.conftest import Cluster
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_kustomize_base_objects_pass_server_side_dry_run(cluster: Cluster) -> None:
@@ -31,8 +34,42 @@ def test_kustomize_base_objects_pass_server_side_dry_run(cluster: Cluster) -> No
     assert all(h["failurePolicy"] == "Fail" for h in hooks if h is not pods)
 
 
-def _apply_rbac(cluster: Cluster) -> None:
-    out = cluster.kubectl("kustomize", str(ROOT / "manifests" / "base"), check=True).stdout
+def _with_inspector(tmp: Path) -> Path:
+    """An installation's kustomization: the base with the optional inspector component."""
+    (tmp / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{os.path.relpath(ROOT / 'manifests' / 'base', tmp)}]\n"
+        f"components: [{os.path.relpath(ROOT / 'manifests' / 'components' / 'inspector', tmp)}]\n")
+    return tmp
+
+
+def test_the_inspector_component_adds_its_pod_and_passes_server_side_dry_run(cluster: Cluster,
+                                                                              tmp_path: Path) -> None:
+    out = cluster.kubectl("kustomize", str(_with_inspector(tmp_path)), check=True).stdout
+    docs = [d for d in YAML(typ="safe").load_all(out) if d]
+    ours = [d for d in docs if "inspector" in d["metadata"]["name"]]
+    assert {d["kind"] for d in ours} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment",
+                                         "Service", "NetworkPolicy"}
+    deployment = next(d for d in ours if d["kind"] == "Deployment")
+    assert deployment["metadata"]["namespace"] == "replayops-system"
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/replayops/replayops:0.1.0"
+    cluster.kube.apply(next(d for d in docs if d["kind"] == "Namespace"))
+    errors = []
+    for doc in ours:
+        try:
+            cluster.kube.apply(doc, dry_run=True)
+        except KubeError as err:
+            errors.append(str(err))
+    assert errors == []
+    _apply_rbac(cluster, _with_inspector(tmp_path))
+    assert _can(cluster, "replayops-inspector", "list", "pods", "-n", "shop")
+    assert _can(cluster, "replayops-inspector", "list", "trafficreplays.replayops.dev", "-n", "shop")
+    assert not _can(cluster, "replayops-inspector", "list", "secrets", "-n", "shop")
+    assert not _can(cluster, "replayops-inspector", "create", "trafficreplays.replayops.dev", "-n", "shop")
+
+
+def _apply_rbac(cluster: Cluster, where: Path = ROOT / "manifests" / "base") -> None:
+    out = cluster.kubectl("kustomize", str(where), check=True).stdout
     for doc in YAML(typ="safe").load_all(out):
         if doc and (doc["kind"] in ("Namespace", "ServiceAccount")
                     or doc["apiVersion"].startswith("rbac.authorization.k8s.io/")):
@@ -60,6 +97,8 @@ def test_the_webhooks_service_account_may_do_what_the_webhook_does_and_no_more(c
     assert can("get", "capturepolicies.replayops.dev", "-n", "shop") and can("list", "trafficreplays.replayops.dev",
                                                                              "-n", "shop")
     assert can("get", "deployments.apps", "-n", "shop") and can("get", "namespaces")
+    assert can("list", "resourcequotas", "-n", "shop") and can("create", "events", "-n", "shop")
+    assert not can("delete", "events", "-n", "shop") and not can("update", "resourcequotas", "-n", "shop")
     assert not can("get", "secrets/other", *ns) and not can("list", "secrets", *ns)
     assert can("get", "pods", *ns) and not can("list", "pods", *ns) and not can("get", "pods", "-n", "shop")
     assert not can("get", "secrets/replayops-webhook-tls", "-n", "default")

@@ -34,7 +34,8 @@ def installed(node: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> It
     repo = Repo(base / "repo")
     repo.commit("seed", {"README.md": "policies and replays\n",  # the team's namespace too, as a team's repo has
                          "namespace.yaml": f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"})
-    with git_daemon(base, host.NODE_IP) as port:  # where pods reach it, as a git server
+    repo.git("config", "receive.denyCurrentBranch", "updateInstead")  # the inspector pushes its commits here
+    with git_daemon(base, host.NODE_IP, push=True) as port:  # where pods reach it, as a git server
         node.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}})
         node.kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
                          "metadata": {"name": "replayops-source", "namespace": SYSTEM_NAMESPACE},
@@ -493,3 +494,55 @@ def test_a_webhook_outage_admits_pods_without_the_sidecar_and_refuses_our_object
         p if INJECTED in ((p := _captured_pod(node, f"after-outage-{int(time.time() * 1000) % 100000}"))
                           ["metadata"].get("annotations") or {}) else None), timeout=60, interval=2)
     assert any(c["name"] == PROXY for c in up["spec"]["initContainers"])
+
+
+@pytest.fixture(scope="module")
+def inspector(node: NodeCluster, installed: Repo, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The optional inspector component added to the installation; its pod's URL."""
+    manifests = paths.source_dir("manifests")
+    where = install.kustomization(tmp_path_factory.mktemp("k-inspector"), manifests / "overlays" / "dev",
+                                  node.image, components=(manifests / "components" / "inspector",))
+    node.kubectl("apply", "--server-side", "-k", str(where), check=True)
+    wait_available(node, SYSTEM_NAMESPACE, "replayops-inspector", timeout=240)
+    pod, = [p for p in node.kube.list("v1", "Pod", SYSTEM_NAMESPACE,
+                                      label_selector="app.kubernetes.io/name=replayops-inspector")
+            if p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp")]
+    return f"http://{pod['status']['podIP']}:8088"
+
+
+def _press(url: str, action: str, fields: dict[str, str]) -> None:
+    """Press a button of the inspector as a browser does: the page's CSRF token, a form POST."""
+    import http.cookiejar
+    import re
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    page = opener.open(f"{url}/workloads", timeout=30).read().decode()
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token, page[:2000]
+    body = urllib.parse.urlencode({**fields, "csrf": token[1]}).encode()
+    with opener.open(urllib.request.Request(f"{url}{action}", data=body), timeout=60) as resp:
+        assert resp.status == 200 and "committed" in resp.read().decode()
+
+
+def test_the_inspector_component_runs_in_its_pod_and_its_buttons_commit_to_git(
+        node: NodeCluster, installed: Repo, captured: list[dict[str, Any]], inspector: str) -> None:
+    import urllib.request
+
+    page = urllib.request.urlopen(f"{inspector}/workloads?namespace={NS}", timeout=30).read().decode()
+    assert "demo-server" in page and "demo-dependency" in page  # read with its own ServiceAccount
+    secrets = urllib.request.Request(f"{inspector}/secrets")
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(secrets, timeout=30)
+    assert denied.value.code == 502 and "forbidden" in denied.value.read().decode().lower()
+    form = {"namespace": NS, "kind": "Deployment", "name": "demo-dependency"}
+    _press(inspector, "/actions/capture", {**form, "capture": "on"})
+    assert installed.git("log", "-1", "--format=%an: %s") == \
+        f"replayops inspector: Capture traffic of Deployment {NS}/demo-dependency"
+    assert (installed.path / "policies" / NS / "demo-dependency.yaml").is_file(), "pushed into the repository"
+    node.kube.wait_for("the controller applying the inspector's CapturePolicy", lambda: node.kube.get(
+        API_VERSION, "CapturePolicy", "demo-dependency", NS), timeout=120, interval=1)
+    _press(inspector, "/actions/capture", {**form, "capture": "off"})
+    assert not (installed.path / "policies" / NS / "demo-dependency.yaml").exists()
+    node.kube.wait_for("the CapturePolicy pruned after the inspector's second commit", lambda: node.kube.get(
+        API_VERSION, "CapturePolicy", "demo-dependency", NS) is None, timeout=120, interval=1)
