@@ -1,8 +1,3 @@
 """replayops: declarative GitOps traffic capture and replay for Kubernetes."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("replayops")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0"
+__version__ = "0.1.0"  # the one place it is written: pyproject.toml reads it (a sidecar's start skips a metadata scan)

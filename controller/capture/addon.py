@@ -15,11 +15,12 @@ import gzip
 import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any
 
-import httpx
 from mitmproxy import http, tls
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -156,18 +157,36 @@ def json_bytes(record: dict[str, Any]) -> bytes:
 
 def forwarder_sink(url: str, token: str, *, policy: str, stream: str,
                    timeout: float = 2.0) -> Callable[[list[bytes]], None]:
-    """Deliver batches of JSON-encoded records to the forwarder: gzip'd, bearer token, short timeout."""
-    client = httpx.Client(timeout=timeout, trust_env=False)
+    """Deliver batches of JSON-encoded records to the forwarder: gzip'd, bearer token, short timeout, over one
+    kept-alive connection (the standard library's: the sidecar starts without an HTTP client library). A
+    connection the forwarder closed while idle is replaced once, on the spot."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.rstrip("/") + "/v1/batches"
+    kind = HTTPSConnection if parts.scheme == "https" else HTTPConnection
     head = json.dumps({"policy": policy, "stream": stream})[:-1].encode() + b', "records": ['
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    conn: list[HTTPConnection] = []
+
+    def post(body: bytes) -> tuple[int, bytes]:
+        reused = bool(conn)
+        if not conn:
+            conn.append(kind(parts.hostname or "", parts.port, timeout=timeout))
+        try:
+            conn[0].request("POST", path, body=body, headers=headers)
+            resp = conn[0].getresponse()
+            return resp.status, resp.read()
+        except (OSError, HTTPException):
+            conn.pop().close()
+            if reused:
+                return post(body)
+            raise
 
     def deliver(batch: list[bytes]) -> None:
         if not token:
             raise RuntimeError("no forwarder token ($REPLAYOPS_FORWARDER_TOKEN is empty)")
-        body = gzip.compress(head + b",".join(batch) + b"]}", 1)  # zlib releases the GIL
-        resp = client.post(url.rstrip("/") + "/v1/batches", content=body, headers={
-            "Authorization": f"Bearer {token}", "Content-Type": "application/json", "Content-Encoding": "gzip"})
-        if resp.status_code != 202:
-            raise RuntimeError(f"forwarder answered {resp.status_code}: {resp.text[:200]}")
+        status, text = post(gzip.compress(head + b",".join(batch) + b"]}", 1))  # zlib releases the GIL
+        if status != 202:
+            raise RuntimeError(f"forwarder answered {status}: {text[:200].decode(errors='replace')}")
     return deliver
 
 

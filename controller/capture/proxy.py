@@ -18,13 +18,21 @@ from typing import Any
 
 import certifi
 from mitmproxy import options
-from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig, update_alt_svc
-from mitmproxy.master import Master
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from controller import logs
 from controller.capture import javatrust
 from controller.capture.addon import Buffer, CaptureMetrics, Recorder
+from controller.capture.mitm import (
+    Master,
+    core,
+    disable_h2c,
+    errorcheck,
+    next_layer,
+    proxyserver,
+    tlsconfig,
+    update_alt_svc,
+)
 
 log = logs.get("proxy")
 

@@ -45,3 +45,29 @@ def test_up_then_down(cluster: Cluster, tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
     assert [p for p in pids if pid_alive(p)] == []
+
+
+def test_dev_up_when_a_part_fails_to_start_names_it_with_its_log_and_leaves_nothing_running(
+        cluster: Cluster, tmp_path: Path) -> None:
+    from controller.devcluster.build import ensure_binaries
+
+    real = ensure_binaries(build=False)
+    assets = tmp_path / "bin"  # what a user's KUBEBUILDER_ASSETS could hold: a broken kube-apiserver
+    assets.mkdir()
+    (assets / "etcd").symlink_to(real.etcd)
+    (assets / "kube-controller-manager").symlink_to(real.kube_controller_manager)
+    broken = assets / "kube-apiserver"
+    broken.write_text("#!/bin/sh\necho 'E1202 run.go:72] error: unknown flag: --from-a-newer-release' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | {
+        "REPLAYOPS_HOME": str(tmp_path / "home"), "KUBEBUILDER_ASSETS": str(assets)}
+    up = subprocess.run([sys.executable, "-m", "controller.cli", "dev", "up", "--no-node"], env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert "kube-apiserver exited while waiting for" in up.stderr, up.stderr
+    log = re.search(r"log (\S+kube-apiserver\S*):", up.stderr)
+    assert log and Path(log.group(1)).is_file(), up.stderr
+    assert "unknown flag: --from-a-newer-release" in up.stderr, "the tail of its log is shown"
+    assert "Traceback" not in up.stderr
+    etcd = subprocess.run(["pgrep", "-f", f"etcd.*{tmp_path}"], capture_output=True, text=True)
+    assert etcd.stdout.strip() == "", "the parts already started were stopped"

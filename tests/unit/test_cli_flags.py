@@ -31,3 +31,24 @@ def test_bad_flags_are_refused_by_name(args: tuple[str, ...], says: str) -> None
     out = cli(*args)
     assert out.returncode == 2, out.stdout + out.stderr
     assert says in out.stderr
+
+
+def test_each_command_is_registered_by_the_module_the_dispatch_table_names() -> None:
+    from controller import cli as top
+
+    def commands(parser: object) -> set[str]:
+        action = next(a for a in parser._actions if a.dest == "command")  # type: ignore[attr-defined]
+        return set(action.choices)
+    assert commands(top.build_parser()) == set(top.COMMANDS)
+    for command in top.COMMANDS:
+        assert command in commands(top.build_parser(command)), command
+
+
+def test_the_sidecar_command_loads_none_of_the_other_commands_libraries() -> None:
+    probe = ("import sys, runpy; sys.argv = ['replayops', 'proxy', '--help']\n"
+             "try:\n    runpy.run_module('controller.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    loaded = out.stdout.strip().splitlines()[-1]
+    for heavy in ("kubernetes", "flask", "gunicorn", "aiohttp", "pygit2", "jsonschema"):
+        assert f"'{heavy}'" not in loaded, f"replayops proxy loads {heavy}"
