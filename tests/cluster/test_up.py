@@ -51,7 +51,7 @@ def test_dev_up_when_a_part_fails_to_start_names_it_with_its_log_and_leaves_noth
         cluster: Cluster, tmp_path: Path) -> None:
     from controller.devcluster.build import ensure_binaries
 
-    real = ensure_binaries(build=False)
+    real = ensure_binaries()  # the cached build
     assets = tmp_path / "bin"  # what a user's KUBEBUILDER_ASSETS could hold: a broken kube-apiserver
     assets.mkdir()
     (assets / "etcd").symlink_to(real.etcd)

@@ -395,14 +395,13 @@ def test_a_restricted_namespace_gets_transparent_capture_in_reverse_mode_and_its
     code = f"""
         import urllib.request
         for i in range(3):  # the demo's Service targets the proxy port, so reverse mode still records
-            urllib.request.urlopen("http://demo-server.{ns}.svc/api/quote?item=psa&n=" + str(i), timeout=10).read()
+            urllib.request.urlopen("http://demo-server.{ns}.svc/api/quote?item=fig&psa=" + str(i), timeout=10).read()
     """
     node.kube.apply(python_job("client", ns, node.image, code, backoff=3))
     ok, log = job_outcome(node, ns, "client", timeout=180)
     assert ok, log
     node.kube.wait_for("the reverse-mode requests in the store", lambda: [
-        r for r in _store_records(node) if "item=psa" in r["request"]["url"]], timeout=120, interval=1)
-    node.kube.delete("v1", "Namespace", ns)
+        r for r in _store_records(node) if "psa=" in r["request"]["url"]], timeout=120, interval=1)
 
 
 def test_a_quota_too_small_for_the_sidecar_gets_the_pods_created_without_it_and_an_event(
@@ -430,7 +429,6 @@ def test_a_quota_too_small_for_the_sidecar_gets_the_pods_created_without_it_and_
     event = _owner_events(node, ns, "CaptureSkipped")[0]
     assert "ResourceQuota tight has requests.memory 150Mi" in event["message"], event["message"]
     assert event["source"]["component"] == "replayops-webhook"
-    node.kube.delete("v1", "Namespace", ns)
 
 
 def _leader(node: NodeCluster) -> str:
