@@ -21,18 +21,8 @@ from mitmproxy import options
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from controller import logs
-from controller.capture import javatrust
+from controller.capture import javatrust, mitm
 from controller.capture.addon import Buffer, CaptureMetrics, Recorder
-from controller.capture.mitm import (
-    Master,
-    core,
-    disable_h2c,
-    errorcheck,
-    next_layer,
-    proxyserver,
-    tlsconfig,
-    update_alt_svc,
-)
 
 log = logs.get("proxy")
 
@@ -98,22 +88,22 @@ def sidecar_addons() -> list[Any]:
     from public IP addresses — wrong for a sidecar in front of an app that
     serves the internet (capture must never block the app's traffic).
     """
-    return [core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
-            disable_h2c.DisableH2C(), update_alt_svc.UpdateAltSvc(), errorcheck.ErrorCheck()]
+    return [mitm.core.Core(), mitm.proxyserver.Proxyserver(), mitm.next_layer.NextLayer(), mitm.tlsconfig.TlsConfig(),
+            mitm.disable_h2c.DisableH2C(), mitm.update_alt_svc.UpdateAltSvc(), mitm.errorcheck.ErrorCheck()]
 
 
 class CaptureProxy:
     def __init__(self, config: ProxyConfig, buffer: Buffer, metrics: CaptureMetrics) -> None:
         self.config, self.buffer, self.metrics = config, buffer, metrics
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.master: Master | None = None
+        self.master: mitm.Master | None = None
         self.ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._health: Any = None
 
     async def _main(self) -> None:
         opts = options.Options()
-        self.master = Master(opts, with_termlog=False)
+        self.master = mitm.Master(opts, with_termlog=False)
         self.master.addons.add(*sidecar_addons(), Recorder(self.buffer, self.metrics, self.config.service,
                                                            tls_unwrap=self.config.tls_unwrap))
         settings: dict[str, Any] = {"mode": self.config.modes(),
