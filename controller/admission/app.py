@@ -42,6 +42,7 @@ class Deps:
     inject_config: inject.InjectConfig = field(default_factory=inject.InjectConfig)
     ready: Callable[[], bool] = lambda: True
     quotas: Callable[[str], list[Mapping[str, Any]]] = lambda _: []  # a namespace's ResourceQuotas
+    limit_ranges: Callable[[str], list[Mapping[str, Any]]] = lambda _: []  # a namespace's LimitRanges
     notify: Notify = lambda *_: None
     pod_security_default: str = "privileged"  # the level of namespaces without an enforce label
 
@@ -106,42 +107,59 @@ def _mutate_pod(req: review.Request, deps: Deps) -> dict[str, Any]:
         return review.response(req.uid, warnings=[
             f"replayops: not injected: CapturePolicy {req.namespace}/{decision.policy} not found"])
     notify = deps.notify if not req.dry_run else lambda *_: None
-    policy, degraded = _admissible_policy(policy, _level(req.namespace, deps))
+    level = _level(req.namespace, deps)
+    policy, degraded = _admissible_policy(policy, level)
     unnamed = {**pod, "metadata": {k: v for k, v in (pod.get("metadata") or {}).items() if k != "name"}}
-    rendered = _render(req.namespace, json.dumps(unnamed), json.dumps(policy), deps.inject_config)
-    quotas = deps.quotas(req.namespace)
-    overrun = quotas and admissible.quota_overrun(quotas, pod["spec"], rendered.pod["spec"], rendered.added)
-    if overrun:
-        message = f"not injected: {overrun}"
+    policy_json = json.dumps(policy)
+    rendered = _render(req.namespace, json.dumps(unnamed), policy_json, deps.inject_config)
+    refused = _refusal(req.namespace, deps, pod["spec"], rendered)
+    if refused:
+        message = f"not injected: {refused}"
         notify(pod, req.namespace, api.CAPTURE_SKIPPED, message)
         return review.response(req.uid, warnings=[f"replayops: {message}"])
-    if degraded:
-        notify(pod, req.namespace, api.CAPTURE_DEGRADED, degraded)
-    return review.response(req.uid, patch=rendered.patch,
-                           warnings=[f"replayops: {degraded}"] if degraded else None)
+    if not degraded:
+        return review.response(req.uid, patch=rendered.patch)
+    message = _degraded_message(level, inject.reverse_pairs(pod, _policy_spec(policy_json)))
+    notify(pod, req.namespace, api.CAPTURE_DEGRADED, message)
+    return review.response(req.uid, patch=rendered.patch, warnings=[f"replayops: {message}"])
+
+
+def _refusal(namespace: str, deps: Deps, before: Mapping[str, Any], rendered: Rendered) -> str | None:
+    """Why the apiserver's LimitRanger or ResourceQuota admission would refuse the injected pod, if it would."""
+    limit_ranges = deps.limit_ranges(namespace)
+    after = admissible.with_limit_defaults(limit_ranges, rendered.pod["spec"], rendered.added)
+    return (admissible.limit_range_problem(limit_ranges, before, after, rendered.added)
+            or admissible.quota_overrun(deps.quotas(namespace), before, after, rendered.added))
 
 
 def _level(namespace: str, deps: Deps) -> str:
-    """The Pod Security level ``namespace`` enforces (the default when its labels cannot be read)."""
+    """The Pod Security level ``namespace`` enforces (the default when it is unlabelled; ``unknown``, which
+    forbids what restricted does, when its labels cannot be read)."""
     try:
         labels = deps.lookup.namespace_labels(namespace)
-    except KubeError:
-        labels = None
+    except KubeError as err:
+        log.warning("namespace labels not read", extra=logs.fields(namespace=namespace, error=str(err)))
+        return admissible.UNKNOWN
     return admissible.pod_security_level(labels, deps.pod_security_default)
 
 
-def _admissible_policy(policy: Mapping[str, Any], level: str) -> tuple[Mapping[str, Any], str]:
-    """``policy`` as a pod at Pod Security ``level`` can be injected with it, and what was changed: a transparent
-    policy falls back to reverse mode where the init container's NET_ADMIN is forbidden."""
+def _admissible_policy(policy: Mapping[str, Any], level: str) -> tuple[Mapping[str, Any], bool]:
+    """``policy`` as a pod at Pod Security ``level`` can be injected with it, and whether it was changed: a
+    transparent policy falls back to reverse mode where the init container's NET_ADMIN is forbidden."""
     inbound = (policy.get("spec") or {}).get("inbound") or {}
     if inbound.get("mode") != "transparent" or level not in admissible.FORBID_NET_ADMIN:
-        return policy, ""
-    spec = {**policy["spec"], "inbound": {**inbound, "mode": "reverse"}}
-    port = inbound.get("proxyPort", 15001)
-    return {**policy, "spec": spec}, (
-        f"captured in reverse mode, not transparent: Pod Security level {level} forbids the {INIT} init "
-        f"container's NET_ADMIN; inbound traffic is recorded only when sent to port {port} (point the Service's "
-        f"targetPort at it), outbound as configured")
+        return policy, False
+    return {**policy, "spec": {**policy["spec"], "inbound": {**inbound, "mode": "reverse"}}}, True
+
+
+def _degraded_message(level: str, pairs: list[tuple[int, int]]) -> str:
+    """What a pod captured in reverse mode instead of transparent loses, with the ports to send to."""
+    why = (f"the namespace's Pod Security level could not be read, so the {INIT} init container's NET_ADMIN "
+           f"is not asked for" if level == admissible.UNKNOWN
+           else f"Pod Security level {level} forbids the {INIT} init container's NET_ADMIN")
+    ports = ", ".join(f"{proxy} (for {app})" for proxy, app in pairs) or "none (the pod declares no ports)"
+    return (f"captured in reverse mode, not transparent: {why}; inbound traffic is recorded only when sent to "
+            f"ports {ports} (point the Service's targetPort at them), outbound as configured")
 
 
 @dataclass(frozen=True)

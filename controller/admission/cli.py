@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         kube = connect(args.kubeconfig)
         lookup = ClusterLookup(kube, snapshot_exists=_snapshot_check(args.store))
         return create_app(Deps(lookup=lookup, policies=lookup.policy, limits=limits, inject_config=config,
-                               quotas=lookup.quotas, notify=Notices(kube),
+                               quotas=lookup.quotas, limit_ranges=lookup.limit_ranges,
+                               notify=Notices(kube),
                                pod_security_default=args.pod_security_default))
 
     WebhookServer(factory, host=args.host, port=args.port, certs=paths,  # type: ignore[arg-type]

@@ -97,6 +97,17 @@ def _reverse_ports(spec: Mapping[str, Any], count: int) -> list[int]:
     return out
 
 
+def _reverse_pairs(spec: Mapping[str, Any], ports: list[int]) -> list[tuple[int, int]]:
+    """(proxy port, app port) for each app port a reverse-mode sidecar fronts."""
+    return list(zip(_reverse_ports(spec, len(ports)), ports, strict=True))
+
+
+def reverse_pairs(pod: Mapping[str, Any], spec: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """Where a reverse-mode sidecar for ``spec`` (a defaulted CapturePolicy spec) listens in ``pod``:
+    (proxy port, app port) pairs."""
+    return _reverse_pairs(spec, _app_ports(pod, spec))
+
+
 def _unwraps_tls(spec: Mapping[str, Any]) -> bool:
     """Whether the policy captures outbound traffic with TLS unwrapping (the pod then gets our CA)."""
     outbound = spec.get("outbound", {})
@@ -135,8 +146,7 @@ def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], conf
     if mode == "transparent":
         args += ["--transparent", str(listen)]
     else:
-        pairs = zip(_reverse_ports(spec, len(ports)), ports, strict=True)
-        args += [a for lp, p in pairs for a in ("--reverse", f"{lp}:{p}")]
+        args += [a for lp, p in _reverse_pairs(spec, ports) for a in ("--reverse", f"{lp}:{p}")]
     if outbound.get("enabled"):
         args += ["--outbound", str(outbound.get("proxyPort", 15002))]
     args += ["--tls-unwrap", "--ca-dir", CA_DIR] if _unwraps_tls(spec) else ["--ca-dir", f"{RUN_DIR}/mitmproxy"]
@@ -199,7 +209,7 @@ def _init_container(spec: Mapping[str, Any], ports: list[int], config: InjectCon
         "name": INIT,
         "image": config.image,
         "args": ["iptables", "--proxy-port", listen, "--ports", ",".join(map(str, ports))],
-        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "200m", "memory": "64Mi"}},
         "securityContext": {"runAsUser": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
                             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}},
     }

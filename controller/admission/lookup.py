@@ -64,14 +64,21 @@ class ClusterLookup:
         return self._namespaces.get(("labels", namespace), fetch)  # type: ignore[no-any-return]
 
     def quotas(self, namespace: str) -> list[Mapping[str, Any]]:
-        """The namespace's ResourceQuotas with their usage (none when they cannot be read: injection goes on)."""
-        def fetch() -> list[Mapping[str, Any]]:
-            try:
-                return list(self.kube.list("v1", "ResourceQuota", namespace))
-            except KubeError as err:
-                log.warning("resource quotas not read", extra=logs.fields(namespace=namespace, error=str(err)))
-                return []
-        return self._namespaces.get(("quotas", namespace), fetch)  # type: ignore[no-any-return]
+        """The namespace's ResourceQuotas with their usage, read fresh each time (a rollout's pods each change
+        it); none when they cannot be read: injection goes on."""
+        return self._list("ResourceQuota", namespace)
+
+    def limit_ranges(self, namespace: str) -> list[Mapping[str, Any]]:
+        """The namespace's LimitRanges (none when they cannot be read: injection goes on)."""
+        return self._namespaces.get(("limitranges", namespace),  # type: ignore[no-any-return]
+                                    lambda: self._list("LimitRange", namespace))
+
+    def _list(self, kind: str, namespace: str) -> list[Mapping[str, Any]]:
+        try:
+            return list(self.kube.list("v1", kind, namespace))
+        except KubeError as err:
+            log.warning("objects not read", extra=logs.fields(kind=kind, namespace=namespace, error=str(err)))
+            return []
 
     def snapshot_exists(self, name: str) -> bool | None:
         return self._snapshot_exists(name)

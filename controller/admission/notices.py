@@ -36,9 +36,12 @@ def regarding(pod: Mapping[str, Any], namespace: str) -> dict[str, Any]:
 class Notices:
     """Throttled Warning Events written by one daemon thread."""
 
-    def __init__(self, kube: Kube, *, quiet: float = 600.0, backlog: int = 256) -> None:
+    def __init__(self, kube: Kube, *, quiet: float = 600.0, backlog: int = 256, remembered: int = 4096,
+                 uid_wait: float = 5.0) -> None:
         self.kube = kube
         self.quiet = quiet
+        self.remembered = remembered
+        self.uid_wait = uid_wait
         self._last: dict[tuple[str, str, str, str], float] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[dict[str, Any], str, str]] = queue.Queue(backlog)
@@ -51,6 +54,8 @@ class Notices:
         with self._lock:
             if now - self._last.get(key, -self.quiet) < self.quiet:
                 return
+            if len(self._last) >= self.remembered:  # forget owners quiet long enough to be told again anyway
+                self._last = {k: t for k, t in self._last.items() if now - t < self.quiet}
             self._last[key] = now
         try:
             self._queue.put_nowait((about, reason, message))
@@ -61,6 +66,24 @@ class Notices:
         while True:
             about, reason, message = self._queue.get()
             try:
+                if about["kind"] == "Pod":
+                    about = self._with_uid(about)
                 self.kube.event(about, reason=reason, message=message, type_="Warning", component=COMPONENT)
             except KubeError as err:
                 log.warning("event not recorded", extra=logs.fields(reason=reason, error=str(err)))
+
+    def _with_uid(self, pod: dict[str, Any]) -> dict[str, Any]:
+        """A bare pod as an Event's subject with its uid (which admission runs before it has), so that
+        ``kubectl describe pod`` shows the Event; waits up to ``uid_wait`` seconds for the pod to exist."""
+        meta = pod["metadata"]
+        deadline = time.monotonic() + self.uid_wait
+        while True:
+            try:
+                live = self.kube.get("v1", "Pod", meta["name"], meta["namespace"])
+            except KubeError:
+                live = None
+            if live is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        uid = ((live or {}).get("metadata") or {}).get("uid")
+        return {**pod, "metadata": {**meta, "uid": uid}} if uid else pod

@@ -158,14 +158,16 @@ def json_bytes(record: dict[str, Any]) -> bytes:
 def forwarder_sink(url: str, token: str, *, policy: str, stream: str,
                    timeout: float = 2.0) -> Callable[[list[bytes]], None]:
     """Deliver batches of JSON-encoded records to the forwarder: gzip'd, bearer token, short timeout, over one
-    kept-alive connection (the standard library's: the sidecar starts without an HTTP client library). A
-    connection the forwarder closed while idle is replaced once, on the spot."""
+    kept-alive connection (the standard library's: the sidecar starts without an HTTP client library), used by
+    one batch at a time. A connection the forwarder closed while idle is replaced once, on the spot; a timeout
+    is not retried (the forwarder may have the batch: the buffer decides)."""
     parts = urllib.parse.urlsplit(url)
     path = parts.path.rstrip("/") + "/v1/batches"
     kind = HTTPSConnection if parts.scheme == "https" else HTTPConnection
     head = json.dumps({"policy": policy, "stream": stream})[:-1].encode() + b', "records": ['
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Content-Encoding": "gzip"}
     conn: list[HTTPConnection] = []
+    lock = threading.Lock()  # the flusher and a closing buffer may deliver at once
 
     def post(body: bytes) -> tuple[int, bytes]:
         reused = bool(conn)
@@ -175,16 +177,23 @@ def forwarder_sink(url: str, token: str, *, policy: str, stream: str,
             conn[0].request("POST", path, body=body, headers=headers)
             resp = conn[0].getresponse()
             return resp.status, resp.read()
-        except (OSError, HTTPException):
+        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):  # RemoteDisconnected among them
             conn.pop().close()
             if reused:
                 return post(body)
             raise
+        except (OSError, HTTPException):
+            conn.pop().close()
+            raise
+
+    def locked_post(body: bytes) -> tuple[int, bytes]:
+        with lock:
+            return post(body)
 
     def deliver(batch: list[bytes]) -> None:
         if not token:
             raise RuntimeError("no forwarder token ($REPLAYOPS_FORWARDER_TOKEN is empty)")
-        status, text = post(gzip.compress(head + b",".join(batch) + b"]}", 1))  # zlib releases the GIL
+        status, text = locked_post(gzip.compress(head + b",".join(batch) + b"]}", 1))  # zlib releases the GIL
         if status != 202:
             raise RuntimeError(f"forwarder answered {status}: {text[:200].decode(errors='replace')}")
     return deliver

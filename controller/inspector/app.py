@@ -226,6 +226,10 @@ def create_app(deps: Deps) -> Flask:
                       "metadata": {"name": name, "namespace": ns},
                       "spec": {"selector": {"matchLabels": dict(workload["spec"]["selector"]["matchLabels"])}}}
             return commit(f"Capture traffic of {kind} {ns}/{name}", "/workloads", write={path: _yaml(policy)})
+        if not row.captured_by:
+            flash(f"{kind} {ns}/{name} is not captured (a new policy captures it once the controller has "
+                  f"applied it)", "error")
+            return redirect("/workloads", 303)  # type: ignore[return-value]
         try:
             where = _defined_in(deps.git, "CapturePolicy", ns, row.captured_by)
         except ChangeError as exc:

@@ -156,16 +156,21 @@ def test_transparent_capture_in_a_baseline_namespace_falls_back_to_reverse_and_t
     assert proxy["name"] == api.PROXY and "--reverse" in proxy["args"]
     event, = _warning_events(cluster, namespace, api.CAPTURE_DEGRADED)
     assert event["type"] == "Warning" and event["involvedObject"]["name"] == "p3"
+    # the pod had no uid at admission: looked up, so that `kubectl describe pod` shows the Event
+    assert event["involvedObject"]["uid"] == pod["metadata"]["uid"]
     assert event["source"]["component"] == "replayops-webhook"
 
 
 def test_a_restricted_namespace_admits_the_sidecar(cluster: Cluster, webhook: WebhookProc, namespace: str) -> None:
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted", check=True)
     _capture_policy(cluster, namespace)
+    # only the app's container is made compliant: the sidecar must meet restricted on its own settings
     compliant = POD.format(name="p4") + """    securityContext:
       allowPrivilegeEscalation: false
       capabilities: {drop: [ALL]}
-  securityContext: {runAsNonRoot: true, runAsUser: 1000, seccompProfile: {type: RuntimeDefault}}
+      runAsNonRoot: true
+      runAsUser: 1000
+      seccompProfile: {type: RuntimeDefault}
 """
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=compliant, check=True)
     pod = cluster.kube.get("v1", "Pod", "p4", namespace)
@@ -193,3 +198,63 @@ def test_a_quota_too_small_for_the_sidecar_gets_pods_without_it_and_an_event(
     event, = _warning_events(cluster, namespace, api.CAPTURE_SKIPPED)
     assert event["involvedObject"]["kind"] == "ReplicaSet"
     assert "ResourceQuota small has requests.memory 100Mi" in event["message"]
+
+
+def _skipped_pod(cluster: Cluster, namespace: str, name: str, resources: dict[str, object]) -> dict[str, object]:
+    """Create a capture-annotated Deployment; its one pod, which must have been created without the sidecar."""
+    cluster.kube.create({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}, "annotations": {api.CAPTURE: "checkout"}},
+                              "spec": {"containers": [{"name": "app", "image": "shop/checkout:1.4",
+                                                       "resources": resources}]}}}})
+    pod, = cluster.kube.wait_for(f"the pod of {name}",
+                                 lambda: cluster.kube.list("v1", "Pod", namespace, f"app={name}") or None, timeout=60)
+    return pod  # type: ignore[no-any-return]
+
+
+def _limit_range(cluster: Cluster, namespace: str, **item: object) -> None:
+    cluster.kube.create({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "lr", "namespace": namespace},
+                         "spec": {"limits": [{"type": "Container", **item}]}})
+
+
+def test_a_limit_range_the_sidecar_breaks_gets_pods_without_it(
+        cluster: Cluster, webhook: WebhookProc, namespace: str) -> None:
+    _capture_policy(cluster, namespace)
+    _limit_range(cluster, namespace, max={"memory": "128Mi"}, default={"cpu": "300m", "memory": "128Mi"})
+    plain = _skipped_pod(cluster, namespace, "capped", {})
+    assert not plain["spec"].get("initContainers")  # the sidecar's 256Mi limit is above the max
+    event, = _warning_events(cluster, namespace, api.CAPTURE_SKIPPED)
+    assert "LimitRange lr: container replayops-proxy is above the maximum memory per Container" in event["message"]
+
+
+def test_limit_range_defaults_given_to_the_sidecar_count_for_a_quota(
+        cluster: Cluster, webhook: WebhookProc, namespace: str) -> None:
+    _capture_policy(cluster, namespace)
+    _limit_range(cluster, namespace, default={"cpu": "300m", "memory": "256Mi"})
+    cluster.kube.create({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "cpu", "namespace":
+                         namespace}, "spec": {"hard": {"limits.cpu": "4"}}})
+    cluster.kube.wait_for("quota cpu observed", lambda: (
+        (cluster.kube.get("v1", "ResourceQuota", "cpu", namespace) or {}).get("status", {}).get("hard")), timeout=30)
+    created = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=POD.format(name="p5"), check=True)
+    assert "not injected" not in created.stderr
+    pod = cluster.kube.get("v1", "Pod", "p5", namespace)
+    assert pod is not None
+    proxy, = pod["spec"]["initContainers"]
+    # LimitRanger ran again after the webhook and gave the sidecar the CPU limit the quota requires
+    assert proxy["name"] == api.PROXY and proxy["resources"]["limits"]["cpu"] == "300m"
+
+
+def test_a_scoped_quota_the_sidecar_brings_the_pod_into_skips_injection(
+        cluster: Cluster, webhook: WebhookProc, namespace: str) -> None:
+    _capture_policy(cluster, namespace)
+    cluster.kube.create({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "burstable", "namespace":
+                         namespace}, "spec": {"hard": {"requests.memory": "32Mi"}, "scopes": ["NotBestEffort"]}})
+    cluster.kube.wait_for("quota burstable observed", lambda: (
+        (cluster.kube.get("v1", "ResourceQuota", "burstable", namespace) or {}).get("status", {}).get("hard")),
+        timeout=30)
+    pod = _skipped_pod(cluster, namespace, "besteffort", {})  # BestEffort alone: the quota does not count it
+    assert not pod["spec"].get("initContainers")
+    event, = _warning_events(cluster, namespace, api.CAPTURE_SKIPPED)
+    assert "ResourceQuota burstable has requests.memory 32Mi" in event["message"]
+    assert "into its scope NotBestEffort" in event["message"]

@@ -520,7 +520,9 @@ def _press(url: str, action: str, fields: dict[str, str]) -> None:
     assert token, page[:2000]
     body = urllib.parse.urlencode({**fields, "csrf": token[1]}).encode()
     with opener.open(urllib.request.Request(f"{url}{action}", data=body), timeout=60) as resp:
-        assert resp.status == 200 and "committed" in resp.read().decode()
+        answer = resp.read().decode()
+        flashed = re.findall(r'class="flash[^"]*"[^>]*>([^<]*)<', answer)
+        assert resp.status == 200 and "committed" in answer, flashed or answer[:2000]
 
 
 def test_the_inspector_component_runs_in_its_pod_and_its_buttons_commit_to_git(
@@ -538,8 +540,9 @@ def test_the_inspector_component_runs_in_its_pod_and_its_buttons_commit_to_git(
     assert installed.git("log", "-1", "--format=%an: %s") == \
         f"replayops inspector: Capture traffic of Deployment {NS}/demo-dependency"
     assert (installed.path / "policies" / NS / "demo-dependency.yaml").is_file(), "pushed into the repository"
-    node.kube.wait_for("the controller applying the inspector's CapturePolicy", lambda: node.kube.get(
-        API_VERSION, "CapturePolicy", "demo-dependency", NS), timeout=120, interval=1)
+    node.kube.wait_for("the controller marking demo-dependency captured by the inspector's policy", lambda: (
+        ((node.kube.get("apps/v1", "Deployment", "demo-dependency", NS) or {}).get("spec", {}).get("template", {})
+         .get("metadata", {}).get("annotations") or {}).get(CAPTURE) == "demo-dependency"), timeout=120, interval=1)
     _press(inspector, "/actions/capture", {**form, "capture": "off"})
     assert not (installed.path / "policies" / NS / "demo-dependency.yaml").exists()
     node.kube.wait_for("the CapturePolicy pruned after the inspector's second commit", lambda: node.kube.get(

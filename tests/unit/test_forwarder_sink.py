@@ -1,4 +1,5 @@
-"""The sidecar's delivery to the forwarder: one kept-alive connection, replaced when the forwarder closed it."""
+"""The sidecar's delivery to the forwarder: one kept-alive connection, replaced when the forwarder closed it,
+never resent after a timeout, used by one batch at a time."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from controller.capture.addon import forwarder_sink
 class Forwarder(ThreadingHTTPServer):
     """Answers 202 and, when ``hang_up``, closes each connection without saying so (an idle timeout)."""
 
-    def __init__(self, hang_up: bool, status: int = 202) -> None:
-        self.hang_up, self.status = hang_up, status
+    def __init__(self, hang_up: bool, status: int = 202, stall: set[int] | None = None) -> None:
+        self.hang_up, self.status, self.stall = hang_up, status, stall or set()
+        self.stalled = threading.Event()
         self.bodies: list[dict[str, object]] = []
         self.connections = 0
         outer = self
@@ -32,6 +34,8 @@ class Forwarder(ThreadingHTTPServer):
             def do_POST(self) -> None:  # noqa: N802
                 assert self.headers["Authorization"] == "Bearer t0k"
                 outer.bodies.append(json.loads(gzip.decompress(self.rfile.read(int(self.headers["Content-Length"])))))
+                if len(outer.bodies) in outer.stall:  # answer late: the client has timed out
+                    outer.stalled.wait(5)
                 reply = b"no" if outer.status != 202 else b""
                 self.send_response(outer.status)
                 self.send_header("Content-Length", str(len(reply)))
@@ -73,3 +77,40 @@ def test_a_refused_batch_and_a_missing_token_raise_with_the_reason() -> None:
             forwarder_sink(url, "", policy="p", stream="s")([b"{}"])
     finally:
         server.shutdown()
+
+
+def test_a_timed_out_batch_is_not_sent_again() -> None:
+    server = Forwarder(hang_up=False, stall={2})
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        deliver = forwarder_sink(f"http://127.0.0.1:{server.server_address[1]}", "t0k", policy="p", stream="s",
+                                 timeout=0.3)
+        deliver([b'{"n": 0}'])
+        with pytest.raises(TimeoutError):
+            deliver([b'{"n": 1}'])  # on the kept-alive connection: a reused one, and still not resent
+        server.stalled.set()
+        deliver([b'{"n": 2}'])
+        assert [b["records"] for b in server.bodies] == [[{"n": 0}], [{"n": 1}], [{"n": 2}]]
+    finally:
+        server.stalled.set()
+        server.shutdown()
+
+
+def test_batches_from_two_threads_share_the_connection_one_at_a_time(forwarder: Forwarder) -> None:
+    deliver = forwarder_sink(f"http://127.0.0.1:{forwarder.server_address[1]}", "t0k", policy="p", stream="s")
+    errors: list[BaseException] = []
+
+    def send(first: int) -> None:
+        try:
+            for i in range(first, first + 50):
+                deliver([json.dumps({"n": i}).encode()])
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(first,)) for first in (0, 100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(b["records"][0]["n"] for b in forwarder.bodies) == [*range(50), *range(100, 150)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import jsonpatch
@@ -13,6 +14,7 @@ from flask.testing import FlaskClient
 
 from controller.admission import rules
 from controller.admission.app import Deps, create_app
+from controller.kube import KubeError
 from tests.crd_cases import policy, replay
 
 POLICY = policy(outbound={"enabled": True})
@@ -121,9 +123,54 @@ def test_transparent_capture_falls_back_to_reverse_where_pod_security_forbids_ne
     proxy, = patched["spec"]["initContainers"]
     assert proxy["name"] == "replayops-proxy" and "--reverse" in proxy["args"] and "--transparent" not in proxy["args"]
     assert "Pod Security level baseline forbids the replayops-init" in out["warnings"][0]
-    assert [r for r, _ in notes] == ["CaptureDegraded"] and "port 15001" in notes[0][1]
+    assert [r for r, _ in notes] == ["CaptureDegraded"] and "sent to ports 15001 (for 8080)" in notes[0][1]
     privileged = injected(notifying_client({}, [], []), pod({"replayops.dev/capture": "p1"}))
     assert [c["name"] for c in privileged["spec"]["initContainers"]] == ["replayops-init", "replayops-proxy"]
+
+
+def test_the_fallback_names_each_port_the_proxy_fronts() -> None:
+    notes: list[tuple[str, str]] = []
+    two = pod({"replayops.dev/capture": "p1"})
+    two["spec"]["containers"][0]["ports"] += [{"containerPort": 9090}]
+    post(notifying_client({"pod-security.kubernetes.io/enforce": "restricted"}, [], notes), "/mutate/pods",
+         review(two, group="", kind="Pod"))
+    assert "sent to ports 15001 (for 8080), 15003 (for 9090)" in notes[0][1]  # 15002 is the outbound port
+
+
+class UnreadableNamespaces(rules.StaticLookup):
+    def namespace_labels(self, namespace: str) -> Mapping[str, str] | None:
+        raise KubeError(f"get Namespace {namespace}: 503 Service Unavailable")
+
+
+def test_a_namespace_that_cannot_be_read_gets_reverse_mode_the_safe_side() -> None:
+    notes: list[tuple[str, str]] = []
+    deps = Deps(lookup=UnreadableNamespaces(**vars(lookup())), policies=lambda ns, n: TRANSPARENT,
+                notify=lambda pod, ns, reason, msg: notes.append((reason, msg)))
+    out = post(create_app(deps).test_client(), "/mutate/pods", review(pod({"replayops.dev/capture": "p1"}),
+                                                                      group="", kind="Pod"))
+    patched = jsonpatch.apply_patch(pod({"replayops.dev/capture": "p1"}), json.loads(base64.b64decode(out["patch"])))
+    assert [c["name"] for c in patched["spec"]["initContainers"]] == ["replayops-proxy"]
+    assert "Pod Security level could not be read" in notes[0][1]
+
+
+def test_a_limit_range_the_sidecar_breaks_skips_injection_and_defaults_count_for_quotas() -> None:
+    notes: list[tuple[str, str]] = []
+    capped = {"metadata": {"name": "cap"}, "spec": {"limits": [{"type": "Container", "max": {"memory": "128Mi"}}]}}
+    deps = Deps(lookup=lookup(), policies=lambda ns, n: POLICY, limit_ranges=lambda ns: [capped],
+                notify=lambda pod, ns, reason, msg: notes.append((reason, msg)))
+    out = post(create_app(deps).test_client(), "/mutate/pods", review(pod({"replayops.dev/capture": "p1"}),
+                                                                      group="", kind="Pod"))
+    assert out["allowed"] and "patch" not in out
+    assert out["warnings"] == ["replayops: not injected: LimitRange cap: container replayops-proxy is above the "
+                               "maximum memory per Container of 128Mi"]
+    assert [r for r, _ in notes] == ["CaptureSkipped"]
+    defaults = {"metadata": {"name": "d"}, "spec": {"limits": [{"type": "Container", "default": {"cpu": "500m"}}]}}
+    on_cpu_limits = {"metadata": {"name": "q"}, "spec": {"hard": {"limits.cpu": "2"}}, "status": {"used": {}}}
+    app = pod({"replayops.dev/capture": "p1"})
+    app["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "500m"}}  # as LimitRanger left it
+    deps = Deps(lookup=lookup(), policies=lambda ns, n: POLICY, limit_ranges=lambda ns: [defaults],
+                quotas=lambda ns: [on_cpu_limits])
+    assert "patch" in post(create_app(deps).test_client(), "/mutate/pods", review(app, group="", kind="Pod"))
 
 
 def test_a_quota_the_sidecar_would_exceed_skips_injection_with_a_notice() -> None:
