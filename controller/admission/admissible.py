@@ -155,7 +155,7 @@ def _show(amount: Decimal, resource: str) -> str:
 def with_limit_defaults(limit_ranges: Iterable[Mapping[str, Any]], spec: Mapping[str, Any],
                         added: Iterable[str]) -> dict[str, Any]:
     """``spec`` with the containers named ``added`` given the Container defaults of ``limit_ranges`` for what
-    they leave unset — as the apiserver's LimitRanger does when it runs again after a webhook changed the pod."""
+    they leave unset, as the apiserver's LimitRanger gives them to every container it sees."""
     ours = set(added)
     items = [i for lr in limit_ranges for i in (lr.get("spec") or {}).get("limits") or []
              if i.get("type") == "Container"]
@@ -200,8 +200,8 @@ def _bounds(kind_of: str, name: str, subject: str, item: Mapping[str, Any],
 
 def limit_range_problem(limit_ranges: Iterable[Mapping[str, Any]], before: Mapping[str, Any],
                         after: Mapping[str, Any], added: Iterable[str]) -> str | None:
-    """Why LimitRanger would refuse the pod spec ``after`` (``before`` with the containers named ``added``,
-    LimitRange defaults applied) when ``before`` passes: an added container, or the pod's total, outside a
+    """Why LimitRanger would refuse the pod spec ``after`` (``before`` with the containers named ``added``)
+    when ``before`` passes: an added container, or the pod's total, outside a
     Container or Pod item's bounds. None when it is admitted."""
     ours = set(added)
     for lr in limit_ranges:

@@ -111,8 +111,12 @@ def _mutate_pod(req: review.Request, deps: Deps) -> dict[str, Any]:
     policy, degraded = _admissible_policy(policy, level)
     unnamed = {**pod, "metadata": {k: v for k, v in (pod.get("metadata") or {}).items() if k != "name"}}
     policy_json = json.dumps(policy)
-    rendered = _render(req.namespace, json.dumps(unnamed), policy_json, deps.inject_config)
-    refused = _refusal(req.namespace, deps, pod["spec"], rendered)
+    limit_ranges = deps.limit_ranges(req.namespace)
+    rendered = _within_limit_ranges(limit_ranges, unnamed, _render(req.namespace, json.dumps(unnamed), policy_json,
+                                                                   deps.inject_config))
+    before, after = pod["spec"], rendered.pod["spec"]
+    refused = (admissible.limit_range_problem(limit_ranges, before, after, rendered.added)
+               or admissible.quota_overrun(deps.quotas(req.namespace), before, after, rendered.added))
     if refused:
         message = f"not injected: {refused}"
         notify(pod, req.namespace, api.CAPTURE_SKIPPED, message)
@@ -124,12 +128,16 @@ def _mutate_pod(req: review.Request, deps: Deps) -> dict[str, Any]:
     return review.response(req.uid, patch=rendered.patch, warnings=[f"replayops: {message}"])
 
 
-def _refusal(namespace: str, deps: Deps, before: Mapping[str, Any], rendered: Rendered) -> str | None:
-    """Why the apiserver's LimitRanger or ResourceQuota admission would refuse the injected pod, if it would."""
-    limit_ranges = deps.limit_ranges(namespace)
-    after = admissible.with_limit_defaults(limit_ranges, rendered.pod["spec"], rendered.added)
-    return (admissible.limit_range_problem(limit_ranges, before, after, rendered.added)
-            or admissible.quota_overrun(deps.quotas(namespace), before, after, rendered.added))
+def _within_limit_ranges(limit_ranges: list[Mapping[str, Any]], pod: Mapping[str, Any],
+                         rendered: Rendered) -> Rendered:
+    """``rendered`` with the namespace's LimitRange defaults given to our containers where they leave a
+    resource unset — LimitRanger gives them to the app's containers before the webhook runs, and does not
+    run again for ours — so a quota on limits.cpu, say, counts the sidecar as it counts the app."""
+    spec = admissible.with_limit_defaults(limit_ranges, rendered.pod["spec"], rendered.added)
+    if spec == rendered.pod["spec"]:
+        return rendered
+    mutated = {**rendered.pod, "spec": spec}
+    return Rendered(review.encode_patch(inject.patch(pod, mutated)), mutated, rendered.added)
 
 
 def _level(namespace: str, deps: Deps) -> str:

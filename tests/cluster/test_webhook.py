@@ -241,7 +241,8 @@ def test_limit_range_defaults_given_to_the_sidecar_count_for_a_quota(
     pod = cluster.kube.get("v1", "Pod", "p5", namespace)
     assert pod is not None
     proxy, = pod["spec"]["initContainers"]
-    # LimitRanger ran again after the webhook and gave the sidecar the CPU limit the quota requires
+    # the webhook gave the sidecar the namespace's default CPU limit, which the quota requires (LimitRanger gave
+    # the app's container its own before the webhook, and does not run again for ours)
     assert proxy["name"] == api.PROXY and proxy["resources"]["limits"]["cpu"] == "300m"
 
 

@@ -170,7 +170,11 @@ def test_a_limit_range_the_sidecar_breaks_skips_injection_and_defaults_count_for
     app["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "500m"}}  # as LimitRanger left it
     deps = Deps(lookup=lookup(), policies=lambda ns, n: POLICY, limit_ranges=lambda ns: [defaults],
                 quotas=lambda ns: [on_cpu_limits])
-    assert "patch" in post(create_app(deps).test_client(), "/mutate/pods", review(app, group="", kind="Pod"))
+    out = post(create_app(deps).test_client(), "/mutate/pods", review(app, group="", kind="Pod"))
+    patched = jsonpatch.apply_patch(app, json.loads(base64.b64decode(out["patch"])))
+    proxy, = patched["spec"]["initContainers"]
+    assert proxy["resources"]["limits"] == {"memory": "256Mi", "cpu": "500m"}  # the namespace's default added
+    assert patched["metadata"]["name"] == "x"
 
 
 def test_a_quota_the_sidecar_would_exceed_skips_injection_with_a_notice() -> None:
