@@ -1,6 +1,7 @@
-"""manifests/base/networkpolicies.yaml allows the flows replayops needs and nothing else, judged by the
-NetworkPolicy semantics of networking.k8s.io/v1 (the subset the manifests use). The node's bridge CNI does
-not enforce NetworkPolicy; tests/node checks that each policy selects its component's running pods."""
+"""manifests/base/networkpolicies.yaml (and the inspector component's policy) allows the flows replayops
+needs and nothing else, judged by the NetworkPolicy semantics of networking.k8s.io/v1 (the subset the
+manifests use). The node's bridge CNI does not enforce NetworkPolicy; tests/node checks that each policy
+selects its component's running pods."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-POLICIES = [d for d in YAML(typ="safe").load_all(
-    (Path(__file__).resolve().parents[2] / "manifests" / "base" / "networkpolicies.yaml").read_text())]
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+BASE = list(YAML(typ="safe").load_all((MANIFESTS / "base" / "networkpolicies.yaml").read_text()))
+POLICIES = BASE + [d for d in YAML(typ="safe").load_all(
+    (MANIFESTS / "components" / "inspector" / "inspector.yaml").read_text()) if d["kind"] == "NetworkPolicy"]
 SYSTEM = "replayops-system"
 
 
@@ -60,10 +63,11 @@ def component(name: str) -> Peer:
 
 WEBHOOK, CONTROLLER, FORWARDER = component("replayops-webhook"), component("replayops-controller"), \
     component("replayops-forwarder")
+INSPECTOR = component("replayops-inspector")
 JOB = Peer(SYSTEM, {"app.kubernetes.io/managed-by": "replayops-replay"})
 APP = Peer("demo", {"app": "demo-server"})  # an injected pod: its sidecar speaks for it
 DNS = Peer("kube-system", {"k8s-app": "kube-dns"})
-OUTSIDE = Peer()  # the API server, a git host, the internet
+OUTSIDE = Peer()  # the API server, a git host, a NodeLocal DNSCache, the internet
 
 NEEDED = [  # the README's table of who talks to whom
     (OUTSIDE, WEBHOOK, 8443, "TCP"), (WEBHOOK, OUTSIDE, 6443, "TCP"), (WEBHOOK, DNS, 53, "UDP"),
@@ -71,11 +75,15 @@ NEEDED = [  # the README's table of who talks to whom
     (CONTROLLER, DNS, 53, "UDP"), (OUTSIDE, CONTROLLER, 9091, "TCP"), (APP, CONTROLLER, 9090, "TCP"),
     (APP, FORWARDER, 8090, "TCP"), (FORWARDER, OUTSIDE, 443, "TCP"), (FORWARDER, DNS, 53, "TCP"),
     (APP, JOB, 9300, "TCP"), (JOB, APP, 15001, "TCP"), (JOB, OUTSIDE, 80, "TCP"),
+    (CONTROLLER, OUTSIDE, 80, "TCP"), (WEBHOOK, OUTSIDE, 53, "UDP"), (FORWARDER, OUTSIDE, 53, "UDP"),
+    (OUTSIDE, INSPECTOR, 8088, "TCP"), (INSPECTOR, OUTSIDE, 6443, "TCP"), (INSPECTOR, OUTSIDE, 22, "TCP"),
+    (INSPECTOR, OUTSIDE, 80, "TCP"), (INSPECTOR, DNS, 53, "UDP"),
 ]
 REFUSED = [
     (APP, WEBHOOK, 9090, "TCP"), (APP, FORWARDER, 22, "TCP"), (OUTSIDE, FORWARDER, 8090, "TCP"),
     (FORWARDER, APP, 8080, "TCP"), (WEBHOOK, OUTSIDE, 80, "TCP"), (CONTROLLER, FORWARDER, 8090, "TCP"),
-    (WEBHOOK, APP, 53, "UDP"), (APP, JOB, 8080, "TCP"),
+    (WEBHOOK, OUTSIDE, 22, "TCP"), (APP, JOB, 8080, "TCP"), (APP, INSPECTOR, 9090, "TCP"),
+    (INSPECTOR, APP, 8080, "TCP"), (FORWARDER, OUTSIDE, 22, "TCP"),
 ]
 
 
@@ -90,5 +98,5 @@ def test_everything_else_to_or_from_its_components_is_refused(src: Peer, dst: Pe
 
 
 def test_every_component_deployment_has_a_policy() -> None:
-    names = {p["metadata"]["name"] for p in POLICIES}
+    names = {p["metadata"]["name"] for p in BASE}
     assert names == {"replayops-webhook", "replayops-controller", "replayops-forwarder", "replayops-jobs"}
