@@ -32,13 +32,15 @@ RUN --mount=type=secret,id=pip-ca set -eu; \
     /opt/pip/bin/pip --python /opt/replayops/bin/python check
 
 FROM ${BASE}
-# iptables: the init container; git: the inspector's working copy (commit, push)
-RUN set -eu; missing=""; for p in python3 iptables ca-certificates git; do \
+# iptables: the init container; git, openssh-client: the inspector's working copy (commit, push over https or ssh)
+RUN set -eu; missing=""; for p in python3 iptables ca-certificates git openssh-client; do \
       dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done; \
     if [ -n "$missing" ]; then \
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing; \
       rm -rf /var/lib/apt/lists/*; fi; \
-    mkdir -p /var/lib/replayops && chown 65532:65532 /var/lib/replayops
+    mkdir -p /var/lib/replayops && chown 65532:65532 /var/lib/replayops; \
+    echo 'replayops:x:65532:65532:replayops:/var/lib/replayops:/usr/sbin/nologin' >> /etc/passwd; \
+    echo 'replayops:x:65532:' >> /etc/group  # ssh refuses a uid with no name
 COPY --from=build /opt/replayops /opt/replayops
 COPY crds /opt/replayops/share/crds
 COPY manifests /opt/replayops/share/manifests

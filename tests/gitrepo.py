@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ENV = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "Test",
@@ -46,7 +47,7 @@ class Repo:
         return self.git("rev-parse", "HEAD")
 
 
-def serve_https(root: Path, token: str, cert_dir: Path) -> tuple[int, object]:
+def serve_https(root: Path, token: str, cert_dir: Path, address: str = "127.0.0.1") -> tuple[int, object]:
     """A smart-HTTP git server over TLS (git http-backend behind Basic auth with ``token`` as password).
     Returns (port, server); call ``server.shutdown()`` when done."""
     import base64
@@ -60,7 +61,7 @@ def serve_https(root: Path, token: str, cert_dir: Path) -> tuple[int, object]:
 
     ca = pki.make_ca("git-test-ca")
     (cert_dir / "git-ca.pem").write_bytes(ca.cert_pem)
-    pki.issue(ca, "git", ips=("127.0.0.1",)).write(cert_dir / "git.crt", cert_dir / "git.key")
+    pki.issue(ca, "git", ips=(address,)).write(cert_dir / "git.crt", cert_dir / "git.key")
 
     class Handler(BaseHTTPRequestHandler):
         def _run(self) -> None:
@@ -99,7 +100,7 @@ def serve_https(root: Path, token: str, cert_dir: Path) -> tuple[int, object]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((address, 0), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert_dir / "git.crt", cert_dir / "git.key")
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
@@ -132,3 +133,65 @@ def git_daemon(base: Path, address: str = "127.0.0.1", *, push: bool = False) ->
     finally:
         daemon.terminate()
         daemon.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class SshServer:
+    address: str
+    port: int
+    credentials: Path  # as the Secret replayops-git mounts: ssh-privatekey, ssh-publickey, known_hosts, username
+
+    def url(self, repo: Path) -> str:
+        return f"ssh://{self.address}:{self.port}{repo}"
+
+
+@contextlib.contextmanager
+def serve_ssh(work: Path, address: str = "127.0.0.1") -> Iterator[SshServer]:
+    """An sshd on ``address`` that lets in one client key (git over ssh to any local path), until the block
+    ends; ``credentials`` holds that key, the server's host key in ``known_hosts`` and this user's name."""
+    import os
+    import shutil
+
+    if not shutil.which("sshd", path="/usr/sbin:/usr/bin") or not shutil.which("ssh-keygen"):
+        import pytest
+
+        pytest.skip("sshd or ssh-keygen missing: apt-get install openssh-server openssh-client (make test does)")
+    keys, creds = work / "sshd", work / "git-credentials"
+    keys.mkdir(parents=True)
+    creds.mkdir()
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    with socket.socket() as s:
+        s.bind((address, 0))
+        port = s.getsockname()[1]
+    (keys / "sshd_config").write_text(
+        f"Port {port}\nListenAddress {address}\nHostKey {keys / 'host'}\n"
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+        f"PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile {keys / 'sshd.pid'}\n")
+    os.makedirs("/run/sshd", exist_ok=True)
+    shutil.copyfile(keys / "client", creds / "ssh-privatekey")
+    (creds / "ssh-privatekey").chmod(0o600)
+    shutil.copyfile(keys / "client.pub", creds / "ssh-publickey")
+    kind, key = (keys / "host.pub").read_text().split()[:2]
+    (creds / "known_hosts").write_text(f"[{address}]:{port} {kind} {key}\n")
+    (creds / "username").write_text(subprocess.run(["id", "-un"], capture_output=True, text=True).stdout)
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(keys / "sshd_config")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection((address, port), timeout=1) as conn:
+                    if conn.recv(4).startswith(b"SSH-"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or sshd.poll() is not None:
+                raise RuntimeError(f"sshd on {address}:{port} did not start")
+            time.sleep(0.1)
+        yield SshServer(address, port, creds)
+    finally:
+        sshd.terminate()
+        sshd.wait(10)

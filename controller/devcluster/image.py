@@ -37,7 +37,8 @@ from controller.devcluster.oci import write_oci_archive
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "python3-venv", "iptables", "ca-certificates", "git")  # git: the inspector's commits
+# git, openssh-client: the inspector's commits
+BASE_PACKAGES = ("python3", "python3-venv", "iptables", "ca-certificates", "git", "openssh-client")
 BASE_RECIPE = "minbase-trim-1"  # change when debootstrap's options or the trimming change
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 IMAGE_NAME = "localhost/replayops"

@@ -18,7 +18,7 @@ from controller import logs, paths
 from controller.admission import rules
 from controller.api import JOB_MANAGER, SYSTEM_NAMESPACE
 from controller.durations import parse_duration
-from controller.gitops import desired
+from controller.gitops import auth, desired
 from controller.gitops.replayjobs import JobConfig, ReplayJobs
 
 log = logs.get("controller")
@@ -73,10 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--store-claim", default=JobConfig.store_claim,
                    help="PersistentVolumeClaim holding the snapshot store, mounted into replay Jobs")
     r.add_argument("--cache", type=Path, default=None, help="git cache directory")
-    r.add_argument("--token-file", type=Path, help="https token")
-    r.add_argument("--ssh-key", type=Path, help="ssh private key (public key beside it, .pub); the host must "
-                   "be in ~/.ssh/known_hosts")
-    r.add_argument("--ca-file", type=Path, help="CA bundle for an https git server with a private CA")
+    auth.add_arguments(r)
     r.add_argument("--push-port", type=int, default=0, help="serve the push-webhook receiver on this port")
     r.add_argument("--push-secret-file", type=Path, help="HMAC secret / GitLab token for pushes")
     r.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
@@ -169,7 +166,7 @@ def run_controller(args: argparse.Namespace) -> int:
     from controller.gitops.leader import LeaderElector
     from controller.gitops.loop import Loop
     from controller.gitops.reconcile import Metrics, Options, Reconciler
-    from controller.gitops.source import Auth, GitSource
+    from controller.gitops.source import GitSource
     from controller.kube import connect
     from controller.kube.watch import Watcher
 
@@ -177,10 +174,13 @@ def run_controller(args: argparse.Namespace) -> int:
     allowed = desired.DEFAULT_ALLOWED_KINDS | frozenset(args.allow_kind)
     options = Options(name=args.name, namespace=args.namespace, status_namespace=args.status_namespace,
                       self_heal=args.self_heal, prune=args.prune, dry_run=args.dry_run, allowed_kinds=allowed)
-    token = args.token_file.read_text().strip() if args.token_file else None
+    try:
+        credentials = auth.from_args(args)
+    except (ValueError, OSError) as exc:
+        print(f"replayops controller run: {exc}", file=sys.stderr)
+        return 2
     source = GitSource(args.repo, cache=args.cache or paths.home() / "git", branch=args.branch, tag=args.tag,
-                       commit=args.commit, path=args.path,
-                       auth=Auth(token=token, ssh_private_key=args.ssh_key, ca_file=args.ca_file))
+                       commit=args.commit, path=args.path, auth=credentials)
     try:
         kube = connect(args.kubeconfig)
     except Exception as exc:

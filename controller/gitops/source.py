@@ -16,6 +16,8 @@ from pathlib import Path, PurePosixPath
 
 import pygit2
 
+from controller.gitops.auth import Auth
+
 YAML_SUFFIXES = (".yaml", ".yml")
 REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
 
@@ -35,17 +37,6 @@ class Revision:
         return f"{self.ref}@sha1:{self.sha}"
 
 
-@dataclass(frozen=True)
-class Auth:
-    """Credentials for https (token) or ssh (key pair) remotes."""
-
-    token: str | None = None
-    username: str | None = None
-    ssh_private_key: Path | None = None
-    ssh_public_key: Path | None = None
-    ca_file: Path | None = None  # extra CA for https remotes (a private git server)
-
-
 class _Callbacks(pygit2.RemoteCallbacks):  # type: ignore[misc]
     def __init__(self, auth: Auth) -> None:
         super().__init__()
@@ -58,10 +49,18 @@ class _Callbacks(pygit2.RemoteCallbacks):  # type: ignore[misc]
             return pygit2.Username(user)
         if self.auth.ssh_private_key and allowed_types & pygit2.enums.CredentialType.SSH_KEY:
             public = self.auth.ssh_public_key or Path(f"{self.auth.ssh_private_key}.pub")
-            return pygit2.Keypair(user, str(public), str(self.auth.ssh_private_key), "")
+            return pygit2.Keypair(user, str(public) if public.is_file() else None, str(self.auth.ssh_private_key), "")
         if self.auth.token and allowed_types & pygit2.enums.CredentialType.USERPASS_PLAINTEXT:
             return pygit2.UserPass(self.auth.username or "x-access-token", self.auth.token)
         raise GitError(f"{url} asks for credentials this source has none of")
+
+    def certificate_check(self, certificate: None, valid: bool, host: bytes) -> bool:
+        """Trust only what libgit2 verified: pygit2 alone would let every ssh host key through."""
+        if not valid:
+            raise GitError(f"{host.decode(errors='replace')} is not trusted: an ssh host key not in known_hosts "
+                           "(--git-credentials or ~/.ssh/known_hosts), or an https certificate of an unknown CA "
+                           "(ca.crt or --ca-file)")
+        return True
 
 
 class GitSource:
@@ -99,6 +98,11 @@ class GitSource:
         repo = self._open()
         if self.auth.ca_file:
             pygit2.settings.set_ssl_cert_locations(str(self.auth.ca_file), None)
+        if self.auth.known_hosts:  # libgit2 reads <homedir>/.ssh/known_hosts
+            home = self.dir.parent / "ssh-home"
+            (home / ".ssh").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.auth.known_hosts, home / ".ssh" / "known_hosts")
+            pygit2.settings.homedir = str(home)
         try:
             repo.remotes["origin"].fetch(REFSPECS, callbacks=_Callbacks(self.auth),
                                          prune=pygit2.enums.FetchPrune.PRUNE)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from controller import logs, paths
+from controller.gitops import auth
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     serve.add_argument("--path", default=".", help="sub-path of the repository holding the YAML")
     serve.add_argument("--author", default="replayops inspector <inspector@replayops.dev>",
                        help="commit author, 'Name <email>'")
+    auth.add_arguments(serve)
     serve.add_argument("--workdir", type=Path, default=None, help="working copy (default under $REPLAYOPS_HOME)")
     serve.add_argument("--kubeconfig", type=Path, default=None)
     serve.add_argument("--store", type=Path, default=None, help="snapshot store root, to list snapshots")
@@ -45,13 +47,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"replayops inspector serve: --author {args.author!r} is not 'Name <email>'", file=sys.stderr)
         return 2
     try:
+        credentials = auth.from_args(args)
+    except (ValueError, OSError) as exc:
+        print(f"replayops inspector serve: {exc}", file=sys.stderr)
+        return 2
+    try:
         kube = connect(args.kubeconfig)
         cluster = kube.api.configuration.host
     except Exception as exc:  # any failure to build a client: no cluster to show
         print(f"replayops inspector serve: no cluster access: {exc}", file=sys.stderr)
         return 2
     git = GitWriter(args.repo, args.workdir or paths.home() / "inspector" / "repo", branch=args.branch,
-                    path=args.path, author=args.author)
+                    path=args.path, author=args.author, auth=credentials)
     store = FileStore(args.store) if args.store else None
     app = create_app(Deps(kube, git, cluster=cluster, snapshots=store.snapshots if store else list,
                           reports=args.reports or paths.home() / "reports"))

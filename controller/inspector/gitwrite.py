@@ -18,6 +18,7 @@ from pathlib import Path
 from controller import logs
 from controller.admission import rules
 from controller.gitops import desired
+from controller.gitops.auth import Auth
 
 log = logs.get("inspector.git")
 
@@ -37,12 +38,13 @@ class GitWriter:
     """Commits to ``branch`` of ``url``, under ``path``, as ``author`` (``Name <email>``)."""
 
     def __init__(self, url: str, workdir: Path, *, branch: str = "main", path: str = ".",
-                 author: str = "replayops inspector <inspector@replayops.dev>", attempts: int = 3) -> None:
+                 author: str = "replayops inspector <inspector@replayops.dev>", attempts: int = 3,
+                 auth: Auth | None = None) -> None:
         self.url, self.workdir, self.branch, self.path = url, workdir, branch, path
         name, _, email = author.partition(" <")
         self.env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email.rstrip(">"), "GIT_COMMITTER_NAME": name,
                     "GIT_COMMITTER_EMAIL": email.rstrip(">"), "PATH": "/usr/bin:/bin:/usr/local/bin",
-                    "GIT_TERMINAL_PROMPT": "0"}
+                    "GIT_TERMINAL_PROMPT": "0", **(auth or Auth()).git_env()}
         self.attempts = attempts
         self._lock = threading.Lock()
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -95,50 +93,29 @@ def test_fetch_over_https_with_a_token(tmp_path: Path) -> None:
         server.shutdown()  # type: ignore[attr-defined]
 
 
-def test_fetch_over_ssh_with_a_key(tmp_path: Path) -> None:
-    import os
-    import shutil
+def test_fetch_over_ssh_with_the_credentials_secret(tmp_path: Path) -> None:
+    """The key, the user name and the server's host key come from a Secret-shaped directory (no ~/.ssh):
+    the fetch succeeds; with another server's host key in known_hosts it is refused."""
     import sys
 
-    if not shutil.which("sshd", path="/usr/sbin:/usr/bin") or not shutil.which("ssh-keygen"):
-        pytest.skip("sshd or ssh-keygen missing: apt-get install openssh-server openssh-client (make test does)")
+    from tests.gitrepo import serve_ssh
+
     repo = Repo(tmp_path / "srv" / "team.git")
     sha = repo.commit("one", {"a.yaml": "v: 1"})
-    ssh = tmp_path / "ssh"
-    ssh.mkdir()
-    for name in ("host", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f", str(ssh / name)],
-                       check=True)
-    (ssh / "authorized_keys").write_text((ssh / "client.pub").read_text())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (ssh / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {ssh / 'host'}\nAuthorizedKeysFile {ssh / 'authorized_keys'}\n"
-        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-        f"PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile {ssh / 'sshd.pid'}\n")
-    os.makedirs("/run/sshd", exist_ok=True)
-    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(ssh / "sshd_config")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    home = tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True)
-    host_key = (ssh / "host.pub").read_text().split()
-    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
     probe = ("import sys; from pathlib import Path; from controller.gitops.source import Auth, GitSource;"
-             "s = GitSource(sys.argv[1], cache=Path(sys.argv[2]), auth=Auth(ssh_private_key=Path(sys.argv[3]), "
-             "username=sys.argv[4])); r = s.fetch(); print(r.sha, sorted(s.files(r)))")
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            out = subprocess.run([sys.executable, "-c", probe, f"ssh://127.0.0.1:{port}{repo.path}",
-                                  str(tmp_path / "cache"), str(ssh / "client"), user],
-                                 env={**os.environ, "HOME": str(home)}, capture_output=True, text=True)
-            if out.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-    finally:
-        sshd.terminate()
-        sshd.wait(10)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split(" ", 1) == [sha, "['a.yaml']\n"]
+             "s = GitSource(sys.argv[1], cache=Path(sys.argv[2]), auth=Auth.from_dir(Path(sys.argv[3])));"
+             "r = s.fetch(); print(r.sha, sorted(s.files(r)))")
+    with serve_ssh(tmp_path) as server:
+        def fetch(cache: str) -> subprocess.CompletedProcess[str]:  # libgit2's ssh settings are per process
+            return subprocess.run([sys.executable, "-c", probe, server.url(repo.path), str(tmp_path / cache),
+                                   str(server.credentials)], env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                                  capture_output=True, text=True)
+        out = fetch("cache")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split(" ", 1) == [sha, "['a.yaml']\n"]
+        known = server.credentials / "known_hosts"
+        host, kind, _ = known.read_text().split()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+        known.write_text(f"{host} {kind} {(tmp_path / 'other.pub').read_text().split()[1]}\n")
+        refused = fetch("cache2")
+        assert refused.returncode != 0 and "is not trusted: an ssh host key not in known_hosts" in refused.stderr
