@@ -22,6 +22,9 @@ def _bare_addons_package() -> None:
                                                                              is_package=True))
     package.__path__ = [str(Path(spec.origin).parent / "addons")]
     sys.modules["mitmproxy.addons"] = package
+    import mitmproxy
+
+    mitmproxy.addons = package  # as an import of the package would bind it: ``mitmproxy.addons.x`` resolves
 
 
 _bare_addons_package()

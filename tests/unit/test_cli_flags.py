@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,16 @@ def test_the_sidecar_command_loads_none_of_the_other_commands_libraries() -> Non
     loaded = out.stdout.strip().splitlines()[-1]
     for heavy in ("kubernetes", "flask", "gunicorn", "aiohttp", "pygit2", "jsonschema"):
         assert f"'{heavy}'" not in loaded, f"replayops proxy loads {heavy}"
+
+
+def test_the_sidecars_proxy_loads_only_the_mitmproxy_addons_it_runs() -> None:
+    probe = ("import sys, mitmproxy\nimport controller.capture.proxy\n"
+             "assert mitmproxy.addons is sys.modules['mitmproxy.addons'], 'mitmproxy.addons is not bound'\n"
+             "import mitmproxy.addons.core\nassert mitmproxy.addons.core.Core\n"
+             "print(sorted(sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    loaded = set(ast.literal_eval(out.stdout.strip().splitlines()[-1]))
+    assert {"mitmproxy.addons.proxyserver", "mitmproxy.addons.next_layer"} <= loaded  # what the sidecar runs
+    for unused in ("mitmproxy.addons.onboarding", "mitmproxy.addons.proxyauth", "httpx", "kubernetes", "flask"):
+        assert unused not in loaded, f"the sidecar's proxy loads {unused}"
