@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller import logs
@@ -37,8 +37,9 @@ class Notices:
     """Throttled Warning Events written by one daemon thread."""
 
     def __init__(self, kube: Kube, *, quiet: float = 600.0, backlog: int = 256, remembered: int = 4096,
-                 uid_wait: float = 5.0) -> None:
+                 uid_wait: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.kube = kube
+        self.clock = clock
         self.quiet = quiet
         self.remembered = remembered
         self.uid_wait = uid_wait
@@ -50,7 +51,7 @@ class Notices:
     def __call__(self, pod: Mapping[str, Any], namespace: str, reason: str, message: str) -> None:
         about = regarding(pod, namespace)
         key = (namespace, about["kind"], about["metadata"]["name"], reason)
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             if now - self._last.get(key, -self.quiet) < self.quiet:
                 return

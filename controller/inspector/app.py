@@ -21,7 +21,7 @@ from ruamel.yaml import YAML
 
 from controller import conditions
 from controller.admission import rules
-from controller.api import API_VERSION, MANAGED_BY, WORKLOAD_KINDS
+from controller.api import API_VERSION, MANAGED_BY, SYSTEM_NAMESPACE, WORKLOAD_KINDS
 from controller.gitops import desired
 from controller.inspector import view
 from controller.inspector.gitwrite import ChangeError, GitWriter
@@ -39,6 +39,7 @@ class Deps:
     cluster: str = "local"
     snapshots: Callable[[], list[Any]] = list  # store manifests, when the inspector is given a store
     reports: Path | None = None  # where replay reports are (<id>/report.html)
+    status_namespace: str = SYSTEM_NAMESPACE  # where the controller writes its sources' status ConfigMaps
 
 
 def _yaml(obj: dict[str, Any]) -> str:
@@ -104,7 +105,8 @@ def create_app(deps: Deps) -> Flask:
     def gitops() -> str:
         """Each git source's status ConfigMap: what the controller made of the latest commits."""
         rows = []
-        for cm in deps.kube.list("v1", "ConfigMap", None, label_selector=f"{MANAGED_BY}=replayops-status"):
+        for cm in deps.kube.list("v1", "ConfigMap", deps.status_namespace,
+                                 label_selector=f"{MANAGED_BY}=replayops-status"):
             data = cm.get("data") or {}
             rows.append((cm["metadata"]["namespace"], cm["metadata"]["name"].removeprefix("replayops-status-"),
                          data.get("ready", ""), data.get("lastAppliedRevision", ""),

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from controller import logs, paths
+from controller.api import SYSTEM_NAMESPACE
 from controller.gitops import auth
 
 
@@ -25,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     auth.add_arguments(serve)
     serve.add_argument("--workdir", type=Path, default=None, help="working copy (default under $REPLAYOPS_HOME)")
     serve.add_argument("--kubeconfig", type=Path, default=None)
+    serve.add_argument("--status-namespace", default=SYSTEM_NAMESPACE,
+                       help="where the controller writes its sources' status (its --status-namespace)")
     serve.add_argument("--store", type=Path, default=None, help="snapshot store root, to list snapshots")
     serve.add_argument("--reports", type=Path, default=None,
                        help="replay reports directory, to show them (default $REPLAYOPS_HOME/reports)")
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                     path=args.path, author=args.author, auth=credentials)
     store = FileStore(args.store) if args.store else None
     app = create_app(Deps(kube, git, cluster=cluster, snapshots=store.snapshots if store else list,
-                          reports=args.reports or paths.home() / "reports"))
+                          reports=args.reports or paths.home() / "reports", status_namespace=args.status_namespace))
     print(f"inspector on http://{args.host}:{args.port}", file=sys.stderr)
     serve(app, host=args.host, port=args.port, threads=4, ident="replayops-inspector")
     return 0

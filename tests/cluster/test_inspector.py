@@ -74,7 +74,8 @@ def setup(cluster: Cluster, namespace: str, tmp_path: Path) -> Setup:
     cluster.kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": namespace},
                          "stringData": {"password": SECRET_VALUE, "user": "app"}})
     git = GitWriter(repo.url, tmp_path / "work")
-    client = create_app(Deps(cluster.kube, git, cluster="test", reports=tmp_path / "reports")).test_client()
+    client = create_app(Deps(cluster.kube, git, cluster="test", reports=tmp_path / "reports",
+                             status_namespace=namespace)).test_client()
     options = Options(name=namespace, namespace=namespace, status_namespace=namespace)
     reconciler = Reconciler(cluster.kube, GitSource(repo.url, cache=tmp_path / "cache"), options)
     return Setup(cluster, namespace, repo, client, reconciler, tmp_path / "reports")

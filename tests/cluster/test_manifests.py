@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
 
 from ruamel.yaml import YAML
 
+from controller.devcluster import install
 from controller.kube import KubeError
 from tests.conftest import Cluster
 
@@ -21,26 +22,28 @@ def test_kustomize_base_objects_pass_server_side_dry_run(cluster: Cluster) -> No
             "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"} <= kinds
     namespace = next(d for d in docs if d["kind"] == "Namespace")
     cluster.kube.apply(namespace)
-    errors = []
-    for doc in docs:
-        try:
-            cluster.kube.apply(doc, dry_run=True)
-        except KubeError as err:
-            errors.append(str(err))
-    assert errors == []
+    assert _dry_run_errors(cluster, docs) == []
     hooks = [d for d in docs if d["kind"] == "MutatingWebhookConfiguration"][0]["webhooks"]
     pods = next(h for h in hooks if h["name"].startswith("pods."))
     assert pods["failurePolicy"] == "Ignore" and pods["sideEffects"] == "None"
     assert all(h["failurePolicy"] == "Fail" for h in hooks if h is not pods)
 
 
+def _dry_run_errors(cluster: Cluster, docs: list[dict[str, Any]]) -> list[str]:
+    """What the apiserver says against applying each of ``docs`` (server-side, dry run)."""
+    errors = []
+    for doc in docs:
+        try:
+            cluster.kube.apply(doc, dry_run=True)
+        except KubeError as err:
+            errors.append(str(err))
+    return errors
+
+
 def _with_inspector(tmp: Path) -> Path:
     """An installation's kustomization: the base with the optional inspector component."""
-    (tmp / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources: [{os.path.relpath(ROOT / 'manifests' / 'base', tmp)}]\n"
-        f"components: [{os.path.relpath(ROOT / 'manifests' / 'components' / 'inspector', tmp)}]\n")
-    return tmp
+    return install.kustomization(tmp, ROOT / "manifests" / "base", "ghcr.io/replayops/replayops:0.1.0",
+                                 components=(ROOT / "manifests" / "components" / "inspector",))
 
 
 def test_the_inspector_component_adds_its_pod_and_passes_server_side_dry_run(cluster: Cluster,
@@ -48,24 +51,20 @@ def test_the_inspector_component_adds_its_pod_and_passes_server_side_dry_run(clu
     out = cluster.kubectl("kustomize", str(_with_inspector(tmp_path)), check=True).stdout
     docs = [d for d in YAML(typ="safe").load_all(out) if d]
     ours = [d for d in docs if "inspector" in d["metadata"]["name"]]
-    assert {d["kind"] for d in ours} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment",
-                                         "Service", "NetworkPolicy"}
+    assert {d["kind"] for d in ours} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                                         "RoleBinding", "Deployment", "Service", "NetworkPolicy"}
     deployment = next(d for d in ours if d["kind"] == "Deployment")
     assert deployment["metadata"]["namespace"] == "replayops-system"
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/replayops/replayops:0.1.0"
     cluster.kube.apply(next(d for d in docs if d["kind"] == "Namespace"))
-    errors = []
-    for doc in ours:
-        try:
-            cluster.kube.apply(doc, dry_run=True)
-        except KubeError as err:
-            errors.append(str(err))
-    assert errors == []
+    assert _dry_run_errors(cluster, ours) == []
     _apply_rbac(cluster, _with_inspector(tmp_path))
     assert _can(cluster, "replayops-inspector", "list", "pods", "-n", "shop")
     assert _can(cluster, "replayops-inspector", "list", "trafficreplays.replayops.dev", "-n", "shop")
     assert not _can(cluster, "replayops-inspector", "list", "secrets", "-n", "shop")
     assert not _can(cluster, "replayops-inspector", "create", "trafficreplays.replayops.dev", "-n", "shop")
+    assert _can(cluster, "replayops-inspector", "list", "configmaps", "-n", "replayops-system")  # the status
+    assert not _can(cluster, "replayops-inspector", "list", "configmaps", "-n", "shop")
 
 
 def _apply_rbac(cluster: Cluster, where: Path = ROOT / "manifests" / "base") -> None:
