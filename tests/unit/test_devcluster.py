@@ -17,3 +17,37 @@ def test_no_go_toolchain_is_one_clear_line_with_the_next_step(tmp_path, monkeypa
         ensure_binaries()
     assert "no Go toolchain" in str(err.value) and "KUBEBUILDER_ASSETS" in str(err.value)
     assert "KUBECONFIG" in str(err.value)
+
+
+def test_a_node_part_that_fails_to_start_is_named_with_its_log_and_its_pid_is_recorded_for_teardown(
+        tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """containerd (the node's first part) exits at once: ``dev up`` names it, what it waited for and the
+    tail of its log, and the state file already holds its pid (a crash mid-start is still torn down).
+    Only the failing part runs; nothing of the host is touched (the state file is this test's own)."""
+    import json
+    from pathlib import Path
+
+    from controller.devcluster import DevClusterError, host
+    from controller.devcluster.build import Binaries, NodeBinaries
+    from controller.devcluster.cluster import DevCluster
+
+    monkeypatch.setattr(host, "STATE_FILE", tmp_path / "node.json")
+    parts = tmp_path / "containerd-bin"
+    parts.mkdir()
+    (parts / "containerd").write_text("#!/bin/sh\necho 'containerd: failed to load TOML: invalid plugin key' >&2\n"
+                                      "exit 1\n")
+    (parts / "containerd").chmod(0o755)
+    none = Path("/nonexistent")
+    binaries = NodeBinaries(kubelet=none, kube_scheduler=none, kube_proxy=none, containerd_bin=parts,
+                            cni_bin=none, coredns=none, crictl=none)
+    cluster = DevCluster(tmp_path, Binaries(none, none, none), node=binaries)
+    assert cluster.node is not None
+    state = host.HostState(workdir=str(tmp_path))
+    with pytest.raises(DevClusterError) as err:
+        cluster.node.start(cluster._spawn, state, timeout=60)
+    message = str(err.value)
+    assert message.startswith("containerd exited while waiting for containerd's socket"), message
+    assert f"log {tmp_path / 'logs' / 'containerd.log'}:" in message
+    assert "invalid plugin key" in message, "the tail of its log is shown"
+    recorded = json.loads((tmp_path / "node.json").read_text())["pids"]
+    assert recorded == {"containerd": cluster.procs[0].pid}
