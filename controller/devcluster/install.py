@@ -183,6 +183,22 @@ def recorded(store: FileStore, namespace: str, policy: str) -> int:
     return sum(1 for s in store.streams() if s.startswith(prefix) for _ in store.stream_records(s))
 
 
+DEMO_REPLAY_FILES = ("snapshots/demo-baseline.yaml", "replays/demo-smoke.yaml")
+
+
+def forget_demo_replay(kube: Kube, repo: Path, namespace: str = DEMO_NAMESPACE) -> bool:
+    """A new cluster (``make down`` then ``make up``) has an empty store: the demo's Snapshot and replay the
+    repository kept from the old one would be cut from nothing and fail. Remove them from the repository
+    (one commit) while the cluster has no such Snapshot; ``commit_replay`` commits them again once pairs
+    are stored. True when removed."""
+    present = [rel for rel in DEMO_REPLAY_FILES if (repo / rel).is_file()]
+    if not present or kube.get(API_VERSION, "Snapshot", "demo-baseline", namespace) is not None:
+        return False
+    git(repo, "rm", "-q", "--", *present)
+    git(repo, "commit", "-q", "-m", "a new cluster: the demo's snapshot is cut again once its pairs are stored")
+    return True
+
+
 def commit_replay(kube: Kube, repo: Path, store: FileStore, build: str, pairs: int = 20) -> None:
     """Once the demo's pairs are stored, commit examples/demo/replay into the repository, the replay's
     ``buildTag`` naming the image: a later ``make up`` with another image replays again (a new generation)."""
@@ -190,8 +206,7 @@ def commit_replay(kube: Kube, repo: Path, store: FileStore, build: str, pairs: i
                   lambda: recorded(store, DEMO_NAMESPACE, "demo-server") >= pairs, timeout=300, interval=2)
     source = paths.source_dir("examples") / "demo" / "replay"
     smoke = (source / "smoke.yaml").read_text().replace("  timeout: 5m\n", f"  timeout: 5m\n  buildTag: {build}\n")
-    wanted = {"snapshots/demo-baseline.yaml": (source / "snapshot.yaml").read_text(),
-              "replays/demo-smoke.yaml": smoke}
+    wanted = dict(zip(DEMO_REPLAY_FILES, ((source / "snapshot.yaml").read_text(), smoke), strict=True))
     changed = [rel for rel, text in wanted.items()
                if not (repo / rel).is_file() or (repo / rel).read_text() != text]
     if not changed:

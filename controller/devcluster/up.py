@@ -79,7 +79,8 @@ def _start_inspector(kubeconfig: Path, workdir: Path, port: int, store: Path | N
     port = port or free_port()
     argv = [sys.executable, "-m", "controller.cli", "inspector", "serve", "--port", str(port),
             "--repo", _seed_repo(install.repo_dir()), "--workdir", str(workdir / "inspector-work"),
-            "--kubeconfig", str(kubeconfig), "--store", str(store or paths.home() / "store")]
+            "--kubeconfig", str(kubeconfig), "--store", str(store or paths.home() / "store"),
+            "--reports", str((store.parent if store else paths.home()) / "reports")]  # beside it, as Jobs write
     proc = spawn_service(workdir, "inspector", argv)
     (workdir / "inspector.url").write_text(f"http://127.0.0.1:{port}")
     wait_until(proc, f"the inspector on port {port}", http_check(f"http://127.0.0.1:{port}/healthz"), timeout=60)
@@ -109,6 +110,7 @@ def _in_pods(args: argparse.Namespace, workdir: Path) -> int:
                                   str(workdir / "node" / "containerd" / "containerd.sock"), built.archive)
         kube = connect(kubeconfig)
         repo = install.seed_repo(install.repo_dir())
+        install.forget_demo_replay(kube, repo)
         with install.step(f"serving {repo} to pods with git daemon"):
             url = install.serve_git(workdir, repo)
         with install.step("installing replayops from manifests/overlays/dev: webhook, controller and forwarder pods"):

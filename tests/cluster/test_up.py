@@ -10,9 +10,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ruamel.yaml import YAML
+
 from controller.devcluster import pid_alive, read_state
 from tests.conftest import Cluster
 from tests.helpers import wait_200
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_up_then_down(cluster: Cluster, tmp_path: Path) -> None:
@@ -71,3 +75,31 @@ def test_dev_up_when_a_part_fails_to_start_names_it_with_its_log_and_leaves_noth
     assert "Traceback" not in up.stderr
     etcd = subprocess.run(["pgrep", "-f", f"etcd.*{tmp_path}"], capture_output=True, text=True)
     assert etcd.stdout.strip() == "", "the parts already started were stopped"
+
+
+def test_a_new_cluster_gets_the_demo_replay_committed_again_instead_of_one_cut_from_an_empty_store(
+        cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    """``make down`` keeps the repository, with the demo's Snapshot and replay committed for the old
+    cluster; the next ``make up`` (no such Snapshot in the new cluster) removes them in one commit, so the
+    controller never cuts the Snapshot before the demo's pairs are stored. A running cluster keeps them."""
+    from controller.api import API_VERSION
+    from controller.devcluster import install
+    from tests.gitrepo import Repo
+
+    repo = Repo(tmp_path / "gitops-repo")
+    repo.commit("seed and an earlier make up", {"README.md": "x\n", **{
+        rel: (ROOT / "examples" / "demo" / "replay" / src).read_text()
+        for rel, src in zip(install.DEMO_REPLAY_FILES, ("snapshot.yaml", "smoke.yaml"), strict=True)}})
+    kept = repo.git("rev-parse", "HEAD")
+    snapshot = YAML(typ="safe").load((ROOT / "examples" / "demo" / "replay" / "snapshot.yaml").read_text())
+    snapshot["metadata"]["namespace"] = namespace
+    cluster.kube.apply(snapshot)  # the cluster this repository was committed for: still running
+    assert install.forget_demo_replay(cluster.kube, repo.path, namespace) is False
+    assert repo.git("rev-parse", "HEAD") == kept
+    cluster.kube.delete(API_VERSION, "Snapshot", "demo-baseline", namespace)  # a new cluster
+    cluster.kube.wait_for("the Snapshot gone", lambda: cluster.kube.get(
+        API_VERSION, "Snapshot", "demo-baseline", namespace) is None, timeout=30)
+    assert install.forget_demo_replay(cluster.kube, repo.path, namespace) is True
+    assert repo.git("rev-list", "--count", f"{kept}..HEAD") == "1"
+    assert repo.git("ls-files").split() == ["README.md"]
+    assert install.forget_demo_replay(cluster.kube, repo.path, namespace) is False, "nothing left to remove"

@@ -6,12 +6,13 @@ the machine has room for one, so its steps run here on the session's.)"""
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from controller.api import API_VERSION
-from controller.devcluster import install
+from controller.devcluster import install, up
 from controller.devcluster.cluster import recorded_service
 from controller.devcluster.process import stop_pid
 from controller.store import FileStore
@@ -36,6 +37,11 @@ def test_make_ups_steps_end_with_the_demo_captured_and_its_replay_succeeded_and_
         assert first["summary"]["requests"] >= 10 and first["summary"]["goalsMet"] is True
         snapshot = node.kube.get(API_VERSION, "Snapshot", "demo-baseline", install.DEMO_NAMESPACE) or {}
         assert snapshot["status"]["phase"] == "Ready" and snapshot["status"]["pairs"] >= 20
+        inspector = up._start_inspector(node.kubeconfig, workdir, 0, store=store.root).split()[0]
+        replays = urllib.request.urlopen(f"{inspector}/replays?namespace={install.DEMO_NAMESPACE}", timeout=30)
+        assert f'href="/reports/{first["reportRef"]["id"]}"' in replays.read().decode(), "the replay links its report"
+        report = urllib.request.urlopen(f"{inspector}/reports/{first['reportRef']['id']}", timeout=30)
+        assert f"Replay {first['reportRef']['id']}:" in report.read().decode(), "the Job's report, as make up shows it"
 
         install.commit_replay(node.kube, repo, store, "build-2")  # a later make up, another image
         again = install.replay_verdict(node.kube, "build-2")
@@ -43,6 +49,7 @@ def test_make_ups_steps_end_with_the_demo_captured_and_its_replay_succeeded_and_
         assert replay["spec"]["buildTag"] == "build-2" and again["observedGeneration"] == 2
         assert again["phase"] == "Succeeded" and again["reportRef"]["id"] != first["reportRef"]["id"]
     finally:
-        pid = recorded_service(workdir, "git-daemon")
-        if pid is not None:
-            stop_pid(pid)
+        for service in ("git-daemon", "inspector"):
+            pid = recorded_service(workdir, service)
+            if pid is not None:
+                stop_pid(pid)
