@@ -25,13 +25,16 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-up: $(STAMP)
+# Needs root (the node's bridge, network namespaces, mounts, nftables; debootstrap and buildah for the image).
+up: $(STAMP) system-deps
 	$(BIN)/replayops up
 
 down: $(STAMP)
 	$(BIN)/replayops dev down
 
+# The tests start a node of their own; the machine has room for one, so a cluster `make up` left is stopped.
 test: $(STAMP) system-deps
+	$(BIN)/replayops dev down
 	$(BIN)/replayops dev build
 	$(BIN)/replayops dev image
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

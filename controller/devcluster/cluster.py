@@ -29,10 +29,11 @@ from controller import pki
 from controller.devcluster import host
 from controller.devcluster import node as nodes
 from controller.devcluster.build import Binaries, NodeBinaries
-from controller.devcluster.errors import DevClusterError
+from controller.devcluster.errors import DevClusterError, require_tools
 from controller.devcluster.process import STOP_TIMEOUT_S, Proc, http_check, pid_alive, stop_pid, wait_until
 
 START_TIMEOUT_S = 120.0
+NODE_TOOLS = {"nft": "nftables", "iptables": "iptables", "ip": "iproute2", "runc": "runc"}  # command -> package
 SERVICE_CIDR = "10.0.0.0/24"
 ADMIN_USER = "replayops-admin"
 
@@ -219,6 +220,11 @@ class DevCluster:
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
         """Start all components and wait until each is healthy; on failure stop what started."""
+        if self.node:
+            if os.geteuid() != 0:
+                raise DevClusterError("the node needs root (a bridge, network namespaces, mounts, nftables): run "
+                                      "as root, or use --no-node (the control plane only)")
+            require_tools(NODE_TOOLS)
         self.workdir.mkdir(parents=True, exist_ok=True)
         state = self._prepare_host() if self.node else None
         try:

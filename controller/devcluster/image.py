@@ -32,7 +32,7 @@ from typing import Any
 
 from controller.devcluster import host
 from controller.devcluster.build import cache_root
-from controller.devcluster.errors import DevClusterError
+from controller.devcluster.errors import DevClusterError, MissingTools, require_tools
 from controller.devcluster.oci import write_oci_archive
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,20 +94,9 @@ class ImageRef:
     archive: Path
 
 
-class MissingTools(DevClusterError):
-    """A tool the build needs is not installed; the message is the ``apt-get install`` line."""
-
-
 def image_dir() -> Path:
     """Where images, their bases, buildah's storage and the build logs are kept."""
     return cache_root() / "image"
-
-
-def require_tools(packages: dict[str, str]) -> None:
-    """Raise MissingTools naming the Debian packages of the commands (command -> package) not on PATH."""
-    missing = sorted({pkg for cmd, pkg in packages.items() if shutil.which(cmd) is None})
-    if missing:
-        raise MissingTools(f"missing {', '.join(missing)}; install with: apt-get install {' '.join(missing)}")
 
 
 def _say(message: str) -> None:

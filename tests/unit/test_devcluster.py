@@ -51,3 +51,24 @@ def test_a_node_part_that_fails_to_start_is_named_with_its_log_and_its_pid_is_re
     assert "invalid plugin key" in message, "the tail of its log is shown"
     recorded = json.loads((tmp_path / "node.json").read_text())["pids"]
     assert recorded == {"containerd": cluster.procs[0].pid}
+
+
+def test_a_node_without_its_host_tools_names_the_packages_before_touching_anything(
+        tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from controller.devcluster import host
+    from controller.devcluster.build import Binaries, NodeBinaries
+    from controller.devcluster.cluster import DevCluster
+    from controller.devcluster.errors import MissingTools
+
+    monkeypatch.setattr(host, "STATE_FILE", tmp_path / "node.json")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # none of nft, iptables, ip, runc
+    none = Path("/nonexistent")
+    node = NodeBinaries(kubelet=none, kube_scheduler=none, kube_proxy=none, containerd_bin=none, cni_bin=none,
+                        coredns=none, crictl=none)
+    with pytest.raises(MissingTools) as err:
+        DevCluster(tmp_path / "dev", Binaries(none, none, none), node=node).start()
+    assert str(err.value) == ("missing iproute2, iptables, nftables, runc; install with: "
+                              "apt-get install iproute2 iptables nftables runc")
+    assert not (tmp_path / "dev").exists() and not (tmp_path / "node.json").exists()
