@@ -8,6 +8,7 @@ import gzip
 import json
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,9 @@ def test_the_controller_replicas_elect_one_leader(node: NodeCluster, installed: 
     pods = {p["metadata"]["name"] for p in node.kube.list("v1", "Pod", SYSTEM_NAMESPACE)
             if p["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "replayops-controller"}
     assert lease["spec"]["holderIdentity"] in pods
+    leader = node.kube.get("v1", "Pod", lease["spec"]["holderIdentity"], SYSTEM_NAMESPACE) or {}
+    metrics = urllib.request.urlopen(f"http://{leader['status']['podIP']}:9090/metrics", timeout=10).read().decode()
+    assert "replayops_revisions_total" in metrics, "the metrics port the Service names is served"
 
 
 
