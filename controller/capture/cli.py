@@ -195,8 +195,8 @@ def _policies(files: list[Path], kubeconfig: Path | None) -> Any:
     try:
         kube = connect(kubeconfig)
     except Exception as exc:
-        if kubeconfig is not None:
-            raise
+        if kubeconfig is not None or os.environ.get("KUBERNETES_SERVICE_HOST"):
+            raise  # in a pod that cannot read the cluster: never store with fewer rules than its policies
         log.warning("no cluster and no --policy-file: batches get the built-in DLP only, no policy's rules",
                     extra=logs.fields(error=str(exc)))
         return lambda ref: {}

@@ -66,3 +66,18 @@ def test_the_sidecars_proxy_loads_only_the_mitmproxy_addons_it_runs() -> None:
     assert {"mitmproxy.addons.proxyserver", "mitmproxy.addons.next_layer"} <= loaded  # what the sidecar runs
     for unused in ("mitmproxy.addons.onboarding", "mitmproxy.addons.proxyauth", "httpx", "kubernetes", "flask"):
         assert unused not in loaded, f"the sidecar's proxy loads {unused}"
+
+
+def test_a_forwarder_in_a_pod_that_cannot_read_the_cluster_refuses_to_start(tmp_path: Path) -> None:
+    """In a pod (``KUBERNETES_SERVICE_HOST`` set) without a ServiceAccount token it would store batches with
+    the built-in DLP only, none of their policies' rules: it says why and exits instead."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | {
+        "HOME": str(tmp_path), "REPLAYOPS_HOME": str(tmp_path), "REPLAYOPS_FORWARDER_TOKEN": "t",
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "forwarder", "--port", "1"], env=env,
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith("replayops forwarder: cannot read CapturePolicies:"), out.stderr
+    assert "Traceback" not in out.stderr
