@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     serve.add_argument("--register", metavar="URL", default=None,
                        help="apply our webhook configurations pointing at URL (local development)")
     serve.add_argument("--patch-ca-bundle", action="store_true",
-                       help="apply our webhook configurations (Service refs) with the CA bundle")
+                       help="patch the CA bundle into our installed webhook configurations (nothing else of them)")
     serve.add_argument("--capture-namespaces", type=_csv, default=None,
                        help="comma-separated namespaces where capture is allowed (default: any)")
     serve.add_argument("--capture-label", default=None,
@@ -97,8 +97,11 @@ def run(args: argparse.Namespace) -> int:
         kube = connect(args.kubeconfig)
 
         def patch_ca(bundle: bytes) -> None:
-            done = register.register(kube, bundle, args.register)
-            log.info("webhook configurations registered", extra=logs.fields(configurations=done))
+            if args.register:
+                done = register.register(kube, bundle, args.register)
+            else:
+                done = register.patch_ca_bundle(kube, bundle)
+            log.info("webhook configurations given the CA bundle", extra=logs.fields(configurations=done))
 
         on_ca = patch_ca if args.register or args.patch_ca_bundle else None
         if args.cert_secret:

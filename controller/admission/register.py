@@ -1,7 +1,9 @@
 """Make the apiserver call us: our webhook configurations with the CA bundle patched in.
 
 The objects come from ``manifests/base/webhook-configurations.yaml`` (one
-source); for local development ``clientConfig`` is rewritten from the
+source). In a cluster they are installed with the manifests and the webhook
+patches only their ``caBundle`` (``patch_ca_bundle``); for local development
+``register`` applies them whole with ``clientConfig`` rewritten from the
 in-cluster Service to ``<url><path>``, as envtest does.
 """
 
@@ -16,6 +18,9 @@ from ruamel.yaml import YAML
 
 from controller import paths
 from controller.kube import Kube, KubeError
+
+ADMISSION_API = "admissionregistration.k8s.io/v1"
+MANAGER = "replayops-webhook"  # the field manager of caBundle
 
 
 def configurations(ca_pem: bytes, url: str | None = None) -> list[dict[str, Any]]:
@@ -45,9 +50,33 @@ def register(kube: Kube, ca_pem: bytes, url: str | None = None) -> list[str]:
     return applied
 
 
+def patch_ca_bundle(kube: Kube, ca_pem: bytes) -> list[str]:
+    """Set ``caBundle`` on every webhook of our installed configurations and change nothing else of them:
+    an overlay's namespace, timeouts or selectors stay, and ``kubectl apply`` of the manifests never meets
+    a field of ours. Return what was patched; raise KubeError when a configuration is not installed."""
+    bundle = base64.b64encode(ca_pem).decode()
+    patched = []
+    for doc in configurations(ca_pem):
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        live = kube.get(ADMISSION_API, kind, name)
+        if live is None:
+            raise KubeError(f"{kind} {name} is not installed: apply manifests/ (it holds them) first")
+        ops: list[dict[str, Any]] = []
+        for i, hook in enumerate(live.get("webhooks") or []):
+            if (hook.get("clientConfig") or {}).get("caBundle") != bundle:  # the name tested: no index race
+                ops += [{"op": "test", "path": f"/webhooks/{i}/name", "value": hook["name"]},
+                        {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": bundle}]
+        if ops:
+            path = kube.resource(ADMISSION_API, kind).path(name=name)
+            kube.call("PATCH", path, body=ops, content_type="application/json-patch+json",
+                      query=[("fieldManager", MANAGER)], what=f"patch caBundle of {kind} {name}")
+            patched.append(f"{kind}/{name}")
+    return patched
+
+
 def unregister(kube: Kube) -> None:
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-        kube.delete("admissionregistration.k8s.io/v1", kind, "replayops-webhook")
+        kube.delete(ADMISSION_API, kind, "replayops-webhook")
 
 
 def wait_until_called(kube: Kube, timeout: float = 60.0) -> None:

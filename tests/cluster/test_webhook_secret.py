@@ -98,3 +98,44 @@ def test_a_malformed_secret_stops_the_start_naming_the_secret_and_key(
                           "--cert-secret-namespace", namespace], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert f"Secret {namespace}/{SECRET}: tls.key is not PEM" in out.stderr
+
+
+def test_the_ca_bundle_patch_changes_only_the_bundle_and_keeps_what_an_overlay_set(
+        cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    """In a cluster the configurations come from the manifests (an overlay may change them): the webhook
+    patches only ``caBundle``, as its own field manager, writes nothing when it is current, and names a
+    configuration that is not installed."""
+    import json
+
+    import pytest
+
+    from controller.kube import KubeError
+
+    hook = start_webhook(cluster, tmp_path, "--cert-secret", SECRET, "--cert-secret-namespace", namespace)
+    api = "admissionregistration.k8s.io/v1"
+    kinds = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+    stored = Material.from_secret(cluster.kube.get("v1", "Secret", SECRET, namespace) or {}, SECRET)
+    try:
+        path = cluster.kube.resource(api, kinds[0]).path(name="replayops-webhook")
+        cluster.kube.call("PATCH", path, body=[{"op": "replace", "path": "/webhooks/0/timeoutSeconds", "value": 7}],
+                          content_type="application/json-patch+json", query=[("fieldManager", "an-overlay")])
+        bundle = stored.ca + Material.generated(("127.0.0.1",)).ca  # the next CA trusted beside the current
+        assert register.patch_ca_bundle(cluster.kube, bundle) == [f"{k}/replayops-webhook" for k in kinds]
+        for kind in kinds:
+            live = cluster.kube.get(api, kind, "replayops-webhook") or {}
+            assert {base64.b64decode(h["clientConfig"]["caBundle"]) for h in live["webhooks"]} == {bundle}
+            assert all(h["clientConfig"]["url"].startswith(hook.url) for h in live["webhooks"])
+            ours = [m for m in live["metadata"]["managedFields"] if m["manager"] == "replayops-webhook"]
+            owned = json.dumps(ours[0]["fieldsV1"])
+            assert "caBundle" in owned and "timeoutSeconds" not in owned and "url" not in owned, owned
+        mutating = cluster.kube.get(api, kinds[0], "replayops-webhook") or {}
+        assert mutating["webhooks"][0]["timeoutSeconds"] == 7, "the overlay's field stays"
+        writes = cluster.kube.writes
+        assert register.patch_ca_bundle(cluster.kube, bundle) == [] and cluster.kube.writes == writes
+        register.wait_until_called(cluster.kube)  # the apiserver still trusts the webhook
+        register.unregister(cluster.kube)
+        with pytest.raises(KubeError, match="MutatingWebhookConfiguration replayops-webhook is not installed"):
+            register.patch_ca_bundle(cluster.kube, bundle)
+    finally:
+        register.register(cluster.kube, stored.ca, hook.url)  # as the other tests expect to find them
+        hook.stop()
