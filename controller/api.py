@@ -23,6 +23,9 @@ JOB_MANAGER = "replayops-replay"  # also the managed-by label of replay Jobs
 SYSTEM_NAMESPACE = "replayops-system"
 EXCLUDED_NAMESPACES = frozenset({"kube-system", SYSTEM_NAMESPACE})  # never injected
 
+# Secrets of SYSTEM_NAMESPACE the controller creates when absent
+DLP_KEY_SECRET = "replayops-dlp-key"  # key ``key``: the forwarder's redaction tags (mounted only there)
+
 # On workloads' pod templates and pods (capture)
 CAPTURE = "replayops.dev/capture"
 CONFIG_HASH = "replayops.dev/config-hash"

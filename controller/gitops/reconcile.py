@@ -45,7 +45,7 @@ from controller.api import (
     WORKLOAD_API,
     WORKLOAD_KINDS,
 )
-from controller.gitops import converge, desired, forwardertoken
+from controller.gitops import converge, desired, forwardersecrets
 from controller.gitops.source import GitError, GitSource, Revision
 from controller.kube import Kube, KubeError
 from controller.policy import selector_matches
@@ -124,7 +124,7 @@ class Reconciler:
         out = Outcome()
         revision: Revision | None = None
         if not self.options.dry_run:  # the forwarder's pod needs its token whatever git holds
-            forwardertoken.share(self.kube, self.options.status_namespace, ())
+            forwardersecrets.share(self.kube, self.options.status_namespace, ())
         try:
             revision = self.source.fetch() if fetch else self.source.resolve()
             out.revision = str(revision)
@@ -245,7 +245,7 @@ class Reconciler:
         stale = {w: self._stale_pods(wl, wanted.wanted[w], pods[w[0]]) for wl in workloads
                  if (w := converge.key(wl)) in wanted.wanted}
         if not self.options.dry_run:
-            forwardertoken.share(self.kube, self.options.status_namespace,
+            forwardersecrets.share(self.kube, self.options.status_namespace,
                                  (p["metadata"]["namespace"] for p in policies))
             for pol in policies:
                 self._policy_status(pol, wanted, stale)

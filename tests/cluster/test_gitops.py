@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from controller.api import CAPTURE, CONFIG_HASH, GROUP, REVISION
-from controller.gitops import forwardertoken
+from controller.api import CAPTURE, CONFIG_HASH, DLP_KEY_SECRET, GROUP, REVISION
+from controller.gitops import forwardersecrets
 from controller.gitops.reconcile import Options, Reconciler
 from controller.gitops.source import GitSource
 from tests.argo_health import health, script
@@ -262,15 +262,19 @@ def test_the_forwarder_token_reaches_every_namespace_with_a_policy(cluster: Clus
         gitops.reconciler.options = Options(name=namespace, namespace=namespace, status_namespace=system)
         gitops.repo.commit("capture", {"policies/checkout.yaml": POLICY.replace("{sampling}", "1")})
         assert gitops.reconcile().error == ""
-        source = cluster.kube.get("v1", "Secret", forwardertoken.NAME, system) or {}
-        copy = cluster.kube.get("v1", "Secret", forwardertoken.NAME, namespace) or {}
+        source = cluster.kube.get("v1", "Secret", forwardersecrets.NAME, system) or {}
+        copy = cluster.kube.get("v1", "Secret", forwardersecrets.NAME, namespace) or {}
         assert source["data"]["token"] and copy["data"]["token"] == source["data"]["token"], "created, then copied"
-        assert forwardertoken.share(cluster.kube, system, [namespace]) == [], "an up-to-date copy is not written"
+        assert forwardersecrets.share(cluster.kube, system, [namespace]) == [], "an up-to-date copy is not written"
+        key = (cluster.kube.get("v1", "Secret", DLP_KEY_SECRET, system) or {})["data"]["key"]
+        assert len(base64.b64decode(key)) >= 32, "the forwarder's DLP key, created beside the source token"
+        assert cluster.kube.get("v1", "Secret", DLP_KEY_SECRET, namespace) is None, "never copied out"
 
         rotated = base64.b64encode(b"rotated-token").decode()
-        cluster.kube.apply({**source, "metadata": {"name": forwardertoken.NAME, "namespace": system},
+        cluster.kube.apply({**source, "metadata": {"name": forwardersecrets.NAME, "namespace": system},
                             "data": {"token": rotated}})
         gitops.reconcile()
-        assert (cluster.kube.get("v1", "Secret", forwardertoken.NAME, namespace) or {})["data"]["token"] == rotated
+        assert (cluster.kube.get("v1", "Secret", forwardersecrets.NAME, namespace) or {})["data"]["token"] == rotated
+        assert (cluster.kube.get("v1", "Secret", DLP_KEY_SECRET, system) or {})["data"]["key"] == key, "never changed"
     finally:
         cluster.kube.delete("v1", "Namespace", system)

@@ -62,6 +62,7 @@ def test_the_inspector_component_adds_its_pod_and_passes_server_side_dry_run(clu
     assert _can(cluster, "replayops-inspector", "list", "pods", "-n", "shop")
     assert _can(cluster, "replayops-inspector", "list", "trafficreplays.replayops.dev", "-n", "shop")
     assert not _can(cluster, "replayops-inspector", "list", "secrets", "-n", "shop")
+    assert not _can(cluster, "replayops-inspector", "get", "secrets/replayops-dlp-key", "-n", "replayops-system")
     assert not _can(cluster, "replayops-inspector", "create", "trafficreplays.replayops.dev", "-n", "shop")
     assert _can(cluster, "replayops-inspector", "list", "configmaps", "-n", "replayops-system")  # the status
     assert not _can(cluster, "replayops-inspector", "list", "configmaps", "-n", "shop")
@@ -118,6 +119,8 @@ def test_replay_jobs_and_the_controller_may_do_what_they_do_and_no_more(cluster:
     assert _can(cluster, "replayops-controller", "get", token, "-n", "shop")
     assert _can(cluster, "replayops-controller", "patch", token, "-n", "shop")
     assert not _can(cluster, "replayops-controller", "get", "secrets/db", "-n", "shop")
+    assert _can(cluster, "replayops-controller", "get", "secrets/replayops-dlp-key", *ns)
+    assert not _can(cluster, "replayops-controller", "get", "secrets/replayops-dlp-key", "-n", "shop")
     assert not _can(cluster, "replayops-controller", "list", "secrets", "-n", "shop")
     replay = ("replayops-replay",)
     assert _can(cluster, *replay, "get", "trafficreplays.replayops.dev", "-n", "shop")

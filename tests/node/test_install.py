@@ -17,6 +17,7 @@ import pytest
 
 from controller import paths
 from controller.api import API_VERSION, CAPTURE, INJECTED, PROXY, SNAPSHOT, SYSTEM_NAMESPACE
+from controller.capture.filters import Filter
 from controller.devcluster import host, install
 from controller.gitops.replayjobs import job_name
 from controller.kube import KubeError
@@ -97,6 +98,7 @@ spec:
   inbound: {{mode: reverse, ports: [8080]}}
   outbound: {{enabled: true}}
   filters: {{exclude: [{{paths: [/skip]}}]}}
+  sampling: 0.5
   dlp: {{patterns: [{{type: custom, name: order, regex: "ORDER-[0-9]{{6}}"}}]}}
 """
 NS = "team-web"
@@ -156,14 +158,17 @@ def test_a_policy_committed_to_git_gets_the_workload_captured_by_the_webhook_in_
     assert env["HTTP_PROXY"] == "http://127.0.0.1:15002", "the app's outbound calls go through the sidecar"
 
 
+def _store_volume(node: NodeCluster) -> Path:
+    """The store's volume on the node's disk (the hostPath of the volume bound to its claim)."""
+    claim = node.kube.get("v1", "PersistentVolumeClaim", "replayops-store", SYSTEM_NAMESPACE) or {}
+    volume = node.kube.get("v1", "PersistentVolume", claim.get("spec", {}).get("volumeName", "")) or {}
+    return Path(volume["spec"]["hostPath"]["path"]) if volume else Path("/nonexistent")
+
+
 def _store_records(node: NodeCluster) -> list[dict[str, Any]]:
     """Every record in the store's volume, read from the node's disk (segments decompressed)."""
-    claim = node.kube.get("v1", "PersistentVolumeClaim", "replayops-store", SYSTEM_NAMESPACE) or {}
-    volume = node.kube.get("v1", "PersistentVolume", claim.get("spec", {}).get("volumeName", ""))
-    if not volume:
-        return []
     records = []
-    for segment in (Path(volume["spec"]["hostPath"]["path"]) / "store" / "streams").rglob("*.jsonl.gz"):
+    for segment in (_store_volume(node) / "store" / "streams").rglob("*.jsonl.gz"):
         with contextlib.suppress(OSError, EOFError):
             records += [json.loads(line) for line in gzip.decompress(segment.read_bytes()).splitlines() if line]
     return records
@@ -184,36 +189,52 @@ CLIENT = """
             time.sleep(0.5)
     else:
         raise SystemExit("demo-server.{ns}.svc refused connections for 30 s")
-    for i in range(5):
+    for i in range({quotes}):
         urllib.request.urlopen("http://demo-server.{ns}.svc/api/quote?item=apple&order=ORDER-12345" + str(i),
                                timeout=10).read()
 """
+QUOTES = 40  # each makes one outbound call: 2 x 40 pairs and /skip's, half of them sampled
+
 
 
 @pytest.fixture(scope="module")
 def traffic(node: NodeCluster, captured: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A client pod's requests through the sidecar, once the forwarder stored them: the store's records."""
-    node.kube.apply(python_job("client", NS, node.image, CLIENT.format(ns=NS)))
+    node.kube.apply(python_job("client", NS, node.image, CLIENT.format(ns=NS, quotes=QUOTES)))
     ok, log = job_outcome(node, NS, "client", timeout=180)
     assert ok, log
 
-    def stored() -> list[dict[str, Any]] | None:
-        records = _store_records(node)
-        inbound = [r for r in records if "order=" in r["request"]["url"]]
-        outbound = [r for r in records if r["direction"] == "outbound"]
-        return records if len(inbound) >= 5 and len(outbound) >= 5 else None
-    return node.kube.wait_for("five pairs each way in the store", stored, timeout=120, interval=1)
+    def judged() -> list[dict[str, Any]] | None:  # every pair sent is stored or counted filtered
+        records = [r for r in _store_records(node) if r["service"].startswith("demo-server-")]
+        return records if len(records) + _forwarder_filtered(node) >= 2 * QUOTES + 1 else None
+    return node.kube.wait_for("every pair sent stored or filtered", judged, timeout=120, interval=1)
+
+
+def _forwarder_filtered(node: NodeCluster) -> int:
+    """The forwarder pod's count of pairs its policies' filters and sampling dropped (its /metrics)."""
+    pod = next(p for p in node.kube.list("v1", "Pod", SYSTEM_NAMESPACE)
+               if p["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "replayops-forwarder"
+               and p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp"))
+    text = urllib.request.urlopen(f"http://{pod['status']['podIP']}:8090/metrics", timeout=10).read().decode()
+    return sum(int(float(line.split()[-1])) for line in text.splitlines()
+               if line.startswith('replayops_forwarder_records_total{outcome="filtered"}'))
 
 
 def test_traffic_through_the_sidecar_reaches_the_store_shaped_by_the_policy_the_forwarder_reads(
-        traffic: list[dict[str, Any]]) -> None:
+        node: NodeCluster, traffic: list[dict[str, Any]]) -> None:
     raw = urllib.parse.unquote(json.dumps(traffic))  # query values are stored percent-encoded
     assert "ORDER-12345" not in raw, "the policy's custom DLP pattern, read from the cluster, redacts it"
+    assert (_store_volume(node) / "store").is_dir() and not (_store_volume(node) / "dlp.key").exists(), \
+        "the DLP key is the forwarder's Secret, not on the volume the inspector and replay Jobs mount"
     assert "[redacted:order:" in raw
     # the /skip pair was sent before the others: it was filtered, not pending
     assert not [r for r in traffic if "/skip" in r["request"]["url"]], "the policy's filter drops /skip"
     calls = [r for r in traffic if r["direction"] == "outbound"]
     assert {r["request"]["url"] for r in calls} == {"http://demo-dependency:9090/price?item=apple"}
+    sampled = Filter(sampling=0.5)  # deterministic by pair id: the forwarder kept exactly these
+    assert all(sampled.sampled(r) for r in traffic), "a pair the policy's sampling drops was stored"
+    assert 0 < len(traffic) < 2 * QUOTES, "the policy's sampling (0.5) kept some pairs and dropped others"
+    assert _forwarder_filtered(node) == 2 * QUOTES + 1 - len(traffic), "/skip and the sampled-out ones"
 
 
 SNAPSHOT_YAML = """apiVersion: replayops.dev/v1alpha1
