@@ -42,6 +42,7 @@ BASE_PACKAGES = ("python3", "python3-venv", "iptables", "ca-certificates", "git"
 BASE_RECIPE = "minbase-trim-1"  # change when debootstrap's options or the trimming change
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 IMAGE_NAME = "localhost/replayops"
+DEV_TAG = f"{IMAGE_NAME}:dev"  # manifests/overlays/dev names it; the last image imported carries it
 PAUSE_NAME = "localhost/pause"
 # overlay works as root on this VM's ext4 (vfs copies every layer whole); chroot isolation runs
 # RUN steps without runc, whose OCI isolation this VM's cgroup v1 and missing CAP_SYS_RESOURCE break.
@@ -504,6 +505,11 @@ def import_into(ctr: Path, address: str, archive: Path, *, snapshotter: str | No
         cmd.append(f"--snapshotter={snapshotter}")
     log = image_dir() / "logs" / f"import-{archive.stem}.log"
     run_step(f"import {archive.name} into {address}", [*cmd, str(archive)], log, timeout_s=timeout_s)
+    if archive.name.startswith("replayops-"):  # the dev overlay's tag: `kubectl apply -k` of it works by hand
+        tag = f"{IMAGE_NAME}:{archive.stem.removeprefix('replayops-')}"
+        run_step(f"tag {tag} as {DEV_TAG}", [str(ctr), "--address", address, "-n", "k8s.io", "images", "tag",
+                                             "--force", tag, DEV_TAG], log.with_name(f"tag-{archive.stem}.log"),
+                 timeout_s=60)
 
 
 if __name__ == "__main__":

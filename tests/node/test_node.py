@@ -62,3 +62,18 @@ def test_dev_up_beside_a_node_it_did_not_start_refuses_and_changes_nothing(node:
     assert not state.exists()
     assert host.run("ip", "link", "show", host.BRIDGE, check=False).returncode == 0  # our node is untouched
     test_the_node_is_ready_with_its_pod_range(node)
+
+
+def test_the_dev_overlays_tag_names_the_image_imported_last(node: NodeCluster, node_ns: str) -> None:
+    """``kubectl apply -k manifests/overlays/dev`` by hand: its ``localhost/replayops:dev`` is on the node,
+    the same image as the content-hash tag built last."""
+    from controller.devcluster.image import DEV_TAG
+
+    ids = {}
+    for name, image in (("dev-tag", DEV_TAG), ("hash-tag", node.image)):
+        node.kube.apply(python_job(name, node_ns, image, "import controller; print('runs')"))
+        ok, log = job_outcome(node, node_ns, name, timeout=120)
+        assert ok and "runs" in log, f"{image}: {log}"
+        ids[name] = {s["imageID"] for p in node.kube.list("v1", "Pod", node_ns)
+                     if p["metadata"]["labels"].get("job-name") == name for s in p["status"]["containerStatuses"]}
+    assert ids["dev-tag"] == ids["hash-tag"] and len(ids["dev-tag"]) == 1, ids
