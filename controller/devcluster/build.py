@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.devcluster import steps
 from controller.devcluster.errors import DevClusterError
 
 K8S_VERSION = "v1.36.3"
@@ -62,28 +63,32 @@ def _go_env() -> dict[str, str]:
     return env
 
 
+ALTERNATIVES = "set KUBEBUILDER_ASSETS to binaries from setup-envtest, or KUBECONFIG to an existing cluster"
+
+
 def _run(cmd: list[str], cwd: Path, what: str) -> str:
-    """Run a go command; raise DevClusterError naming the step and the tail of its output."""
-    print(f"devcluster: {what}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    """Run a quick go command (its output is its answer); raise DevClusterError naming the step and the
+    tail of its output."""
     try:
         proc = subprocess.run(
             cmd, cwd=cwd, env=_go_env(), capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
         )
     except FileNotFoundError as exc:
-        raise DevClusterError(
-            f"{what} failed: {cmd[0]} not found; install Go, or set KUBEBUILDER_ASSETS to "
-            "binaries from setup-envtest, or KUBECONFIG to an existing cluster"
-        ) from exc
+        raise DevClusterError(f"{what} failed: {cmd[0]} not found; install Go, or {ALTERNATIVES}") from exc
     except subprocess.TimeoutExpired as exc:
         raise DevClusterError(f"{what} timed out after {BUILD_TIMEOUT_S}s in {cwd}") from exc
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise DevClusterError(
-            f"{what} failed (exit {proc.returncode}) in {cwd}:\n{tail}\n"
-            "next step: set KUBEBUILDER_ASSETS to binaries from setup-envtest, "
-            "or KUBECONFIG to an existing cluster"
-        )
+        raise DevClusterError(f"{what} failed (exit {proc.returncode}) in {cwd}:\n{tail}\nnext step: {ALTERNATIVES}")
     return proc.stdout
+
+
+def _step(cmd: list[str], cwd: Path, what: str, log: Path, env: dict[str, str] | None = None) -> None:
+    """Run a long go command (a build, a module download) with progress and its output in ``log``."""
+    try:
+        steps.run_step(what, cmd, log, timeout_s=BUILD_TIMEOUT_S, cwd=cwd, env=env or _go_env(), who="devcluster")
+    except DevClusterError as exc:
+        raise DevClusterError(f"{exc}\nnext step: {ALTERNATIVES}") from exc
 
 
 def _version_matches(binary: Path, version: str) -> bool:
@@ -146,10 +151,11 @@ def build_kubernetes(version: str = K8S_VERSION) -> tuple[Path, ...]:
         + "\n".join(staging_replaces(upstream, version)) + "\n"
     )
     (src / "go.mod").write_text(gomod)
-    _run(["go", "mod", "tidy"], src, f"resolve kubernetes {version} modules")
+    _step(["go", "mod", "tidy"], src, f"resolve kubernetes {version} modules", root / "logs" / "tidy.log")
     bindir.mkdir(parents=True, exist_ok=True)
-    _run(["go", "build", "-trimpath", "-buildvcs=false", "-ldflags", _ldflags(version),
-          "-o", str(bindir) + "/", *pkgs], src, f"build kubernetes {version}")
+    _step(["go", "build", "-trimpath", "-buildvcs=false", "-ldflags", _ldflags(version),
+           "-o", str(bindir) + "/", *pkgs], src, f"build kubernetes {version} ({', '.join(K8S_COMMANDS)})",
+          root / "logs" / "build.log")
     return targets
 
 
@@ -180,10 +186,10 @@ def build_etcd(version: str) -> Path:
         "module replayops.local/etcdbuild\n\n" + _directive(upstream, "go")
         + f"\nrequire {ETCD_PACKAGE} {version}\n\ntool {ETCD_PACKAGE}\n"
     )
-    _run(["go", "mod", "tidy"], src, f"resolve etcd {version} modules")
+    _step(["go", "mod", "tidy"], src, f"resolve etcd {version} modules", root / "logs" / "tidy.log")
     binary.parent.mkdir(parents=True, exist_ok=True)
-    _run(["go", "build", "-trimpath", "-buildvcs=false", "-ldflags", "-s -w",
-          "-o", str(binary), ETCD_PACKAGE], src, f"build etcd {version}")
+    _step(["go", "build", "-trimpath", "-buildvcs=false", "-ldflags", "-s -w",
+           "-o", str(binary), ETCD_PACKAGE], src, f"build etcd {version}", root / "logs" / "build.log")
     return binary
 
 
@@ -196,20 +202,8 @@ def build_node_part(name: str) -> Path:
         return bindir
     bindir.mkdir(parents=True, exist_ok=True)
     targets = [f"{module}/{p}@{version}" if p else f"{module}@{version}" for p in pkgs]
-    env = {**_go_env(), "GOBIN": str(bindir)}
-    print(f"devcluster: build {name} {version} (log {bindir.parent / 'build.log'})", file=sys.stderr, flush=True)
-    with open(bindir.parent / "build.log", "w") as log:
-        try:
-            proc = subprocess.run(["go", "install", "-trimpath", "-ldflags", "-s -w", *targets], cwd=bindir,
-                                  env=env, stdout=log, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S)
-        except FileNotFoundError as exc:
-            raise DevClusterError(f"build {name} failed: go not found; install Go") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise DevClusterError(f"build {name} timed out after {BUILD_TIMEOUT_S}s; log {log.name}") from exc
-    if proc.returncode != 0:
-        tail = "\n".join((bindir.parent / "build.log").read_text(errors="replace").splitlines()[-15:])
-        raise DevClusterError(f"build {name} {version} failed (exit {proc.returncode}); "
-                              f"log {bindir.parent / 'build.log'}:\n{tail}")
+    _step(["go", "install", "-trimpath", "-ldflags", "-s -w", *targets], bindir, f"build {name} {version}",
+          bindir.parent / "build.log", env={**_go_env(), "GOBIN": str(bindir)})
     stamp.write_text(f"{module} {version}\n")
     return bindir
 

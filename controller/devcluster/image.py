@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.devcluster import host
+from controller.devcluster import host, steps
 from controller.devcluster.build import cache_root
 from controller.devcluster.errors import DevClusterError, MissingTools, require_tools
 from controller.devcluster.oci import write_oci_archive
@@ -48,7 +47,6 @@ PAUSE_NAME = "localhost/pause"
 # RUN steps without runc, whose OCI isolation this VM's cgroup v1 and missing CAP_SYS_RESOURCE break.
 STORAGE_DRIVER = os.environ.get("REPLAYOPS_BUILDAH_DRIVER", "overlay")
 ISOLATION = os.environ.get("REPLAYOPS_BUILDAH_ISOLATION", "chroot")
-PROGRESS_EVERY_S = 15
 KEEP_ARCHIVES = 2
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -101,50 +99,13 @@ def image_dir() -> Path:
 
 
 def _say(message: str) -> None:
-    print(f"replayops image: {message}", file=sys.stderr, flush=True)
-
-
-def _tail(log: Path, lines: int = 20) -> str:
-    text = log.read_text(errors="replace") if log.exists() else ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+    steps.say("replayops image", message)
 
 
 def run_step(what: str, cmd: list[str], log: Path, *, timeout_s: float, cwd: Path | None = None,
              env: dict[str, str] | None = None) -> float:
-    """Run a long command with its output in ``log``, printing progress; return the seconds it took."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    _say(f"{what} (log {log})")
-    start = time.monotonic()
-    with log.open("w") as out:
-        out.write(f"$ {shlex.join(cmd)}\n")
-        out.flush()
-        try:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=cwd, env=env)
-        except FileNotFoundError as exc:
-            raise MissingTools(f"{what}: {cmd[0]} not found") from exc
-        while True:
-            try:
-                code = proc.wait(timeout=PROGRESS_EVERY_S)
-                break
-            except subprocess.TimeoutExpired:
-                elapsed = time.monotonic() - start
-                if elapsed > timeout_s:
-                    proc.kill()
-                    proc.wait()
-                    raise DevClusterError(
-                        f"{what} timed out after {elapsed:.0f} s; log {log}:\n{_tail(log)}") from None
-                _say(f"{what}: {elapsed:.0f} s (log {log})")
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-    elapsed = time.monotonic() - start
-    if code != 0:
-        raise DevClusterError(f"{what} failed (exit {code}) after {elapsed:.0f} s; log {log}; last lines:\n"
-                              f"{_tail(log)}")
-    _say(f"{what}: done in {elapsed:.0f} s")
-    return elapsed
+    """``steps.run_step`` as the image build reports it."""
+    return steps.run_step(what, cmd, log, timeout_s=timeout_s, cwd=cwd, env=env, who="replayops image")
 
 
 def _quick(cmd: list[str], *, env: dict[str, str] | None = None,
@@ -403,9 +364,9 @@ class Buildah:
         run_step(f"load {ref.tag}", self.cmd("pull", "--policy", "always", "--signature-policy",
                                              str(self.home / "policy.json"), f"oci-archive:{ref.archive}"),
                  log, timeout_s=15 * 60, env=self.env)
-        pulled = _tail(log, 1).strip()
+        pulled = steps.tail(log, 1).strip()
         if not re.fullmatch(r"[0-9a-f]{64}", pulled):
-            raise DevClusterError(f"buildah pull printed no image id; log {log}:\n{_tail(log)}")
+            raise DevClusterError(f"buildah pull printed no image id; log {log}:\n{steps.tail(log)}")
         tagged = _quick(self.cmd("tag", pulled, ref.tag), env=self.env)
         if tagged.returncode != 0:
             raise DevClusterError(f"buildah tag {pulled} {ref.tag} failed: {tagged.stderr.strip()}")

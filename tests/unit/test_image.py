@@ -162,7 +162,9 @@ def test_missing_buildah_says_what_to_install_and_exits_2(tmp_path: Path, monkey
 
 def test_a_failed_step_names_itself_its_log_and_its_last_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(image, "PROGRESS_EVERY_S", 0.2)
+    from controller.devcluster import steps
+
+    monkeypatch.setattr(steps, "PROGRESS_EVERY_S", 0.2)
     log = tmp_path / "logs" / "step.log"
     with pytest.raises(image.DevClusterError) as err:
         image.run_step("frobnicate", ["sh", "-c", "sleep 0.5; echo the-cause; exit 3"], log, timeout_s=60)
