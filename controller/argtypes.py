@@ -11,3 +11,15 @@ def resource(text: str) -> tuple[str, str]:
     if not namespace or not name or "/" in name:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAMESPACE/NAME")
     return namespace, name
+
+
+def repository(text: str) -> str:
+    """A git repository URL or path; ``$(VAR)`` left unexpanded means the env var's source was missing."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the repository is empty")
+    if text.startswith("$(") and text.endswith(")"):
+        raise argparse.ArgumentTypeError(
+            f"{text} was not set: in the cluster it comes from ConfigMap replayops-source (key repo) of "
+            "replayops-system — kubectl -n replayops-system create configmap replayops-source "
+            "--from-literal=repo=<git URL>")
+    return text

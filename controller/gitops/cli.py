@@ -14,7 +14,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from controller import logs, paths
+from controller import argtypes, logs, paths
 from controller.admission import rules
 from controller.api import JOB_MANAGER, SYSTEM_NAMESPACE
 from controller.durations import parse_duration
@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ctl = sub.add_parser("controller", help="the GitOps controller")
     verbs = ctl.add_subparsers(dest="verb", required=True)
     r = verbs.add_parser("run", help="converge the cluster to a git repository")
-    r.add_argument("--repo", required=True, help="file://, git://, https:// or ssh:// URL")
+    r.add_argument("--repo", required=True, type=argtypes.repository, help="file://, git://, https:// or ssh:// URL")
     ref = r.add_mutually_exclusive_group()
     ref.add_argument("--branch", default="main")
     ref.add_argument("--tag")

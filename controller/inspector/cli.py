@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from controller import logs, paths
+from controller import argtypes, logs, paths
 from controller.api import SYSTEM_NAMESPACE
 from controller.gitops import auth
 
@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     serve.add_argument("--port", type=int, default=8088)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1: put an authenticating proxy in front to expose it)")
-    serve.add_argument("--repo", required=True, help="the GitOps repository the actions commit to")
+    serve.add_argument("--repo", required=True, type=argtypes.repository,
+                       help="the GitOps repository the actions commit to")
     serve.add_argument("--branch", default="main")
     serve.add_argument("--path", default=".", help="sub-path of the repository holding the YAML")
     serve.add_argument("--author", default="replayops inspector <inspector@replayops.dev>",

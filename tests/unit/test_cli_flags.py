@@ -27,6 +27,12 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     (("replay", "--resource", "just-a-name"), "argument --resource: 'just-a-name' is not NAMESPACE/NAME"),
     (("replay", "snapshot-only"), "give SNAPSHOT and --target, or --resource NAMESPACE/NAME"),
     (("mock", "--listen", "9300"), "give SNAPSHOT, or --resource NAMESPACE/NAME"),
+    (("controller", "run", "--repo", "$(REPLAYOPS_REPO)"),  # the manifests' env var, its ConfigMap missing
+     "argument --repo: $(REPLAYOPS_REPO) was not set: in the cluster it comes from ConfigMap replayops-source"),
+    (("inspector", "serve", "--repo", "$(REPLAYOPS_REPO)"), "kubectl -n replayops-system create configmap "
+     "replayops-source --from-literal=repo=<git URL>"),
+    (("inspector", "serve", "--repo", "file:///x", "--git-credentials", "/nonexistent"),
+     "--git-credentials /nonexistent is not a directory"),
 ])
 def test_bad_flags_are_refused_by_name(args: tuple[str, ...], says: str) -> None:
     out = cli(*args)
