@@ -176,22 +176,26 @@ def _store_records(node: NodeCluster) -> list[dict[str, Any]]:
 
 CLIENT = """
     import time, urllib.error, urllib.request
-    for _ in range(60):  # kube-proxy programs the Service's new endpoints shortly after the slice lists them
-        try:  # first (the sidecar sends in order): a path the policy filters out, and the app answers 404
-            urllib.request.urlopen("http://demo-server.{ns}.svc/skip?order=ORDER-999999", timeout=10)
-            raise SystemExit("/skip answered 200")
-        except urllib.error.HTTPError as err:
-            assert err.code == 404, err.code
-            break
-        except urllib.error.URLError as err:
-            if not isinstance(err.reason, ConnectionRefusedError):
-                raise
-            time.sleep(0.5)
-    else:
+
+    def get(path):
+        # kube-proxy programs the Service's endpoints shortly after the slice lists them: until then a
+        # request may meet a removed pod's address and be refused (never reaching a sidecar, never recorded)
+        for _ in range(60):
+            try:
+                return urllib.request.urlopen("http://demo-server.{ns}.svc" + path, timeout=10).read()
+            except urllib.error.URLError as err:
+                if isinstance(err, urllib.error.HTTPError) or not isinstance(err.reason, ConnectionRefusedError):
+                    raise
+                time.sleep(0.5)
         raise SystemExit("demo-server.{ns}.svc refused connections for 30 s")
+
+    try:  # first (the sidecar sends in order): a path the policy filters out, and the app answers 404
+        get("/skip?order=ORDER-999999")
+        raise SystemExit("/skip answered 200")
+    except urllib.error.HTTPError as err:
+        assert err.code == 404, err.code
     for i in range({quotes}):
-        urllib.request.urlopen("http://demo-server.{ns}.svc/api/quote?item=apple&order=ORDER-12345" + str(i),
-                               timeout=10).read()
+        get("/api/quote?item=apple&order=ORDER-12345" + str(i))
 """
 QUOTES = 40  # each makes one outbound call: 2 x 40 pairs and /skip's, half of them sampled
 
