@@ -223,6 +223,9 @@ class Reconciler:
     def _converge(self, state: desired.Desired, out: Outcome) -> None:
         """Capture annotations on selected workloads' templates; policy status lists them."""
         policies = [defaults.default_policy(i.obj) for i in state.of_kind("CapturePolicy")]
+        if not self.options.dry_run:  # before any pod rolls: a sidecar reads the token once, when it starts
+            forwardersecrets.share(self.kube, self.options.status_namespace,
+                                   (p["metadata"]["namespace"] for p in policies))
         workloads = [dict(w, kind=kind) for kind in WORKLOAD_KINDS
                      for w in self.kube.list(WORKLOAD_API, kind)]
         wanted = converge.plan(policies, workloads)
@@ -245,8 +248,6 @@ class Reconciler:
         stale = {w: self._stale_pods(wl, wanted.wanted[w], pods[w[0]]) for wl in workloads
                  if (w := converge.key(wl)) in wanted.wanted}
         if not self.options.dry_run:
-            forwardersecrets.share(self.kube, self.options.status_namespace,
-                                 (p["metadata"]["namespace"] for p in policies))
             for pol in policies:
                 self._policy_status(pol, wanted, stale)
 
