@@ -188,15 +188,16 @@ def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config:
         ],
         "ports": container_ports,
         "resources": _resources(spec, config),
-        # the pod is Ready once the proxy is: its readiness is probed every second until then
-        "readinessProbe": probe(periodSeconds=1, failureThreshold=3),
+        # the pod is Ready once the proxy is: its readiness is probed every second until then, and a
+        # probe that comes while the proxy loads waits (the health port listens first) up to 5 s
+        "readinessProbe": probe(periodSeconds=1, timeoutSeconds=5, failureThreshold=3),
         "livenessProbe": probe(failureThreshold=3),
         "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": True,
                             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
     }
     if _holds_app(spec):  # a startup probe holds the app's containers until the proxy listens
-        sidecar["startupProbe"] = probe(periodSeconds=1, failureThreshold=30)
+        sidecar["startupProbe"] = probe(periodSeconds=1, timeoutSeconds=5, failureThreshold=30)
     sidecar["volumeMounts"] = [{"name": RUN_VOLUME, "mountPath": RUN_DIR}]
     if _unwraps_tls(spec):
         sidecar["volumeMounts"].append({"name": CA_VOLUME, "mountPath": CA_DIR})

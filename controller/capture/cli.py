@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -125,7 +126,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     s.set_defaults(func=run_snapshot)
 
 
+def listen_health(port: int) -> socket.socket:
+    """The health port's socket, bound before mitmproxy loads (most of the sidecar's start).
+
+    A kubelet probe that comes while the proxy is still loading then waits in the listen backlog and
+    is answered the moment the proxy is ready, instead of being refused and retried a period later.
+    The sidecar listens on all addresses: the kubelet's probes and Prometheus come to the pod IP.
+    """
+    return socket.create_server(("", port), backlog=128)
+
+
 def run_proxy(args: argparse.Namespace) -> int:
+    try:
+        health = listen_health(args.health_port) if args.health_port else None
+    except OSError as exc:
+        print(f"replayops proxy: --health-port {args.health_port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     from controller.capture.addon import CaptureMetrics, Sink
     from controller.capture.proxy import CaptureProxy, ProxyConfig, parse_reverse
     from controller.capture.workers import Supervisor
@@ -134,7 +150,7 @@ def run_proxy(args: argparse.Namespace) -> int:
     try:
         config = ProxyConfig(reverse=[parse_reverse(r) for r in args.reverse], transparent=args.transparent,
                              outbound=args.outbound, tls_unwrap=args.tls_unwrap, ca_dir=args.ca_dir,
-                             upstream_ca=args.upstream_ca, service=args.service, health_port=args.health_port)
+                             upstream_ca=args.upstream_ca, service=args.service, health=health)
     except ValueError as exc:
         print(f"replayops proxy: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ bundle with the system roots) when TLS unwrapping is on.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ class ProxyConfig:
     listen_host: str = "0.0.0.0"
     outbound_host: str = "127.0.0.1"
     service: str = ""
-    health_port: int | None = None
+    health: socket.socket | None = None  # listening for /healthz and /metrics (see ``listen_health``)
 
     def modes(self) -> list[str]:
         out = [f"reverse:{url}@{self.listen_host}:{port}" for port, url in self.reverse]
@@ -58,11 +59,8 @@ def parse_reverse(spec: str) -> tuple[int, str]:
     return int(listen), url
 
 
-def serve_health(host: str, port: int, healthy: Callable[[], bool], registry: CollectorRegistry) -> Any:
-    """``/healthz`` (200 while ``healthy()``, else 503) and ``/metrics`` on ``host:port``, in a thread.
-
-    The sidecar listens on all addresses: the kubelet's probes and Prometheus come to the pod IP.
-    """
+def serve_health(listening: socket.socket, healthy: Callable[[], bool], registry: CollectorRegistry) -> Any:
+    """``/healthz`` (200 while ``healthy()``, else 503) and ``/metrics`` on ``listening``, in a thread."""
     from waitress import create_server
 
     metrics_app = make_wsgi_app(registry)
@@ -74,7 +72,7 @@ def serve_health(host: str, port: int, healthy: Callable[[], bool], registry: Co
             return [b"ok" if ok else b"not listening"]
         return metrics_app(environ, start_response)
 
-    server = create_server(app, host=host, port=port, threads=2)
+    server = create_server(app, sockets=[listening], threads=2)
     threading.Thread(target=server.run, name="health", daemon=True).start()
     return server
 
@@ -159,9 +157,8 @@ class CaptureProxy:
         if not self.ready.wait(timeout):
             raise RuntimeError(f"proxy listeners {self.config.modes()} did not start within {timeout:.0f}s "
                                "(port in use?)")
-        if self.config.health_port:
-            self._health = serve_health(self.config.listen_host, self.config.health_port, self.healthy,
-                                        self.metrics.registry)
+        if self.config.health:
+            self._health = serve_health(self.config.health, self.healthy, self.metrics.registry)
 
     def healthy(self) -> bool:
         return self.ready.is_set() and self._listening()

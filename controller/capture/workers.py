@@ -90,7 +90,7 @@ class Supervisor:
 
     def _spawn(self, timeout: float) -> BaseProcess:
         receive, send = self.ctx.Pipe(duplex=False)
-        worker_config = dataclasses.replace(self.config, health_port=None)  # the supervisor serves health
+        worker_config = dataclasses.replace(self.config, health=None)  # the supervisor serves health
         proc = self.ctx.Process(target=_worker, args=(worker_config, self.sink, send),
                                 name="replayops-proxy-worker")
         proc.start()
@@ -114,7 +114,7 @@ class Supervisor:
         os.environ[MULTIPROC_ENV] = self._metrics_dir.name
         for _ in range(self.count):
             self.procs.append(self._spawn(timeout))
-        if self.config.health_port:
+        if self.config.health:
             from prometheus_client import CollectorRegistry
             from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -122,7 +122,7 @@ class Supervisor:
 
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self._metrics_dir.name)
-            self._health = serve_health(self.config.listen_host, self.config.health_port, self.healthy, registry)
+            self._health = serve_health(self.config.health, self.healthy, registry)
 
     def healthy(self) -> bool:
         return len(self.procs) == self.count and all(p.is_alive() for p in self.procs)

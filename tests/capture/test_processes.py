@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -200,3 +201,34 @@ def test_proxy_flags_are_checked() -> None:
     bad = cli("proxy", "--workers", "0", "--reverse", "1:2", "--forwarder", "x", env=dict(os.environ))
     _, stderr = bad.communicate(timeout=30)
     assert bad.returncode == 2 and "--workers: '0' is not a count from 1 to 64" in stderr
+
+
+def _connect(port: int) -> socket.socket | None:
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=1)
+    except ConnectionRefusedError:
+        return None
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_probe_sent_while_the_proxy_loads_waits_and_is_answered(env: dict[str, str], workers: int) -> None:
+    """The health port is bound before mitmproxy loads: a kubelet probe that comes during the load is
+    queued and answered once the proxy is ready — Ready without waiting for the next probe period."""
+    listen, health = free_port(), free_port()
+    with serve() as upstream:
+        proxy = cli("proxy", "--reverse", f"{listen}:{upstream}", "--forwarder", "http://127.0.0.1:9",
+                    "--health-port", str(health), "--workers", str(workers), env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while (probe := _connect(health)) is None:
+                assert proxy.poll() is None and time.monotonic() < deadline, "the health port never listened"
+                time.sleep(0.002)
+            with probe:
+                proxy_listening = _connect(listen)
+                probe.settimeout(60)
+                probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+                answer = probe.makefile("rb").readline()
+        finally:
+            stop_pid(proxy.pid)
+    assert proxy_listening is None, "the probe came only after the proxy listened: nothing shows it waited"
+    assert answer.startswith(b"HTTP/1.1 200"), answer

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -212,8 +213,10 @@ def test_websocket_messages_are_recorded() -> None:
 
 
 def test_health_and_metrics_endpoint(upstream: int) -> None:
-    listen, health = free_port(), free_port()
-    run = start(reverse=[(listen, f"http://127.0.0.1:{upstream}")], health_port=health)
+    listen = free_port()
+    listening = socket.create_server(("127.0.0.1", 0))
+    health = listening.getsockname()[1]
+    run = start(reverse=[(listen, f"http://127.0.0.1:{upstream}")], health=listening)
     try:
         assert requests.get(f"http://127.0.0.1:{health}/healthz", timeout=5).status_code == 200
         requests.get(f"http://127.0.0.1:{listen}/a", timeout=5)
