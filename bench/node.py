@@ -81,6 +81,9 @@ def pod_startup(kube: Kube, tag: str, rounds: int, replicas: int) -> None:
     print(f"pod startup, create → Ready, median of {rounds} alternating rounds:")
     print(f"  1 replica   without capture {without:7.0f} ms   with capture {with_:7.0f} ms   added "
           f"{with_ - without:6.0f} ms   ratio {with_ / without:.2f}   (target <= 1.25)")
+    for captured in (False, True):
+        print(f"    each {'with   ' if captured else 'without'} capture: "
+              + " ".join(f"{ms:.0f}" for ms in one[captured]))
     print(f"  {replicas} replicas without capture {many[False]:7.0f} ms   with capture {many[True]:7.0f} ms   "
           f"ratio {many[True] / many[False]:.2f}")
 
