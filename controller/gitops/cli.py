@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 
 from controller import argtypes, logs, paths
 from controller.admission import rules
-from controller.api import JOB_MANAGER, SYSTEM_NAMESPACE
+from controller.api import JOB_MANAGER, REVISION, SYSTEM_NAMESPACE
 from controller.durations import parse_duration
 from controller.gitops import auth, desired
 from controller.gitops.replayjobs import JobConfig, ReplayJobs
@@ -34,14 +34,17 @@ def _duration(text: str) -> float:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    val = sub.add_parser("validate", help="check a directory of YAML offline (no cluster), as CI on a PR")
-    val.add_argument("path", type=Path)
+    val = sub.add_parser("validate", help="check directories or files of YAML offline (no cluster), as CI on a PR")
+    val.add_argument("path", type=Path, nargs="+", help="each judged as one revision")
     val.add_argument("--namespace", default="default", help="namespace of objects that name none")
+    val.add_argument("--store", type=Path, default=None, help="a local snapshot store to check snapshot names in "
+                     "(default $REPLAYOPS_HOME/store when it exists)")
     val.set_defaults(func=run_validate)
 
     diff = sub.add_parser("diff", help="what applying a directory would change in the cluster (server dry-run)")
     diff.add_argument("path", type=Path)
     diff.add_argument("--namespace", default="default")
+    diff.add_argument("--name", default="default", help="the source that applies it (the controller's --name)")
     diff.add_argument("--kubeconfig", type=Path, default=None)
     diff.set_defaults(func=run_diff)
 
@@ -83,25 +86,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ctl.set_defaults(func=run_controller)
 
 
+def _offline_lookup(store: Path | None) -> rules.StaticLookup:
+    """What validate knows without a cluster: nothing, and the snapshots of a readable local store."""
+    lookup = rules.StaticLookup.offline()
+    store = store or paths.home() / "store"
+    if store.is_dir():
+        from controller.store import FileStore, StoreError
+
+        try:
+            lookup.snapshots = {m.name for m in FileStore(store).snapshots()}
+        except (OSError, StoreError) as exc:
+            print(f"replayops validate: warning: store {store} is not readable ({exc}); snapshot names "
+                  "not checked", file=sys.stderr)
+    return lookup
+
+
 def run_validate(args: argparse.Namespace) -> int:
-    try:
-        files = desired.read_dir(args.path)
-    except OSError as exc:
-        print(f"replayops validate: {exc}", file=sys.stderr)
-        return 2
-    offline = rules.StaticLookup.offline()
-    try:
-        state = desired.build(files, lookup=offline, namespace=args.namespace)
-    except desired.InvalidRevision as exc:
-        for problem in exc.problems:
-            print(f"{args.path / problem.file if args.path.is_dir() else args.path}:{problem.line}: "
-                  f"{problem.message}")
-        return 1
-    for warning in state.warnings:  # what offline validation cannot check, or may fail at apply time
-        where = args.path / warning.file if args.path.is_dir() else args.path
-        print(f"{where}:{warning.line}: warning: {warning.message}", file=sys.stderr)
-    print(f"{len(state.items)} objects valid in {len(files)} files")
-    return 0
+    lookup, failed = _offline_lookup(args.store), False
+    for path in args.path:
+        try:
+            files = desired.read_dir(path)
+        except OSError as exc:
+            print(f"replayops validate: {exc}", file=sys.stderr)
+            return 2
+        try:
+            state = desired.build(files, lookup=lookup, namespace=args.namespace)
+        except desired.InvalidRevision as exc:
+            for problem in exc.problems:
+                print(f"{path / problem.file if path.is_dir() else path}:{problem.line}: {problem.message}")
+            failed = True
+            continue
+        for warning in state.warnings:  # what offline validation cannot check, or may fail at apply time
+            where = path / warning.file if path.is_dir() else path
+            print(f"{where}:{warning.line}: warning: {warning.message}", file=sys.stderr)
+        print(f"{path}: {len(state.items)} objects valid in {len(files)} files")
+    return 1 if failed else 0
 
 
 def _normalise(obj: dict[str, Any] | None) -> str:
@@ -135,7 +154,9 @@ def run_diff(args: argparse.Namespace) -> int:
         for item in state.items:
             meta = item.obj["metadata"]
             live = kube.get(item.obj["apiVersion"], item.obj["kind"], meta["name"], meta.get("namespace"))
-            after = kube.apply(item.obj, dry_run=True)
+            applied = ((live or {}).get("metadata", {}).get("annotations") or {}).get(REVISION)
+            # as the controller applies it: our labels, and the revision it applied (a new one is no change)
+            after = kube.apply(desired.stamp(item.obj, args.name, applied), dry_run=True)
             lines = list(difflib.unified_diff(_normalise(live).splitlines(), _normalise(after).splitlines(),
                                               f"live/{item}", f"git/{item}", lineterm=""))
             if lines:

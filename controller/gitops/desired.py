@@ -11,6 +11,7 @@ its source location, or raises ``InvalidRevision`` listing every problem as
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -23,9 +24,21 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from controller import schema
 from controller.admission import defaults, rules
+from controller.api import MANAGED_BY, REVISION, SOURCE
 
 DEFAULT_ALLOWED_KINDS = frozenset({"v1/Namespace", "v1/ConfigMap"})
 APPLY_ORDER = ("Namespace", "ConfigMap", "CapturePolicy", "Snapshot", "TrafficReplay")
+
+
+def stamp(obj: Mapping[str, Any], source: str, revision: str | None) -> dict[str, Any]:
+    """``obj`` as source ``source`` applies it: labelled as ours and that source's, annotated with the
+    revision it comes from (none: leave the annotation out)."""
+    out = copy.deepcopy(dict(obj))
+    meta = out.setdefault("metadata", {})
+    meta.setdefault("labels", {}).update({MANAGED_BY: "replayops", SOURCE: source})
+    if revision is not None:
+        meta.setdefault("annotations", {})[REVISION] = revision
+    return out
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ nothing to change makes no write call.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import time
 from collections.abc import Mapping
@@ -163,13 +162,6 @@ class Reconciler:
         self._built = (revision.sha, state)
         return state
 
-    def _stamp(self, obj: Mapping[str, Any], revision: Revision) -> dict[str, Any]:
-        out = copy.deepcopy(dict(obj))
-        meta = out.setdefault("metadata", {})
-        meta.setdefault("labels", {}).update({MANAGED_BY: "replayops", SOURCE: self.options.name})
-        meta.setdefault("annotations", {})[REVISION] = revision.sha
-        return out
-
     def _managed(self) -> dict[tuple[str, str, str, str], dict[str, Any]]:
         """Every object this source owns in the cluster, by (apiVersion, kind, namespace, name)."""
         selector = f"{MANAGED_BY}=replayops,{SOURCE}={self.options.name}"
@@ -185,7 +177,7 @@ class Reconciler:
     def _apply(self, state: desired.Desired, revision: Revision, live: dict[Any, dict[str, Any]],
                out: Outcome) -> None:
         for item in state.items:
-            want = self._stamp(item.obj, revision)
+            want = desired.stamp(item.obj, self.options.name, revision.sha)
             have = live.get(item.key)
             if have is not None and subset(want, have):
                 continue
