@@ -206,15 +206,15 @@ def _mutator(default: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Callable
     return handle
 
 
-def _validator(check: Callable[[Mapping[str, Any], rules.Lookup, rules.Limits], list[rules.Finding]]
-               ) -> Callable[..., dict[str, Any]]:
+def _validator(check: rules.Check) -> Callable[..., dict[str, Any]]:
     def handle(req: review.Request, deps: Deps) -> dict[str, Any]:
         if req.operation not in ("CREATE", "UPDATE") or req.object is None:
             return review.response(req.uid)
         obj = dict(req.object)
         obj["metadata"] = {**(obj.get("metadata") or {}), "namespace": req.namespace}
         problems = [str(e) for e in schema.validate(obj)]
-        findings = check(obj, deps.lookup, deps.limits) if not problems else []
+        old = req.old_object if req.operation == "UPDATE" else None
+        findings = check(obj, deps.lookup, deps.limits, old) if not problems else []
         problems += [str(f) for f in findings if not f.warning]
         warnings = [str(f) for f in findings if f.warning]
         if problems:

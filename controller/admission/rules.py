@@ -13,7 +13,7 @@ try:  # the regex parser is private; it moved in 3.11
 except ImportError:  # pragma: no cover
     import sre_parse  # type: ignore[no-redef]
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,6 +58,10 @@ class Lookup(Protocol):
     def resource_exists(self, kind: str, namespace: str, name: str) -> bool | None: ...  # our kinds; None: unknown
 
 
+# the cross-object rules of one kind: (object, lookup, limits, the stored object it updates) → findings
+Check = Callable[[Mapping[str, Any], "Lookup", "Limits", Mapping[str, Any] | None], list["Finding"]]
+
+
 def _must_exist(path: str, what: str, exists: bool | None, rule: str) -> list[Finding]:
     """An error when the object ``what`` names does not exist; a warning when there was no cluster to ask."""
     if exists is False:
@@ -73,17 +77,16 @@ def target_key(spec: Mapping[str, Any]) -> str:
     return f"{ref.get('kind', 'Deployment')}/{ref.get('name')}" if ref else str(target.get("url"))
 
 
-def check_replay(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list[Finding]:
-    """Cross-object rules of a TrafficReplay."""
-    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-    ns, name = meta.get("namespace", "default"), meta.get("name")
+def _changed(old: Mapping[str, Any] | None, obj: Mapping[str, Any], value: Callable[[Mapping[str, Any]], Any]) -> bool:
+    """Whether ``obj`` is new, or ``value`` of its spec differs from the stored ``old``: existence checks
+    run then only — the object a stored one names may go away later (a deleted target Deployment must not
+    make every later update of the replay, or commit of its repository, be refused)."""
+    return old is None or value(old.get("spec") or {}) != value(obj.get("spec") or {})
+
+
+def _snapshot_exists(ns: str, snapshot: str, lookup: Lookup) -> list[Finding]:
+    """A replay's snapshot: a Snapshot of its namespace, or a snapshot in the store."""
     found: list[Finding] = []
-    ref = (spec.get("target") or {}).get("workloadRef")
-    if ref:
-        kind = ref.get("kind", "Deployment")
-        found += _must_exist("spec.target.workloadRef", f"{kind} {ns}/{ref['name']}",
-                             lookup.workload_exists(ns, kind, ref["name"]), "target-exists")
-    snapshot = str(spec.get("snapshot"))
     declared = lookup.resource_exists("Snapshot", ns, snapshot)  # a Snapshot of this namespace, or a store name
     other_ns, _, cut_of = snapshot.partition(".")
     foreign = bool(not declared and cut_of and other_ns != ns
@@ -98,6 +101,22 @@ def check_replay(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list
     elif exists is None:
         found.append(Finding("spec.snapshot", f"{snapshot!r} is not a Snapshot in namespace {ns} and the store "
                              "is unreachable; existence not checked", "snapshot-exists", warning=True))
+    return found
+
+
+def check_replay(obj: Mapping[str, Any], lookup: Lookup, limits: Limits,
+                 old: Mapping[str, Any] | None = None) -> list[Finding]:
+    """Cross-object rules of a TrafficReplay (``old``: the stored object it updates)."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    ns, name = meta.get("namespace", "default"), meta.get("name")
+    found: list[Finding] = []
+    ref = (spec.get("target") or {}).get("workloadRef")
+    if ref and _changed(old, obj, target_key):
+        kind = ref.get("kind", "Deployment")
+        found += _must_exist("spec.target.workloadRef", f"{kind} {ns}/{ref['name']}",
+                             lookup.workload_exists(ns, kind, ref["name"]), "target-exists")
+    if _changed(old, obj, lambda s: str(s.get("snapshot"))):
+        found += _snapshot_exists(ns, str(spec.get("snapshot")), lookup)
     load = spec.get("load") or {}
     if int(load.get("copies", 1)) > limits.max_copies:
         found.append(Finding("spec.load.copies", f"{load['copies']} copies exceed the limit of "
@@ -115,12 +134,14 @@ def check_replay(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list
     return found
 
 
-def check_snapshot(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list[Finding]:
-    """Cross-object rules of a Snapshot: the policy it names exists; its window is not reversed."""
+def check_snapshot(obj: Mapping[str, Any], lookup: Lookup, limits: Limits,
+                   old: Mapping[str, Any] | None = None) -> list[Finding]:
+    """Cross-object rules of a Snapshot: the policy it names exists (checked when it is named: a cut
+    stays updatable, its finalizer removable, after the policy goes); its window is not reversed."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     ns = meta.get("namespace", "default")
     found: list[Finding] = []
-    if spec.get("policy"):
+    if spec.get("policy") and _changed(old, obj, lambda s: s.get("policy")):
         found += _must_exist("spec.policy", f"CapturePolicy {ns}/{spec['policy']}",
                              lookup.resource_exists("CapturePolicy", ns, str(spec["policy"])), "policy-exists")
     if spec.get("stream") and not str(spec["stream"]).startswith(f"{ns}."):
@@ -185,7 +206,8 @@ def capture_allowed(namespace: str, lookup: Lookup, limits: Limits) -> bool:
     return bool(limits.capture_label) and labels.get(limits.capture_label or "") == "true"
 
 
-def check_policy(obj: Mapping[str, Any], lookup: Lookup, limits: Limits) -> list[Finding]:
+def check_policy(obj: Mapping[str, Any], lookup: Lookup, limits: Limits,
+                 old: Mapping[str, Any] | None = None) -> list[Finding]:
     """Cross-object rules of a CapturePolicy."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     ns = meta.get("namespace", "default")

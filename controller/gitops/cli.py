@@ -60,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--interval", type=_duration, default=60.0, help="poll interval (default 60s)")
     r.add_argument("--self-heal", action="store_true", help="revert manual edits of fields we own")
     r.add_argument("--prune", action="store_true", help="delete owned objects that are gone from git")
+    r.add_argument("--allow-empty", action="store_true", help="with --prune, let a revision with no objects "
+                   "delete everything this source applied (refused by default)")
     r.add_argument("--dry-run", action="store_true", help="server-side dry-run only; change nothing")
     r.add_argument("--name", default="default", help="this source's name (labels, status ConfigMap)")
     r.add_argument("--namespace", default="default", help="namespace of objects that name none")
@@ -194,7 +196,8 @@ def run_controller(args: argparse.Namespace) -> int:
     logs.setup()
     allowed = desired.DEFAULT_ALLOWED_KINDS | frozenset(args.allow_kind)
     options = Options(name=args.name, namespace=args.namespace, status_namespace=args.status_namespace,
-                      self_heal=args.self_heal, prune=args.prune, dry_run=args.dry_run, allowed_kinds=allowed)
+                      self_heal=args.self_heal, prune=args.prune, dry_run=args.dry_run, allowed_kinds=allowed,
+                      allow_empty=args.allow_empty)
     try:
         credentials = auth.from_args(args)
     except (ValueError, OSError) as exc:

@@ -27,6 +27,19 @@ from controller.admission import defaults, rules
 from controller.api import MANAGED_BY, REVISION, SOURCE
 
 DEFAULT_ALLOWED_KINDS = frozenset({"v1/Namespace", "v1/ConfigMap"})
+# kinds known to be cluster-scoped without asking a cluster (offline validation); a controller asks discovery
+CLUSTER_SCOPED = frozenset({
+    "v1/Namespace", "v1/PersistentVolume", "v1/Node", "rbac.authorization.k8s.io/v1/ClusterRole",
+    "rbac.authorization.k8s.io/v1/ClusterRoleBinding", "storage.k8s.io/v1/StorageClass",
+    "scheduling.k8s.io/v1/PriorityClass", "networking.k8s.io/v1/IngressClass", "node.k8s.io/v1/RuntimeClass",
+    "apiextensions.k8s.io/v1/CustomResourceDefinition",
+    "admissionregistration.k8s.io/v1/ValidatingWebhookConfiguration",
+    "admissionregistration.k8s.io/v1/MutatingWebhookConfiguration"})
+
+
+def known_scope(api_version: str, kind: str) -> bool:
+    """Whether ``apiVersion/kind`` is cluster-scoped, as far as known without a cluster."""
+    return f"{api_version}/{kind}" in CLUSTER_SCOPED
 APPLY_ORDER = ("Namespace", "ConfigMap", "CapturePolicy", "Snapshot", "TrafficReplay")
 
 
@@ -50,8 +63,8 @@ class Problem:
     message: str
     warning: bool = False
 
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
+    def __str__(self) -> str:  # line 0: about the path as a whole
+        return f"{self.file}:{self.line}: {self.message}" if self.line else f"{self.file}: {self.message}"
 
 
 class InvalidRevision(ValueError):
@@ -182,8 +195,7 @@ def _concurrent_replays(items: list[Item], lookup: rules.Lookup) -> list[Problem
     return found
 
 
-JUDGES: dict[str, tuple[Callable[[Mapping[str, Any]], dict[str, Any]],
-                        Callable[[Mapping[str, Any], rules.Lookup, rules.Limits], list[rules.Finding]]]] = {
+JUDGES: dict[str, tuple[Callable[[Mapping[str, Any]], dict[str, Any]], rules.Check]] = {
     "TrafficReplay": (defaults.default_replay, rules.check_replay),
     "CapturePolicy": (defaults.default_policy, rules.check_policy),
     "Snapshot": (defaults.schema_defaults, rules.check_snapshot),
@@ -202,8 +214,14 @@ def _declared(docs: list[tuple[Any, str, int]], namespace: str) -> set[tuple[str
 
 
 def build(files: Mapping[str, bytes], *, lookup: rules.Lookup, limits: rules.Limits | None = None,
-          namespace: str = "default", allowed_kinds: Iterable[str] = DEFAULT_ALLOWED_KINDS) -> Desired:
-    """Parse, default and validate a revision; raise InvalidRevision with every problem found."""
+          namespace: str = "default", allowed_kinds: Iterable[str] = DEFAULT_ALLOWED_KINDS,
+          cluster_scoped: Callable[[str, str], bool] = known_scope,
+          live: Mapping[tuple[str, str, str, str], Mapping[str, Any]] | None = None) -> Desired:
+    """Parse, default and validate a revision; raise InvalidRevision with every problem found.
+
+    Objects of a ``cluster_scoped(apiVersion, kind)`` kind are keyed and applied without a namespace;
+    the others get ``namespace`` when they name none. ``live`` (by ``Item.key``) holds the applied objects
+    the revision updates: what they name is checked to exist only when the revision changes it."""
     limits = limits or rules.Limits()
     allowed = set(allowed_kinds)
     docs, problems = parse(files)
@@ -221,8 +239,12 @@ def build(files: Mapping[str, bytes], *, lookup: rules.Lookup, limits: rules.Lim
         if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
             problems.append(Problem(file, _line_of(node, "metadata") or line, f"{kind}: metadata.name is required"))
             continue
-        if kind != "Namespace":
+        if not cluster_scoped(api, kind):
             meta.setdefault("namespace", namespace)
+        elif "namespace" in meta:  # as kubectl does: a cluster-scoped object has none
+            warnings.append(Problem(file, _line_of(node, "metadata.namespace") or line,
+                                    f"{kind} {meta['name']}: is cluster-scoped; metadata.namespace "
+                                    f"{meta.pop('namespace')!r} ignored"))
         bad_name = _name_problem(meta["name"], meta.get("namespace"), kind)
         if bad_name:
             problems.append(Problem(file, _line_of(node, "metadata") or line, f"{kind} {meta['name']}: {bad_name}"))
@@ -236,7 +258,8 @@ def build(files: Mapping[str, bytes], *, lookup: rules.Lookup, limits: rules.Lim
             for err in errors:
                 problems.append(Problem(file, _line_of(node, err.path) or line, f"{label}: {err} (rule: {err.rule})"))
             if not errors:
-                for finding in check(judged, revision, limits):
+                old = (live or {}).get((api, kind, meta.get("namespace", ""), meta["name"]))
+                for finding in check(judged, revision, limits, old):
                     problem = Problem(file, _line_of(node, finding.path) or line, f"{label}: {finding}",
                                       finding.warning)
                     (warnings if finding.warning else problems).append(problem)

@@ -62,6 +62,7 @@ class Options:
     prune: bool = False
     dry_run: bool = False
     allowed_kinds: frozenset[str] = desired.DEFAULT_ALLOWED_KINDS
+    allow_empty: bool = False  # with prune: may a revision with no objects delete all this source applied?
     limits: rules.Limits = field(default_factory=rules.Limits)
 
 
@@ -127,8 +128,12 @@ class Reconciler:
         try:
             revision = self.source.fetch() if fetch else self.source.resolve()
             out.revision = str(revision)
-            state = self._desired(revision)
             live = self._managed()
+            state = self._desired(revision, live)
+            if self.options.prune and not state.items and live and not self.options.allow_empty:
+                raise desired.InvalidRevision([desired.Problem(
+                    self.source.path or ".", 0, f"no objects: applying it would prune all {len(live)} objects "
+                    f"source {self.options.name} applied (an empty or wrong --path?); --allow-empty allows it")])
             self._apply(state, revision, live, out)
             if self.options.prune:
                 self._prune(state, live, out)
@@ -148,19 +153,28 @@ class Reconciler:
         self._report(out)
         return out
 
-    def _desired(self, revision: Revision) -> desired.Desired:
-        """The validated desired state of ``revision`` (built once per revision; passes over an unchanged
-        revision only compare it with the cluster)."""
+    def _desired(self, revision: Revision, live: Mapping[tuple[str, str, str, str], Mapping[str, Any]]
+                 ) -> desired.Desired:
+        """The validated desired state of ``revision`` beside the ``live`` objects it updates (built once per
+        revision; passes over an unchanged revision only compare it with the cluster)."""
         if self._built and self._built[0] == revision.sha:
             return self._built[1]
         state = desired.build(self.source.files(revision), lookup=rules.MemoLookup(self.lookup),
                               limits=self.options.limits, namespace=self.options.namespace,
-                              allowed_kinds=self.options.allowed_kinds)
+                              allowed_kinds=self.options.allowed_kinds, cluster_scoped=self._cluster_scoped,
+                              live=live)
         if state.warnings:
             log.warning("revision has warnings", extra=logs.fields(
                 revision=str(revision), count=len(state.warnings), first=[str(w) for w in state.warnings[:5]]))
         self._built = (revision.sha, state)
         return state
+
+    def _cluster_scoped(self, api_version: str, kind: str) -> bool:
+        """As the cluster's discovery says (a kind it does not serve: as far as known offline)."""
+        try:
+            return not self.kube.resource(api_version, kind).namespaced
+        except KubeError:
+            return desired.known_scope(api_version, kind)
 
     def _managed(self) -> dict[tuple[str, str, str, str], dict[str, Any]]:
         """Every object this source owns in the cluster, by (apiVersion, kind, namespace, name)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ spec:
 """
 
 
+SETTINGS = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {team: shop}\n"
+
+
 class GitOps:
     def __init__(self, cluster: Cluster, namespace: str, tmp: Path, **opts: Any) -> None:
         self.cluster, self.ns = cluster, namespace
@@ -80,7 +84,8 @@ def gitops(cluster: Cluster, namespace: str, tmp_path: Path) -> GitOps:
 def test_committed_policy_annotates_the_selected_workload(gitops: GitOps) -> None:
     gitops.deployment("web", {"app": "checkout"})
     gitops.deployment("db", {"app": "db"})
-    gitops.repo.commit("capture checkout", {"policies/checkout.yaml": POLICY.replace("{sampling}", "0.5")})
+    gitops.repo.commit("capture checkout", {"policies/checkout.yaml": POLICY.replace("{sampling}", "0.5"),
+                                            "settings.yaml": SETTINGS})  # so that removing the policy empties nothing
     out = gitops.reconcile()
     assert out.error == ""
     web = gitops.get("Deployment", "web", "apps/v1")
@@ -122,7 +127,7 @@ def test_two_policies_on_one_workload_are_reported_as_a_conflict(gitops: GitOps)
 
 
 def test_replay_created_then_pruned_when_deleted_in_git(gitops: GitOps) -> None:
-    sha = gitops.repo.commit("replay", {"replays/r1.yaml": replay_yaml("r1", copies=3)})
+    sha = gitops.repo.commit("replay", {"replays/r1.yaml": replay_yaml("r1", copies=3), "settings.yaml": SETTINGS})
     gitops.reconcile()
     tr = gitops.get("TrafficReplay", "r1")
     assert tr is not None and tr["spec"]["load"]["copies"] == 3
@@ -143,6 +148,41 @@ def test_prune_opt_out_annotation_keeps_the_object(gitops: GitOps) -> None:
     gitops.repo.remove("keep.yaml", "drop")
     gitops.reconcile()
     assert gitops.get("TrafficReplay", "keep") is not None
+
+
+def test_cluster_scoped_allowed_kinds_are_applied_once_and_never_pruned_while_in_git(cluster: Cluster,
+                                                                                       namespace: str,
+                                                                                       tmp_path: Path) -> None:
+    gitops = GitOps(cluster, namespace, tmp_path, prune=True, self_heal=True,
+                    allowed_kinds=frozenset({"scheduling.k8s.io/v1/PriorityClass"}))
+    name = f"{namespace}-batch"
+    gitops.repo.commit("priority", {"priority.yaml": f"apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\n"
+                                                      f"metadata: {{name: {name}}}\nvalue: 1000\n"})
+    try:
+        first = gitops.reconcile()
+        assert first.applied == [f"PriorityClass {name}"] and not first.error, first
+        again = gitops.reconcile()
+        assert again.applied == [] and again.pruned == [] and not again.error, again
+        assert cluster.kube.get("scheduling.k8s.io/v1", "PriorityClass", name) is not None
+        gitops.repo.commit("other", {"replays/r1.yaml": replay_yaml("r1")})
+        gitops.repo.remove("priority.yaml", "drop it")
+        assert gitops.reconcile().pruned == [f"PriorityClass {name}"]
+    finally:
+        cluster.kube.delete("scheduling.k8s.io/v1", "PriorityClass", name)
+
+
+def test_a_revision_with_no_objects_prunes_nothing_unless_allowed(gitops: GitOps) -> None:
+    gitops.repo.commit("replay", {"replays/r1.yaml": replay_yaml("r1")})
+    gitops.reconcile()
+    gitops.repo.remove("replays/r1.yaml", "everything gone (a wrong path, a bad merge)")
+    out = gitops.reconcile()
+    assert out.stalled and out.pruned == []
+    assert "no objects: applying it would prune all 1 objects source" in out.error, out.error
+    assert gitops.get("TrafficReplay", "r1") is not None
+    assert "--allow-empty" in gitops.status()["lastError"]
+    gitops.reconciler.options = dataclasses.replace(gitops.options, allow_empty=True)
+    assert gitops.reconcile().pruned == [f"TrafficReplay {gitops.ns}/r1"]
+    assert gitops.get("TrafficReplay", "r1") is None
 
 
 @pytest.mark.parametrize(("bad", "where"), [
@@ -278,3 +318,20 @@ def test_the_forwarder_token_reaches_every_namespace_with_a_policy(cluster: Clus
         assert (cluster.kube.get("v1", "Secret", DLP_KEY_SECRET, system) or {})["data"]["key"] == key, "never changed"
     finally:
         cluster.kube.delete("v1", "Namespace", system)
+
+
+def test_a_deleted_target_does_not_reject_later_commits_but_a_new_missing_one_does(gitops: GitOps) -> None:
+    gitops.deployment("web", {"app": "web"})
+    target = "workloadRef: {name: web}"
+    gitops.repo.commit("replay", {"replays/r1.yaml": replay_yaml("r1").replace("url: http://checkout:8080", target)})
+    assert not gitops.reconcile().error
+    gitops.cluster.kube.delete("apps/v1", "Deployment", "web", gitops.ns)
+    gitops.repo.commit("more copies", {"replays/r1.yaml": replay_yaml("r1", copies=3).replace(
+        "url: http://checkout:8080", target), "policies/checkout.yaml": POLICY.replace("{sampling}", "0.5")})
+    later = gitops.reconcile()
+    assert not later.stalled and not later.error, later.error
+    assert (gitops.get("TrafficReplay", "r1") or {})["spec"]["load"]["copies"] == 3
+    gitops.repo.commit("retarget", {"replays/r1.yaml": replay_yaml("r1", copies=3).replace(
+        "url: http://checkout:8080", "workloadRef: {name: ghost}")})
+    moved = gitops.reconcile()
+    assert moved.stalled and f"Deployment {gitops.ns}/ghost does not exist" in moved.error, moved.error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,34 @@ spec: {snapshot: s1, target: {workloadRef: {name: ghost}}}
     assert out.returncode != 0
     assert f"spec.target.workloadRef: Deployment {namespace}/ghost does not exist (rule: target-exists)" \
         in out.stderr
+
+
+def test_a_replay_whose_target_is_deleted_stays_updatable_but_cannot_be_pointed_at_a_missing_one(
+        cluster: Cluster, webhook: WebhookProc, namespace: str) -> None:
+    cluster.kube.create({"apiVersion": "apps/v1", "kind": "Deployment",
+                         "metadata": {"name": "web", "namespace": namespace},
+                         "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+                                  "template": {"metadata": {"labels": {"app": "web"}},
+                                               "spec": {"containers": [{"name": "app", "image": "shop/web:1"}]}}}})
+    manifest = """
+apiVersion: replayops.dev/v1alpha1
+kind: TrafficReplay
+metadata: {name: nightly}
+spec: {snapshot: s1, target: {workloadRef: {name: TARGET}}, load: {copies: COPIES}}
+"""
+    def apply(target: str, copies: int) -> Any:
+        text = manifest.replace("TARGET", target).replace("COPIES", str(copies))
+        return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=text)
+
+    assert apply("web", 1).returncode == 0
+    cluster.kube.delete("apps/v1", "Deployment", "web", namespace)
+    updated = apply("web", 2)  # the target it already names is gone: not checked again
+    assert updated.returncode == 0, updated.stderr
+    stored = cluster.kube.get(api.API_VERSION, "TrafficReplay", "nightly", namespace) or {}
+    assert stored["spec"]["load"]["copies"] == 2
+    moved = apply("ghost", 2)  # a target it newly names is
+    assert moved.returncode != 0
+    assert f"Deployment {namespace}/ghost does not exist (rule: target-exists)" in moved.stderr
 
 
 def test_replay_is_defaulted_by_the_webhook(cluster: Cluster, webhook: WebhookProc, namespace: str) -> None:

@@ -98,3 +98,23 @@ def test_two_replays_on_one_target_pass_when_one_has_finished_and_only_warn_offl
     assert len(desired.build(_two_replays_on_checkout(), lookup=done, namespace="shop").of_kind("TrafficReplay")) == 2
     offline = build(_two_replays_on_checkout())
     assert any("one-replay-per-target" in str(w) for w in offline.warnings)
+
+
+def test_cluster_scoped_kinds_are_keyed_without_a_namespace() -> None:
+    files = {"r.yaml": b"apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\n"
+                       b"metadata: {name: viewer, namespace: shop}\nrules: []\n",
+             "c.yaml": b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n"}
+    state = desired.build(files, lookup=OFFLINE, namespace="shop",
+                          allowed_kinds={"rbac.authorization.k8s.io/v1/ClusterRole", "v1/ConfigMap"})
+    keys = {i.obj["kind"]: i.key for i in state.items}
+    assert keys == {"ClusterRole": ("rbac.authorization.k8s.io/v1", "ClusterRole", "", "viewer"),
+                    "ConfigMap": ("v1", "ConfigMap", "shop", "c")}
+    assert [str(w) for w in state.warnings] == [
+        "r.yaml:3: ClusterRole viewer: is cluster-scoped; metadata.namespace 'shop' ignored"]
+
+
+def test_a_kind_the_cluster_says_is_cluster_scoped_gets_no_namespace() -> None:
+    files = {"w.yaml": b"apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n"}
+    state = desired.build(files, lookup=OFFLINE, allowed_kinds={"example.com/v1/Widget"},
+                          cluster_scoped=lambda api, kind: kind == "Widget")
+    assert state.items[0].key == ("example.com/v1", "Widget", "", "w")

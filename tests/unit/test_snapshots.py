@@ -210,3 +210,20 @@ def test_a_replay_that_waited_for_a_snapshot_deleted_since_fails_saying_so() -> 
     failed = snapshot_block(replay, None)
     assert failed and failed["phase"] == "Failed"
     assert "Snapshot shop/morning was deleted before it was cut" in failed["conditions"][0]["message"]
+
+
+def test_existence_is_checked_when_a_replay_names_something_new_not_on_every_update() -> None:
+    gone = rules.StaticLookup(workloads=set(), replays={}, namespaces={}, snapshots=set(), resources=set())
+    replay = {"apiVersion": "replayops.dev/v1alpha1", "kind": "TrafficReplay",
+              "metadata": {"name": "r", "namespace": "shop"},
+              "spec": {"snapshot": "s1", "target": {"workloadRef": {"name": "web"}}, "load": {"copies": 1}}}
+    rules_of = {f.rule for f in rules.check_replay(replay, gone, rules.Limits())}
+    assert {"target-exists", "snapshot-exists"} <= rules_of  # created naming what is not there
+    stored = {**replay, "spec": {**replay["spec"], "load": {"copies": 3}}}
+    assert rules.check_replay(replay, gone, rules.Limits(), old=stored) == []  # what it names went away later
+    retargeted = {**replay, "spec": {**replay["spec"], "target": {"workloadRef": {"name": "ghost"}}}}
+    assert [f.rule for f in rules.check_replay(retargeted, gone, rules.Limits(), old=stored)] == ["target-exists"]
+    snap = {"apiVersion": "replayops.dev/v1alpha1", "kind": "Snapshot", "metadata": {"name": "s", "namespace": "shop"},
+            "spec": {"policy": "a", "window": {"last": "1m"}}}
+    assert [f.rule for f in rules.check_snapshot(snap, gone, rules.Limits())] == ["policy-exists"]
+    assert rules.check_snapshot(snap, gone, rules.Limits(), old=snap) == []
