@@ -27,8 +27,13 @@ def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> 
     return True
 
 
+# what the injected sidecar is built from: its listeners and its container (resources, workers). Filters,
+# sampling and DLP are not: the forwarder applies them as it reads the policy, so changing them rolls no pod
+SIDECAR_FIELDS = ("inbound", "outbound", "sidecar")
+
+
 def config_hash(spec: Mapping[str, Any]) -> str:
-    """A short, stable hash of what the sidecar is configured from (changes roll the pods)."""
-    relevant = {k: spec.get(k) for k in ("inbound", "outbound", "filters", "sampling", "dlp")}
+    """A short, stable hash of what the injected sidecar receives (a change rolls the pods)."""
+    relevant = {k: spec.get(k) for k in SIDECAR_FIELDS}
     blob = json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

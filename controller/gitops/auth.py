@@ -12,10 +12,35 @@ from __future__ import annotations
 import argparse
 import base64
 import shlex
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 SECRET = "replayops-git"
+
+
+def redact(url: str) -> str:
+    """``url`` safe to show: an http(s) URL's user info (a token is often the user name) and any
+    password become ``***``; an ssh user name (``git@``) is kept."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if parts.scheme in ("http", "https"):
+        userinfo = "***"
+    elif colon:
+        userinfo = f"{user}:***"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (an error from git or libgit2) with ``url``'s credentials replaced as ``redact`` does."""
+    shown = redact(url)
+    if shown == url:
+        return text
+    secret = urllib.parse.urlsplit(url).netloc.rpartition("@")[0]
+    return text.replace(url, shown).replace(secret, "***") if secret else text.replace(url, shown)
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,7 @@ def run_controller(args: argparse.Namespace) -> int:
                 label_selector=f"{MANAGED_BY}={JOB_MANAGER}", namespace=args.replay_namespace).start()
     signal.signal(signal.SIGTERM, loop.stop)
     signal.signal(signal.SIGINT, loop.stop)
-    log.info("controller started", extra=logs.fields(repo=args.repo, ref=source.ref, path=args.path,
+    log.info("controller started", extra=logs.fields(repo=source.shown, ref=source.ref, path=args.path,
                                                      identity=args.identity))
     loop.run()
     log.info("controller stopped", extra=logs.fields(identity=args.identity))

@@ -327,17 +327,19 @@ class Reconciler:
             log.info("reconciled", extra=logs.fields(**fields))
         if self.options.dry_run:
             return
-        ready = not out.error
-        data = {
-            "ready": str(ready), "reconciling": "False", "stalled": str(out.stalled),
-            "lastAttemptedRevision": out.revision,
-            "lastAppliedRevision": str(self.last_applied or ""),
-            "lastError": out.error,
-            "drift": "\n".join(out.drifted),
-        }
         ref = self.status_ref()
         try:
             live = self.kube.get("v1", "ConfigMap", ref["metadata"]["name"], ref["metadata"]["namespace"])
+            # before this process applied one, the last applied revision is the one status says (a restart)
+            applied = str(self.last_applied) if self.last_applied else ((live or {}).get("data") or {}).get(
+                "lastAppliedRevision", "")
+            data = {
+                "ready": str(not out.error), "reconciling": "False", "stalled": str(out.stalled),
+                "lastAttemptedRevision": out.revision,
+                "lastAppliedRevision": applied,
+                "lastError": out.error,
+                "drift": "\n".join(out.drifted),
+            }
             if live is None or live.get("data") != data:
                 stored = self.kube.apply({**ref, "metadata": {**ref["metadata"], "labels": {
                     MANAGED_BY: "replayops-status"}}, "data": data})

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import pygit2
 
-from controller.gitops.auth import Auth
+from controller.gitops.auth import Auth, redact, scrub
 
 YAML_SUFFIXES = (".yaml", ".yml")
 REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
@@ -52,7 +52,7 @@ class _Callbacks(pygit2.RemoteCallbacks):  # type: ignore[misc]
             return pygit2.Keypair(user, str(public) if public.is_file() else None, str(self.auth.ssh_private_key), "")
         if self.auth.token and allowed_types & pygit2.enums.CredentialType.USERPASS_PLAINTEXT:
             return pygit2.UserPass(self.auth.username or "x-access-token", self.auth.token)
-        raise GitError(f"{url} asks for credentials this source has none of")
+        raise GitError(f"{redact(url)} asks for credentials this source has none of")
 
     def certificate_check(self, certificate: None, valid: bool, host: bytes) -> bool:
         """Trust only what libgit2 verified: pygit2 alone would let every ssh host key through."""
@@ -68,7 +68,7 @@ class GitSource:
 
     def __init__(self, url: str, *, cache: Path, branch: str = "main", tag: str | None = None,
                  commit: str | None = None, path: str = ".", auth: Auth | None = None) -> None:
-        self.url = url
+        self.url, self.shown = url, redact(url)  # shown: in errors, status, Events and logs
         self.branch, self.tag, self.commit = branch, tag, commit
         self.path = str(PurePosixPath(path)).strip("/") if path not in ("", ".", "/") else ""
         self.auth = auth or Auth()
@@ -107,7 +107,7 @@ class GitSource:
             repo.remotes["origin"].fetch(REFSPECS, callbacks=_Callbacks(self.auth),
                                          prune=pygit2.enums.FetchPrune.PRUNE)
         except (pygit2.GitError, GitError) as exc:
-            raise GitError(f"fetch {self.url}: {exc}") from exc
+            raise GitError(f"fetch {self.shown}: {scrub(str(exc), self.url)}") from exc
         return self.resolve()
 
     def resolve(self) -> Revision:
@@ -120,7 +120,7 @@ class GitSource:
                 ref = f"refs/tags/{self.tag}" if self.tag else f"refs/heads/{self.branch}"
                 commit = repo.references[ref].peel(pygit2.Commit)
         except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError) as exc:
-            raise GitError(f"{self.url}: ref {self.ref!r} not found") from exc
+            raise GitError(f"{self.shown}: ref {self.ref!r} not found") from exc
         return Revision(self.ref, str(commit.id))
 
     def files(self, revision: Revision) -> dict[str, bytes]:
@@ -131,9 +131,9 @@ class GitSource:
             try:
                 sub = repo[tree[self.path].id]
             except KeyError as exc:
-                raise GitError(f"{self.url} at {revision}: path {self.path!r} does not exist") from exc
+                raise GitError(f"{self.shown} at {revision}: path {self.path!r} does not exist") from exc
             if not isinstance(sub, pygit2.Tree):
-                raise GitError(f"{self.url} at {revision}: path {self.path!r} is not a directory")
+                raise GitError(f"{self.shown} at {revision}: path {self.path!r} is not a directory")
             tree = sub
         out: dict[str, bytes] = {}
         self._walk(repo, tree, self.path, out)

@@ -18,7 +18,7 @@ from pathlib import Path
 from controller import logs
 from controller.admission import rules
 from controller.gitops import desired
-from controller.gitops.auth import Auth
+from controller.gitops.auth import Auth, redact, scrub
 
 log = logs.get("inspector.git")
 
@@ -41,6 +41,7 @@ class GitWriter:
                  author: str = "replayops inspector <inspector@replayops.dev>", attempts: int = 3,
                  auth: Auth | None = None) -> None:
         self.url, self.workdir, self.branch, self.path = url, workdir, branch, path
+        self.shown = redact(url)  # in errors and logs
         name, _, email = author.partition(" <")
         self.env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email.rstrip(">"), "GIT_COMMITTER_NAME": name,
                     "GIT_COMMITTER_EMAIL": email.rstrip(">"), "PATH": "/usr/bin:/bin:/usr/local/bin",
@@ -52,7 +53,7 @@ class GitWriter:
         out = subprocess.run(["git", *args], cwd=self.workdir, env=self.env, capture_output=True, text=True,
                              timeout=120)
         if check and out.returncode != 0:
-            raise ChangeError(f"git {args[0]} failed: {out.stderr.strip() or out.stdout.strip()}")
+            raise ChangeError(f"git {args[0]} failed: {scrub(out.stderr.strip() or out.stdout.strip(), self.url)}")
         return out
 
     def _sync(self) -> None:
@@ -89,7 +90,7 @@ class GitWriter:
                     target.write_text(text)
                 for name in remove:
                     if not (self.root / name).is_file():
-                        raise ChangeError(f"{name} is not in {self.url} ({self.branch})")
+                        raise ChangeError(f"{name} is not in {self.shown} ({self.branch})")
                     self._git("rm", "-q", "--", str(Path(self.path) / name))
                 self._validate()
                 self._git("add", "-A", "--", self.path)
@@ -100,9 +101,9 @@ class GitWriter:
                     log.info("committed", extra=logs.fields(sha=sha, message=message, files=list(files)))
                     return Commit(sha, message, files)
                 log.warning("push lost a race; redoing the change on the new tip",
-                            extra=logs.fields(attempt=attempt, error=pushed.stderr.strip()))
-            raise ChangeError(f"push to {self.url} ({self.branch}) failed {self.attempts} times: "
-                              f"{pushed.stderr.strip()}")
+                            extra=logs.fields(attempt=attempt, error=scrub(pushed.stderr.strip(), self.url)))
+            raise ChangeError(f"push to {self.shown} ({self.branch}) failed {self.attempts} times: "
+                              f"{scrub(pushed.stderr.strip(), self.url)}")
 
     def _validate(self) -> None:
         offline = rules.StaticLookup.offline()

@@ -103,7 +103,13 @@ def test_committed_policy_annotates_the_selected_workload(gitops: GitOps) -> Non
     gitops.repo.commit("sample more", {"policies/checkout.yaml": POLICY.replace("{sampling}", "0.9")})
     gitops.reconcile()
     web = gitops.get("Deployment", "web", "apps/v1") or {}
-    assert web["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH] != first_hash, "a changed policy rolls"
+    assert web["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH] == first_hash, \
+        "sampling is the forwarder's: no roll"
+    gitops.repo.commit("a bigger sidecar", {"policies/checkout.yaml": POLICY.replace("{sampling}", "0.9")
+                                            + "  sidecar: {resources: {limits: {memory: 512Mi}}}\n"})
+    gitops.reconcile()
+    web = gitops.get("Deployment", "web", "apps/v1") or {}
+    assert web["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH] != first_hash, "a sidecar resize rolls"
 
     gitops.repo.remove("policies/checkout.yaml", "stop capturing")
     gitops.reconcile()
@@ -335,3 +341,36 @@ def test_a_deleted_target_does_not_reject_later_commits_but_a_new_missing_one_do
         "url: http://checkout:8080", "workloadRef: {name: ghost}")})
     moved = gitops.reconcile()
     assert moved.stalled and f"Deployment {gitops.ns}/ghost does not exist" in moved.error, moved.error
+
+
+def test_last_applied_revision_survives_a_restart(gitops: GitOps, tmp_path: Path) -> None:
+    good = gitops.repo.commit("good", {"replays/r1.yaml": replay_yaml("r1")})
+    gitops.reconcile()
+    gitops.repo.commit("bad", {"replays/r1.yaml": "kind: [unclosed\n"})
+    restarted = Reconciler(gitops.cluster.kube, GitSource(gitops.repo.url, cache=tmp_path / "cache2"), gitops.options)
+    assert restarted.reconcile().stalled
+    assert gitops.status()["lastAppliedRevision"] == f"main@sha1:{good}"
+
+
+def test_credentials_in_the_repository_url_reach_no_status_event_or_log(
+        cluster: Cluster, namespace: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from controller.gitops.auth import Auth
+    from tests.gitrepo import serve_https
+
+    Repo(tmp_path / "root" / "team.git").commit("one", {"replays/r1.yaml": replay_yaml("r1")})
+    port, server = serve_https(tmp_path / "root", "right-token", tmp_path)
+    try:
+        url = f"https://x-token:wrong-s3cret@127.0.0.1:{port}/team.git"
+        source = GitSource(url, cache=tmp_path / "cache", auth=Auth(ca_file=tmp_path / "git-ca.pem"))
+        options = Options(name=namespace, namespace=namespace, status_namespace=namespace)
+        with caplog.at_level("INFO"):
+            out = Reconciler(cluster.kube, source, options).reconcile()
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+    assert out.error and f"https://***@127.0.0.1:{port}/team.git" in out.error
+    status = cluster.kube.get("v1", "ConfigMap", f"replayops-status-{namespace}", namespace) or {}
+    events = cluster.kube.list("v1", "Event", namespace)
+    assert events and status["data"]["lastError"] == out.error
+    logged = " ".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
+    for where, text in (("status", json.dumps(status)), ("events", json.dumps(events)), ("logs", logged)):
+        assert "s3cret" not in text, where

@@ -26,11 +26,19 @@ def test_selected_workloads_get_policy_name_and_hash() -> None:
     assert out.selected[("shop", "checkout")] == [("shop", "Deployment", "web")]
 
 
-def test_changed_policy_changes_the_hash() -> None:
-    a = converge.plan([pol("p", {"app": "x"}, sampling=0.5)], [wl("Deployment", "w", {"app": "x"})])
-    b = converge.plan([pol("p", {"app": "x"}, sampling=0.7)], [wl("Deployment", "w", {"app": "x"})])
-    key = ("shop", "Deployment", "w")
-    assert a.wanted[key][CONFIG_HASH] != b.wanted[key][CONFIG_HASH]
+def _hash(**spec: Any) -> str:
+    return converge.plan([pol("p", {"app": "x"}, **spec)], [wl("Deployment", "w", {"app": "x"})]).wanted[
+        ("shop", "Deployment", "w")][CONFIG_HASH]
+
+
+def test_the_hash_covers_what_the_sidecar_receives_and_nothing_the_forwarder_applies() -> None:
+    base = _hash(sampling=0.5, inbound={"ports": [8080]})
+    resized = {"resources": {"limits": {"memory": "512Mi"}}}
+    assert _hash(sampling=0.5, inbound={"ports": [8080]}, sidecar=resized) != base  # a sidecar resize rolls
+    assert _hash(sampling=0.5, inbound={"ports": [8080, 9090]}) != base  # so do its listeners
+    assert _hash(sampling=0.5, inbound={"ports": [8080]}, outbound={"enabled": True}) != base
+    assert _hash(sampling=0.9, inbound={"ports": [8080]}, dlp={"defaults": False},  # forwarder's: no roll
+                 filters={"exclude": [{"paths": ["/healthz"]}]}) == base
 
 
 def test_two_policies_on_one_workload_is_a_conflict_not_a_choice() -> None:

@@ -119,3 +119,34 @@ def test_fetch_over_ssh_with_the_credentials_secret(tmp_path: Path) -> None:
         known.write_text(f"{host} {kind} {(tmp_path / 'other.pub').read_text().split()[1]}\n")
         refused = fetch("cache2")
         assert refused.returncode != 0 and "is not trusted: an ssh host key not in known_hosts" in refused.stderr
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://x-access-token:ghp_s3cret@git.example/team.git", "https://***@git.example/team.git"),
+    ("https://ghp_s3cret@git.example/team.git", "https://***@git.example/team.git"),
+    ("ssh://git@git.example:2222/team.git", "ssh://git@git.example:2222/team.git"),
+    ("ssh://git:s3cret@git.example/team.git", "ssh://git:***@git.example/team.git"),
+    ("https://git.example/team.git", "https://git.example/team.git"),
+])
+def test_urls_are_shown_without_their_credentials(url: str, shown: str) -> None:
+    from controller.gitops.auth import redact, scrub
+
+    assert redact(url) == shown
+    assert "s3cret" not in scrub(f"failed to fetch {url}: 401 for {url.split('@')[0]}@", url)
+
+
+def test_a_token_in_the_url_never_reaches_the_error(tmp_path: Path) -> None:
+    from controller.gitops.source import Auth
+    from tests.gitrepo import serve_https
+
+    Repo(tmp_path / "root" / "team.git").commit("one", {"a.yaml": "v: 1"})
+    port, server = serve_https(tmp_path / "root", "right-token", tmp_path)
+    try:
+        url = f"https://x-token:wrong-s3cret@127.0.0.1:{port}/team.git"
+        source = GitSource(url, cache=tmp_path / "cache", auth=Auth(ca_file=tmp_path / "git-ca.pem"))
+        with pytest.raises(GitError) as err:
+            source.fetch()
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+    assert f"fetch https://***@127.0.0.1:{port}/team.git" in str(err.value)
+    assert "s3cret" not in str(err.value)
