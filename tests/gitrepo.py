@@ -109,12 +109,13 @@ def serve_https(root: Path, token: str, cert_dir: Path, address: str = "127.0.0.
 
 
 @contextlib.contextmanager
-def git_daemon(base: Path, address: str = "127.0.0.1", *, push: bool = False) -> Iterator[int]:
+def git_daemon(base: Path, address: str = "127.0.0.1", *, push: bool = False, port: int = 0) -> Iterator[int]:
     """``git daemon`` serving the repositories under ``base`` (``git://ADDRESS:PORT/<dir>``, accepting pushes
-    with ``push``) until the block ends; yields the port once it accepts connections."""
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        port = int(sock.getsockname()[1])
+    with ``push``) until the block ends; yields the port (``port``, or a free one) once it accepts connections."""
+    if not port:
+        with socket.socket() as sock:
+            sock.bind((address, 0))
+            port = int(sock.getsockname()[1])
     daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
                                f"--listen={address}", f"--port={port}",
                                *(["--enable=receive-pack"] if push else []), str(base)],

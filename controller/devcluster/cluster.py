@@ -232,8 +232,7 @@ class DevCluster:
             etcd = self._spawn("etcd", self._etcd_argv())
             self._wait(etcd, "etcd health", None,
                        f"http://127.0.0.1:{self.ports.etcd_client}/health", timeout)
-            api = self._spawn("kube-apiserver", self._apiserver_argv())
-            self._wait(api, "kube-apiserver readiness", self._tls(), f"{self.server}/readyz", timeout)
+            self.start_apiserver(timeout)
             if self.with_controller_manager:
                 kcm = self._spawn("kube-controller-manager", self._kcm_argv())
                 self._wait(kcm, "kube-controller-manager health", self._tls(verify=False),
@@ -250,6 +249,20 @@ class DevCluster:
             self.stop()
             raise
         self._write_state()
+
+    def start_apiserver(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start the apiserver (again: after ``stop_apiserver``, on the same port) and wait until it is ready."""
+        api = self._spawn("kube-apiserver", self._apiserver_argv())
+        self._wait(api, "kube-apiserver readiness", self._tls(), f"{self.server}/readyz", timeout)
+
+    def stop_apiserver(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop the apiserver alone (a fault for the tests of its clients); etcd and the rest keep running."""
+        for proc in [p for p in self.procs if p.name == "kube-apiserver"]:
+            stop_pid(proc.pid, timeout)
+            if proc.popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(timeout=1)
+            self.procs.remove(proc)
 
     def _prepare_host(self) -> host.HostState:
         """Refuse beside a cluster we did not start; undo a crashed run of ours; then claim the host."""

@@ -58,6 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ref.add_argument("--commit", help="pin a commit")
     r.add_argument("--path", default=".", help="sub-path of the repository holding the YAML")
     r.add_argument("--interval", type=_duration, default=60.0, help="poll interval (default 60s)")
+    r.add_argument("--git-timeout", type=_duration, default=60.0,
+                   help="a fetch fails after this long connecting or without a byte from the server (default 60s)")
     r.add_argument("--self-heal", action="store_true", help="revert manual edits of fields we own")
     r.add_argument("--prune", action="store_true", help="delete owned objects that are gone from git")
     r.add_argument("--allow-empty", action="store_true", help="with --prune, let a revision with no objects "
@@ -204,7 +206,7 @@ def run_controller(args: argparse.Namespace) -> int:
         print(f"replayops controller run: {exc}", file=sys.stderr)
         return 2
     source = GitSource(args.repo, cache=args.cache or paths.home() / "git", branch=args.branch, tag=args.tag,
-                       commit=args.commit, path=args.path, auth=credentials)
+                       commit=args.commit, path=args.path, auth=credentials, timeout=args.git_timeout)
     try:
         kube = connect(args.kubeconfig)
     except Exception as exc:

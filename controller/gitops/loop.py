@@ -12,9 +12,10 @@ import time
 
 from controller import logs
 from controller.gitops.leader import LeaderElector
-from controller.gitops.reconcile import Reconciler
+from controller.gitops.reconcile import Outcome, Reconciler
 from controller.gitops.replayjobs import ReplayJobs
 from controller.kube import KubeError
+from controller.kube.backoff import Backoff
 
 log = logs.get("controller")
 
@@ -23,10 +24,13 @@ class Loop:
     """One controller's loop over a reconciler (and, optionally, the replay Jobs), behind a leader lease."""
 
     def __init__(self, reconciler: Reconciler, *, interval: float, replays: ReplayJobs | None = None,
-                 elector: LeaderElector | None = None, lease_seconds: float = 15.0) -> None:
+                 elector: LeaderElector | None = None, lease_seconds: float = 15.0,
+                 backoff: Backoff | None = None) -> None:
         self.reconciler, self.replays, self.elector = reconciler, replays, elector
         self.interval = interval
         self.tick = min(interval, lease_seconds / 3) if elector else interval
+        # a pass that failed transiently is retried sooner than the next tick, never later
+        self.backoff = backoff or Backoff(base=1.0, cap=min(60.0, self.tick))
         self._stop, self._wake, self._fetch_due = threading.Event(), threading.Event(), threading.Event()
         self._fetch_due.set()
 
@@ -56,24 +60,46 @@ class Loop:
             log.error("leader election failed", extra=logs.fields(error=str(exc)))
             return False
 
-    def _pass(self, fetch: bool) -> None:
-        self.reconciler.reconcile(fetch=fetch or self.reconciler.last_applied is None)
+    def _pass(self, fetch: bool) -> Outcome:
+        out = self.reconciler.reconcile(fetch=fetch or self.reconciler.last_applied is None)
         if self.replays:
             try:
                 self.replays.sync()
             except KubeError as exc:
                 log.error("replays not synced", extra=logs.fields(error=str(exc)))
+                out.transient = out.transient or exc.transient
+                out.retry_after = max(out.retry_after or 0.0, exc.retry_after or 0.0) or None
+        return out
+
+    def _next_wait(self, out: Outcome | None, fetched: bool) -> float:
+        """How long until the next pass: the tick, or the backoff after a transient failure (reported)."""
+        if out is None or not out.transient:
+            self.backoff.reset()
+            return self.tick
+        delay = self.backoff.next(out.retry_after)
+        if fetched:  # the retry fetches again
+            self._fetch_due.set()
+        self.reconciler.metrics.retries.inc()
+        log.warning("pass failed; retrying", extra=logs.fields(
+            error=out.error.splitlines()[0] if out.error else "", retry_in=round(delay, 2),
+            failures=self.backoff.failures))
+        return delay
 
     def run(self) -> None:
         next_fetch = 0.0
         while not self._stop.is_set():
+            out, fetch = None, False
             if self._leading():
                 fetch = self._fetch_due.is_set() or time.monotonic() >= next_fetch
                 self._fetch_due.clear()
-                self._pass(fetch)
+                try:
+                    out = self._pass(fetch)
+                except Exception as exc:  # a bug must not end the loop: report it and retry as after a fault
+                    log.exception("pass crashed")
+                    out = Outcome(error=f"pass crashed: {exc!r}", transient=True)
                 if fetch:
                     next_fetch = time.monotonic() + self.interval
-            self._wake.wait(timeout=self.tick)
+            self._wake.wait(timeout=self._next_wait(out, fetch))
             self._wake.clear()
         if self.elector:
             self.elector.release()

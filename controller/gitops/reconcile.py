@@ -79,6 +79,8 @@ class Outcome:
     annotated: list[str] = field(default_factory=list)
     error: str = ""
     stalled: bool = False
+    transient: bool = False  # the error may pass (no answer, 429, 5xx, a git fetch): retry with backoff
+    retry_after: float | None = None  # the API server's Retry-After
 
 
 class Metrics:
@@ -90,6 +92,8 @@ class Metrics:
         self.applied = Counter("replayops_objects_applied", "Objects applied", registry=r)
         self.pruned = Counter("replayops_objects_pruned", "Objects pruned", registry=r)
         self.drift = Counter("replayops_drift_corrections", "Drifted objects re-applied", registry=r)
+        self.retries = Counter("replayops_reconcile_retries", "Passes retried after a transient failure",
+                               registry=r)
 
 
 def subset(want: Any, have: Any) -> bool:
@@ -123,9 +127,9 @@ class Reconciler:
         started = time.perf_counter()
         out = Outcome()
         revision: Revision | None = None
-        if not self.options.dry_run:  # the forwarder's pod needs its token whatever git holds
-            forwardersecrets.share(self.kube, self.options.status_namespace, ())
         try:
+            if not self.options.dry_run:  # the forwarder's pod needs its token whatever git holds
+                forwardersecrets.share(self.kube, self.options.status_namespace, ())
             revision = self.source.fetch() if fetch else self.source.resolve()
             out.revision = str(revision)
             live = self._managed()
@@ -143,8 +147,11 @@ class Reconciler:
         except desired.InvalidRevision as exc:
             out.error, out.stalled = f"revision {out.revision} rejected:\n{exc}", True
             self.metrics.revisions.labels("rejected").inc()
-        except (GitError, KubeError) as exc:
-            out.error = str(exc)
+        except GitError as exc:
+            out.error, out.transient = str(exc), True
+            self.metrics.revisions.labels("failed").inc()
+        except KubeError as exc:
+            out.error, out.transient, out.retry_after = str(exc), exc.transient, exc.retry_after
             self.metrics.revisions.labels("failed").inc()
         else:
             self.metrics.revisions.labels("applied").inc()

@@ -67,11 +67,13 @@ class GitSource:
     """One remote, one ref (branch, tag or commit) and one sub-path."""
 
     def __init__(self, url: str, *, cache: Path, branch: str = "main", tag: str | None = None,
-                 commit: str | None = None, path: str = ".", auth: Auth | None = None) -> None:
+                 commit: str | None = None, path: str = ".", auth: Auth | None = None,
+                 timeout: float = 60.0) -> None:
         self.url, self.shown = url, redact(url)  # shown: in errors, status, Events and logs
         self.branch, self.tag, self.commit = branch, tag, commit
         self.path = str(PurePosixPath(path)).strip("/") if path not in ("", ".", "/") else ""
         self.auth = auth or Auth()
+        self.timeout = timeout  # seconds to connect, and without a byte from the server, before a fetch fails
         key = hashlib.sha256(url.encode()).hexdigest()[:16]
         self.dir = cache / key
         self._repo: pygit2.Repository | None = None
@@ -103,6 +105,7 @@ class GitSource:
             (home / ".ssh").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.auth.known_hosts, home / ".ssh" / "known_hosts")
             pygit2.settings.homedir = str(home)
+        pygit2.settings.server_connect_timeout = pygit2.settings.server_timeout = int(self.timeout * 1000)
         try:
             repo.remotes["origin"].fetch(REFSPECS, callbacks=_Callbacks(self.auth),
                                          prune=pygit2.enums.FetchPrune.PRUNE)

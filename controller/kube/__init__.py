@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
@@ -20,19 +21,45 @@ from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, Resour
 
 from controller.api import FIELD_MANAGER
 
+# a hung apiserver fails the call (connect, read seconds) instead of blocking its caller for ever
+REQUEST_TIMEOUT = (10.0, 60.0)
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+# the client retries only a connection that was never made (the request not sent); every other retry,
+# honouring Retry-After, is the caller's, with its backoff — urllib3's own would sleep inside the call
+RETRIES = urllib3.util.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=5,
+                             respect_retry_after_header=False, raise_on_status=False)
+API_ERRORS = (DynamicApiError, ApiException, urllib3.exceptions.HTTPError)
+
 
 class KubeError(RuntimeError):
-    """An API call failed; ``status`` is the HTTP code and ``reason`` the API reason."""
+    """An API call failed; ``status`` is the HTTP code (0: no answer) and ``reason`` the API reason.
 
-    def __init__(self, message: str, *, status: int = 0, reason: str = "") -> None:
+    ``transient``: worth retrying (no answer, a timeout, 429, 5xx); ``retry_after``: the server's
+    Retry-After, in seconds."""
+
+    def __init__(self, message: str, *, status: int = 0, reason: str = "", transient: bool = False,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.transient = transient
+        self.retry_after = retry_after
+
+
+def _retry_after(exc: Exception) -> float | None:
+    value = (getattr(exc, "headers", None) or {}).get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _translate(exc: Exception, what: str) -> KubeError:
     import json
 
+    if isinstance(exc, urllib3.exceptions.HTTPError):  # refused, reset, timed out: no answer at all
+        cause = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason else exc
+        return KubeError(f"{what}: the API server did not answer: {cause}", reason="Unavailable", transient=True)
     status = getattr(exc, "status", 0) or 0
     body = getattr(exc, "body", None) or getattr(exc, "summary", lambda: "")()
     message, reason = str(body), ""
@@ -41,12 +68,14 @@ def _translate(exc: Exception, what: str) -> KubeError:
         message, reason = parsed.get("message", message), parsed.get("reason", "")
     except ValueError:
         pass
-    return KubeError(f"{what}: {message[:2000]}", status=status, reason=reason)
+    return KubeError(f"{what}: {message[:2000]}", status=status, reason=reason,
+                     transient=status in TRANSIENT_STATUS, retry_after=_retry_after(exc))
 
 
 def connect(kubeconfig: str | Path | None = None) -> Kube:
     """A client from ``kubeconfig`` (or $KUBECONFIG / ~/.kube/config / in-cluster)."""
     cfg = client.Configuration()
+    cfg.retries = RETRIES
     try:
         config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None,
                                 client_configuration=cfg)
@@ -65,14 +94,26 @@ class Kube:
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
-        self.dynamic = DynamicClient(api)
+        self._dynamic: DynamicClient | None = None
         self.writes = 0  # write calls made (a no-op reconcile must make none)
+
+    @property
+    def dynamic(self) -> DynamicClient:
+        """The dynamic client, made on first use: it asks the server for discovery, which may be away."""
+        if self._dynamic is None:
+            try:
+                self._dynamic = DynamicClient(self.api)
+            except API_ERRORS as exc:
+                raise _translate(exc, "discovery") from exc
+        return self._dynamic
 
     def resource(self, api_version: str, kind: str) -> Any:
         try:
             return self.dynamic.resources.get(api_version=api_version, kind=kind)
         except ResourceNotFoundError as exc:
             raise KubeError(f"the server has no resource for {kind} in {api_version}", status=404) from exc
+        except API_ERRORS as exc:  # discovery itself failed
+            raise _translate(exc, f"discover {kind} in {api_version}") from exc
 
     def invalidate_discovery(self) -> None:
         """Forget cached discovery (after CRDs change)."""
@@ -91,11 +132,11 @@ class Kube:
             header_params={"Accept": "application/json", "Content-Type": content_type},
             body=body, auth_settings=["BearerToken"])
         try:
-            resp = self.api.call_api(*request)
+            resp = self.api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
             resp.read()
             if not 200 <= resp.status <= 299:
                 self.api.response_deserialize(resp, {})
-        except ApiException as exc:
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
             raise _translate(exc, what or f"{method} {path}") from exc
         return json.loads(resp.data or b"{}")  # type: ignore[no-any-return]
 
@@ -120,17 +161,19 @@ class Kube:
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         try:
-            return self.resource(api_version, kind).get(name=name, namespace=namespace).to_dict()  # type: ignore[no-any-return]
+            return self.resource(api_version, kind).get(  # type: ignore[no-any-return]
+                name=name, namespace=namespace, _request_timeout=REQUEST_TIMEOUT).to_dict()
         except NotFoundError:
             return None
-        except (DynamicApiError, ApiException) as exc:
+        except API_ERRORS as exc:
             raise _translate(exc, f"get {kind} {namespace}/{name}") from exc
 
     def list(self, api_version: str, kind: str, namespace: str | None = None,
              label_selector: str | None = None) -> list[dict[str, Any]]:
         try:
-            out = self.resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
-        except (DynamicApiError, ApiException) as exc:
+            out = self.resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
+                                                       _request_timeout=REQUEST_TIMEOUT)
+        except API_ERRORS as exc:
             raise _translate(exc, f"list {kind} in {namespace or 'all namespaces'}") from exc
         return [item.to_dict() for item in out.items]
 
@@ -167,11 +210,11 @@ class Kube:
         """Delete the object; False when it was already gone."""
         self.writes += 1
         try:
-            self.resource(api_version, kind).delete(name=name, namespace=namespace,
-                                                    propagation_policy="Background")
+            self.resource(api_version, kind).delete(name=name, namespace=namespace, propagation_policy="Background",
+                                                    _request_timeout=REQUEST_TIMEOUT)
         except NotFoundError:
             return False
-        except (DynamicApiError, ApiException) as exc:
+        except API_ERRORS as exc:
             raise _translate(exc, f"delete {kind} {namespace}/{name}") from exc
         return True
 

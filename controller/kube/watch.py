@@ -10,6 +10,7 @@ from kubernetes.client.exceptions import ApiException
 
 from controller import logs
 from controller.kube import Kube
+from controller.kube.backoff import Backoff
 
 log = logs.get("watch")
 
@@ -30,6 +31,7 @@ class Watcher(threading.Thread):
         self.relists = 0
         self.resume_from = resource_version  # resume a watch from here instead of listing first
         self.on_list, self.on_error = on_list, on_error  # every (re)list's objects; every failure
+        self.backoff = Backoff(base=1.0, cap=30.0)  # after failures in a row; reset by the next event
 
     def _list(self) -> str:
         res = self.kube.resource(self.api_version, self.kind)
@@ -58,6 +60,7 @@ class Watcher(threading.Thread):
                             break
                         raise ApiException(status=raw.get("code"), reason=raw.get("message"))
                     rv = raw["metadata"]["resourceVersion"]
+                    self.backoff.reset()
                     if kind != "BOOKMARK":
                         self.on_event(kind, raw)
             except ApiException as exc:
@@ -75,4 +78,4 @@ class Watcher(threading.Thread):
     def _failed(self, error: str) -> None:
         if self.on_error:
             self.on_error(f"{self.kind}: {error}")
-        self.stop_event.wait(2)
+        self.stop_event.wait(self.backoff.next())

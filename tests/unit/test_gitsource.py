@@ -150,3 +150,28 @@ def test_a_token_in_the_url_never_reaches_the_error(tmp_path: Path) -> None:
         server.shutdown()  # type: ignore[attr-defined]
     assert f"fetch https://***@127.0.0.1:{port}/team.git" in str(err.value)
     assert "s3cret" not in str(err.value)
+
+
+@pytest.mark.parametrize("scheme", ["git", "http"])
+def test_a_git_server_that_accepts_and_never_answers_fails_the_fetch_after_the_timeout(scheme: str,
+                                                                                     tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nothing ever answers
+    port = silent.getsockname()[1]
+    source = GitSource(f"{scheme}://127.0.0.1:{port}/team.git", cache=tmp_path / "cache", timeout=1)
+    failed: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            source.fetch()
+        except GitError as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=fetch, daemon=True)
+    worker.start()
+    worker.join(60)  # a hang guard far above the 1 s timeout, not a measurement
+    silent.close()
+    assert not worker.is_alive(), "the fetch hung on a server that never answers"
+    assert failed and f"fetch {scheme}://127.0.0.1:{port}/team.git" in str(failed[0])
