@@ -87,3 +87,21 @@ def test_a_forwarder_in_a_pod_that_cannot_read_the_cluster_refuses_to_start(tmp_
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.startswith("replayops forwarder: cannot read CapturePolicies:"), out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(("args", "prefix"), [
+    (("controller", "run", "--repo", "file:///x"), "replayops controller run: no cluster access: no cluster to talk to"),
+    (("webhook", "serve", "--port", "18443", "--cert-dir", "CERTS"), "replayops webhook serve: no cluster to talk to"),
+    (("diff", "."), "replayops diff: no cluster to talk to"),
+])
+def test_without_any_kubeconfig_outside_a_cluster_a_command_says_so_in_one_line(
+        args: tuple[str, ...], prefix: str, tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")} | {
+        "HOME": str(tmp_path), "REPLAYOPS_HOME": str(tmp_path)}
+    argv = [a.replace("CERTS", str(tmp_path / "certs")) for a in args]
+    out = subprocess.run([sys.executable, "-m", "controller.cli", *argv], env=env, capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode != 0
+    assert out.stderr.startswith(prefix) and len(out.stderr.strip().splitlines()) == 1, out.stderr
