@@ -90,7 +90,8 @@ def test_a_forwarder_in_a_pod_that_cannot_read_the_cluster_refuses_to_start(tmp_
 
 
 @pytest.mark.parametrize(("args", "prefix"), [
-    (("controller", "run", "--repo", "file:///x"), "replayops controller run: no cluster access: no cluster to talk to"),
+    (("controller", "run", "--repo", "file:///x"),
+     "replayops controller run: no cluster access: no cluster to talk to"),
     (("webhook", "serve", "--port", "18443", "--cert-dir", "CERTS"), "replayops webhook serve: no cluster to talk to"),
     (("diff", "."), "replayops diff: no cluster to talk to"),
 ])
