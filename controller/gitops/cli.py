@@ -14,7 +14,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from controller import argtypes, logs, paths
+from controller import __version__, argtypes, logs, paths
 from controller.admission import rules
 from controller.api import JOB_MANAGER, REVISION, SYSTEM_NAMESPACE
 from controller.durations import parse_duration
@@ -85,7 +85,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--push-secret-file", type=Path, help="HMAC secret / GitLab token for pushes")
     r.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
     r.add_argument("--leader-elect", action="store_true", help="run as one of several replicas")
-    r.add_argument("--lease-seconds", type=int, default=15)
+    r.add_argument("--lease-seconds", type=_duration, default=15.0, help="lease duration (client-go's default 15s)")
+    r.add_argument("--renew-deadline", type=_duration, default=10.0,
+                   help="a leader that has not renewed for this long stops writing (default 10s)")
+    r.add_argument("--retry-period", type=_duration, default=2.0, help="how often to renew or try (default 2s)")
     r.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}")
     ctl.set_defaults(func=run_controller)
 
@@ -188,7 +191,7 @@ def run_controller(args: argparse.Namespace) -> int:
 
     from controller.api import API_VERSION, KINDS, MANAGED_BY, SOURCE
     from controller.gitops import receiver
-    from controller.gitops.leader import LeaderElector
+    from controller.gitops.leader import LeaderElector, Timings
     from controller.gitops.loop import Loop
     from controller.gitops.reconcile import Metrics, Options, Reconciler
     from controller.gitops.source import GitSource
@@ -196,6 +199,11 @@ def run_controller(args: argparse.Namespace) -> int:
     from controller.kube.watch import Watcher
 
     logs.setup()
+    try:
+        timings = Timings(args.lease_seconds, args.renew_deadline, args.retry_period)
+    except ValueError as exc:
+        print(f"replayops controller run: {exc}", file=sys.stderr)
+        return 2
     allowed = desired.DEFAULT_ALLOWED_KINDS | frozenset(args.allow_kind)
     options = Options(name=args.name, namespace=args.namespace, status_namespace=args.status_namespace,
                       self_heal=args.self_heal, prune=args.prune, dry_run=args.dry_run, allowed_kinds=allowed,
@@ -217,9 +225,14 @@ def run_controller(args: argparse.Namespace) -> int:
     image = args.replay_image or kube.own_image() or JobConfig.image
     replays = ReplayJobs(kube, JobConfig(namespace=args.replay_namespace, image=image,
                                          store_claim=args.store_claim), dry_run=args.dry_run) if args.replays else None
-    elector = LeaderElector(kube, namespace=args.status_namespace, name=f"replayops-controller-{args.name}",
-                            identity=args.identity, lease_seconds=args.lease_seconds) if args.leader_elect else None
-    loop = Loop(reconciler, interval=args.interval, replays=replays, elector=elector, lease_seconds=args.lease_seconds)
+    elector = None
+    if args.leader_elect:
+        # its own client: a slow pass never holds up a renewal; every write of the loop's is fenced by it
+        elector = LeaderElector(connect(args.kubeconfig), namespace=args.status_namespace,
+                                name=f"replayops-controller-{args.name}", identity=args.identity, timings=timings)
+        kube.fence = elector.check
+    kube.api.user_agent = f"replayops-controller/{__version__} ({args.identity})"
+    loop = Loop(reconciler, interval=args.interval, replays=replays, elector=elector)
     if args.push_port:
         if not args.push_secret_file:
             print("replayops controller run: --push-port needs --push-secret-file", file=sys.stderr)

@@ -1,14 +1,23 @@
-"""Leader election with a ``coordination.k8s.io/v1`` Lease (optimistic concurrency on resourceVersion).
+"""Leader election with a ``coordination.k8s.io/v1`` Lease, on client-go's rules and timings.
 
-A candidate holds the lease while it renews it within ``lease_seconds``; a
-standby takes over once the holder's renewTime is older than that, so failover
-happens within one lease duration. ``release()`` hands the lease over at once.
+A background thread tries every ``retry_period`` to acquire or renew the lease (optimistic concurrency
+on resourceVersion). Expiry is judged as client-go judges it, never by comparing clocks: a candidate
+notes *on its own monotonic clock* when it last saw the lease record change, and takes the lease once
+the record has not changed for ``lease_duration``. A leader leads only while its last successful renewal
+(timed from before the request was sent) is younger than ``renew_deadline`` (< ``lease_duration``):
+``check()`` — called by ``Kube`` before every write — refuses once it is older, so a leader that was
+paused, partitioned or slow stops writing before any other candidate can have taken over.
+``release()`` hands the lease over at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from controller import logs
@@ -17,69 +26,119 @@ from controller.kube import Kube, KubeError
 log = logs.get("leader")
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+class NotLeader(KubeError):
+    """A write refused: this candidate does not hold a lease it renewed within the renew deadline."""
+
+
+@dataclass(frozen=True)
+class Timings:
+    """client-go's LeaderElectionConfig: LeaseDuration, RenewDeadline, RetryPeriod (seconds)."""
+
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError(f"leader election needs retry period ({self.retry_period:g}s) < renew deadline "
+                             f"({self.renew_deadline:g}s) < lease duration ({self.lease_duration:g}s)")
 
 
 def _fmt(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parse(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 class LeaderElector:
-    def __init__(self, kube: Kube, *, namespace: str, name: str, identity: str, lease_seconds: int = 15) -> None:
+    def __init__(self, kube: Kube, *, namespace: str, name: str, identity: str, timings: Timings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.kube, self.namespace, self.name = kube, namespace, name
-        self.identity, self.lease_seconds = identity, lease_seconds
+        self.identity, self.timings, self.clock = identity, timings or Timings(), clock
         self.is_leader = False
+        self._renewed_at = float("-inf")  # our clock, before the last successful acquire or renew was sent
+        self._observed: tuple[Any, ...] | None = None  # the lease record last seen ...
+        self._observed_at = float("-inf")  # ... and when (our clock) it last changed
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _path(self, name: str | None = None) -> str:
         base = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
         return f"{base}/{name}" if name else base
 
-    def _spec(self, acquire: dt.datetime | None, transitions: int) -> dict[str, Any]:
-        now = _now()
-        return {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_seconds,
-                "acquireTime": _fmt(acquire or now), "renewTime": _fmt(now), "leaseTransitions": transitions}
+    def _spec(self, acquire: str | None, transitions: int) -> dict[str, Any]:
+        now = _fmt(dt.datetime.now(dt.UTC))  # for people and tools reading the Lease; no decision uses it
+        return {"holderIdentity": self.identity, "leaseDurationSeconds": max(1, round(self.timings.lease_duration)),
+                "acquireTime": acquire or now, "renewTime": now, "leaseTransitions": transitions}
 
-    def try_acquire(self) -> bool:
-        """Acquire or renew the lease; True while this candidate leads."""
+    def try_acquire_or_renew(self) -> bool:
+        """One attempt to acquire or renew the lease; True when this candidate holds it now."""
+        started = self.clock()
         lease = self.kube.get("coordination.k8s.io/v1", "Lease", self.name, self.namespace)
         try:
             if lease is None:
                 body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                         "metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec(None, 0)}
                 self.kube.call("POST", self._path(), body=body, what="create lease")
-                return self._became(True)
+                return self._renewed(started)
             spec = lease.get("spec") or {}
             holder = spec.get("holderIdentity")
-            renew = _parse(spec.get("renewTime"))
-            duration = spec.get("leaseDurationSeconds") or self.lease_seconds
-            expired = renew is None or (_now() - renew).total_seconds() > duration
-            if holder and holder != self.identity and not expired:
-                return self._became(False)
-            transitions = int(spec.get("leaseTransitions") or 0)
+            record = (holder, spec.get("renewTime"), spec.get("acquireTime"), spec.get("leaseTransitions"))
+            if record != self._observed:
+                self._observed, self._observed_at = record, started
             ours = holder == self.identity
-            acquire = _parse(spec.get("acquireTime")) if ours else None
+            if holder and not ours and started < self._observed_at + self.timings.lease_duration:
+                return self._became(False)  # another holds it and was seen renewing within the lease duration
+            transitions = int(spec.get("leaseTransitions") or 0)
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace,
                                  "resourceVersion": lease["metadata"]["resourceVersion"]},
-                    "spec": self._spec(acquire, transitions if ours else transitions + 1)}
+                    "spec": self._spec(spec.get("acquireTime") if ours else None,
+                                       transitions if ours else transitions + 1)}
             self.kube.call("PUT", self._path(self.name), body=body, what="update lease")
-            return self._became(True)
+            return self._renewed(started)
         except KubeError as exc:
             if exc.status == 409:  # someone else won the race
                 return self._became(False)
             raise
 
+    def leading(self) -> bool:
+        """Whether this candidate may write: it holds the lease, renewed within the renew deadline."""
+        return self.is_leader and self.clock() - self._renewed_at < self.timings.renew_deadline
+
+    def check(self) -> None:
+        """The write fence: raise ``NotLeader`` unless ``leading()``."""
+        if not self.leading():
+            raise NotLeader(f"not the leader ({self.identity}): the lease {self.namespace}/{self.name} was not "
+                            f"renewed within {self.timings.renew_deadline:g}s", status=0, reason="NotLeader")
+
+    def start(self) -> None:
+        """Acquire and renew in the background, every retry period, until ``stop()``."""
+        self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.try_acquire_or_renew()
+            except KubeError as exc:
+                log.warning("lease not renewed", extra=logs.fields(identity=self.identity, error=str(exc)))
+            if self.is_leader and not self.leading():
+                log.error("leadership lost: the lease was not renewed within the renew deadline",
+                          extra=logs.fields(identity=self.identity, renew_deadline=self.timings.renew_deadline))
+                self._became(False)
+            self._stop.wait(self.timings.retry_period)
+
+    def stop(self) -> None:
+        """Stop renewing, then release the lease."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=self.timings.renew_deadline)
+        self.release()
+
     def release(self) -> None:
         """Give the lease up (on shutdown) so a standby takes over at once."""
         if not self.is_leader:
             return
+        self.is_leader = False  # first: no write from here on
         lease = self.kube.get("coordination.k8s.io/v1", "Lease", self.name, self.namespace)
         if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -88,11 +147,13 @@ class LeaderElector:
                     "spec": {**lease["spec"], "holderIdentity": None, "renewTime": None}}
             with contextlib.suppress(KubeError):
                 self.kube.call("PUT", self._path(self.name), body=body, what="release lease")
-        self.is_leader = False
+
+    def _renewed(self, started: float) -> bool:
+        self._renewed_at = started
+        return self._became(True)
 
     def _became(self, leader: bool) -> bool:
         if leader != self.is_leader:
             log.info("leadership changed", extra=logs.fields(identity=self.identity, leader=leader))
         self.is_leader = leader
         return leader
-

@@ -24,11 +24,11 @@ class Loop:
     """One controller's loop over a reconciler (and, optionally, the replay Jobs), behind a leader lease."""
 
     def __init__(self, reconciler: Reconciler, *, interval: float, replays: ReplayJobs | None = None,
-                 elector: LeaderElector | None = None, lease_seconds: float = 15.0,
-                 backoff: Backoff | None = None) -> None:
+                 elector: LeaderElector | None = None, backoff: Backoff | None = None) -> None:
         self.reconciler, self.replays, self.elector = reconciler, replays, elector
         self.interval = interval
-        self.tick = min(interval, lease_seconds / 3) if elector else interval
+        # a standby looks again each retry period: it passes as soon as it leads
+        self.tick = min(interval, elector.timings.retry_period) if elector else interval
         # a pass that failed transiently is retried sooner than the next tick, never later
         self.backoff = backoff or Backoff(base=1.0, cap=min(60.0, self.tick))
         self._stop, self._wake, self._fetch_due = threading.Event(), threading.Event(), threading.Event()
@@ -52,13 +52,7 @@ class Loop:
         return self._stop
 
     def _leading(self) -> bool:
-        if self.elector is None:
-            return True
-        try:
-            return self.elector.try_acquire()
-        except KubeError as exc:
-            log.error("leader election failed", extra=logs.fields(error=str(exc)))
-            return False
+        return self.elector is None or self.elector.leading()
 
     def _pass(self, fetch: bool) -> Outcome:
         out = self.reconciler.reconcile(fetch=fetch or self.reconciler.last_applied is None)
@@ -86,6 +80,8 @@ class Loop:
         return delay
 
     def run(self) -> None:
+        if self.elector:
+            self.elector.start()
         next_fetch = 0.0
         while not self._stop.is_set():
             out, fetch = None, False
@@ -102,4 +98,4 @@ class Loop:
             self._wake.wait(timeout=self._next_wait(out, fetch))
             self._wake.clear()
         if self.elector:
-            self.elector.release()
+            self.elector.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,7 @@ class Kube:
         self.api = api
         self._dynamic: DynamicClient | None = None
         self.writes = 0  # write calls made (a no-op reconcile must make none)
+        self.fence: Callable[[], None] | None = None  # called before every write; raises to refuse it
 
     @property
     def dynamic(self) -> DynamicClient:
@@ -106,6 +107,11 @@ class Kube:
             except API_ERRORS as exc:
                 raise _translate(exc, "discovery") from exc
         return self._dynamic
+
+    def _write(self) -> None:
+        if self.fence:
+            self.fence()
+        self.writes += 1
 
     def resource(self, api_version: str, kind: str) -> Any:
         try:
@@ -126,7 +132,7 @@ class Kube:
         import json
 
         if method != "GET" and not any(k == "dryRun" for k, _ in query):
-            self.writes += 1
+            self._write()
         request = self.api.param_serialize(
             method, path, query_params=list(query),
             header_params={"Accept": "application/json", "Content-Type": content_type},
@@ -208,7 +214,7 @@ class Kube:
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         """Delete the object; False when it was already gone."""
-        self.writes += 1
+        self._write()
         try:
             self.resource(api_version, kind).delete(name=name, namespace=namespace, propagation_policy="Background",
                                                     _request_timeout=REQUEST_TIMEOUT)

@@ -19,7 +19,7 @@ import pytest
 
 from controller.devcluster import pid_alive, stop_pid
 from controller.devcluster.cluster import free_port
-from controller.gitops.leader import LeaderElector
+from controller.gitops.leader import LeaderElector, NotLeader, Timings
 from tests.cluster.test_gitops import replay_yaml
 from tests.conftest import Cluster
 from tests.gitrepo import Repo, git_daemon
@@ -142,24 +142,76 @@ def test_killed_mid_apply_and_restarted_converges_with_nothing_lost_or_doubled(
     assert names == [f"r{i:03d}" for i in range(count)]
 
 
+class Clock:
+    """A candidate's own monotonic clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_two_replicas_elect_one_leader_and_the_standby_takes_over(cluster: Cluster, namespace: str) -> None:
-    a = LeaderElector(cluster.kube, namespace=namespace, name="lease", identity="a", lease_seconds=2)
-    b = LeaderElector(cluster.kube, namespace=namespace, name="lease", identity="b", lease_seconds=2)
-    assert a.try_acquire() and not b.try_acquire()
-    assert a.try_acquire(), "the leader renews"
-    started = time.monotonic()
-    wait("the standby to take over", b.try_acquire, timeout=10)  # a stopped renewing
-    assert time.monotonic() - started <= 2 + 1.5, "takeover within about one lease duration"
-    assert not a.try_acquire()
+    timings = Timings(lease_duration=15, renew_deadline=10, retry_period=2)
+    ca, cb = Clock(), Clock()
+    a = LeaderElector(cluster.kube, namespace=namespace, name="lease", identity="a", timings=timings, clock=ca)
+    b = LeaderElector(cluster.kube, namespace=namespace, name="lease", identity="b", timings=timings, clock=cb)
+    assert a.try_acquire_or_renew() and not b.try_acquire_or_renew()
+    ca.now += 9
+    assert a.leading(), "within the renew deadline"
+    ca.now += 2
+    assert not a.leading(), "past the renew deadline a leader stops writing, before anyone may take over"
+    with pytest.raises(NotLeader):
+        a.check()
+    assert a.try_acquire_or_renew() and a.leading(), "the leader renews"
+    cb.now += 14
+    assert not b.try_acquire_or_renew(), "the record changed 14s ago on b's clock: not expired"
+    cb.now += 16
+    assert b.try_acquire_or_renew(), "unchanged for a whole lease duration on b's clock: b takes over"
+    assert not a.try_acquire_or_renew() and not a.leading()
     b.release()
-    assert a.try_acquire(), "a released lease is taken at once"
+    assert a.try_acquire_or_renew(), "a released lease is taken at once"
+
+
+def test_expiry_never_compares_clocks_across_candidates(cluster: Cluster, namespace: str) -> None:
+    """The holder's renewTime, written by another machine's clock, is never read for a decision: a lease
+    whose renewTime is a year old but whose record keeps changing is not taken."""
+    timings = Timings(lease_duration=15, renew_deadline=10, retry_period=2)
+    cb = Clock()
+    b = LeaderElector(cluster.kube, namespace=namespace, name="skewed", identity="b", timings=timings, clock=cb)
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": "skewed", "namespace": namespace},
+             "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15, "renewTime": "2025-01-01T00:00:00.000000Z",
+                      "acquireTime": "2025-01-01T00:00:00.000000Z", "leaseTransitions": 0}}
+    cluster.kube.apply(lease)
+    for second in range(1, 4):  # a renews every 10 s of b's clock, with a clock a year slow
+        assert not b.try_acquire_or_renew()
+        cb.now += 10
+        lease["spec"]["renewTime"] = f"2025-01-01T00:00:{second:02d}.000000Z"
+        cluster.kube.apply(lease)
+    assert not b.try_acquire_or_renew()
+    cb.now += 15
+    assert b.try_acquire_or_renew(), "once a stops renewing, b takes over after one lease duration"
+
+
+def test_leader_election_timings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"retry period \(2s\) < renew deadline \(15s\) < lease duration \(15s\)"):
+        Timings(lease_duration=15, renew_deadline=15, retry_period=2)
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "controller", "run", "--repo", "file:///x",
+                          "--leader-elect", "--lease-seconds", "5", "--renew-deadline", "6", "--kubeconfig",
+                          str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == ("replayops controller run: leader election needs retry period (2s) < renew "
+                                  "deadline (6s) < lease duration (5s)")
 
 
 def test_two_controller_processes_only_the_leader_applies(
         cluster: Cluster, namespace: str, controllers: Controllers, tmp_path: Path) -> None:
     repo = Repo(tmp_path / "repo")
     repo.commit("r", {"r1.yaml": replay_yaml("r1", copies=1)})
-    args = ("--interval", "1s", "--leader-elect", "--lease-seconds", "3")
+    args = ("--interval", "1s", "--leader-elect", "--lease-seconds", "3", "--renew-deadline", "2", "--retry-period",
+            "0.5")
     first = controllers.start(repo.url, *args, "--identity", "one")
     wait("the replay", lambda: copies(cluster, namespace, "r1") == 1)
     controllers.start(repo.url, *args, "--identity", "two")
