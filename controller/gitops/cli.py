@@ -243,7 +243,9 @@ def run_controller(args: argparse.Namespace) -> int:
     selector = f"{MANAGED_BY}=replayops,{SOURCE}={options.name}"
     for ref in sorted(allowed | {f"{API_VERSION}/{kind}" for kind in KINDS}):
         api, _, kind = ref.rpartition("/")
-        Watcher(kube, api, kind, loop.wake, loop.stopping, label_selector=selector).start()
+        # CapturePolicies: all of them, whoever applied them (the converger reads every one)
+        Watcher(kube, api, kind, loop.wake, loop.stopping,
+                label_selector=None if kind == "CapturePolicy" else selector).start()
     if replays:  # every replay and snapshot in the cluster, from our git source or synced by another tool (Argo CD)
         Watcher(kube, API_VERSION, "TrafficReplay", loop.wake, loop.stopping).start()
         Watcher(kube, API_VERSION, "Snapshot", loop.wake, loop.stopping).start()

@@ -233,9 +233,20 @@ class Reconciler:
             out.pruned.append(f"{kind} {ns}/{name}" if ns else f"{kind} {name}")
             self.metrics.pruned.inc()
 
+    def _policies(self, state: desired.Desired) -> list[dict[str, Any]]:
+        """Every CapturePolicy in the cluster — applied from git by any source, by Argo CD or by kubectl —
+        defaulted; in a dry run, this revision's as they would be applied."""
+        found = {(p["metadata"]["namespace"], p["metadata"]["name"]): p
+                 for p in self.kube.list(API_VERSION, "CapturePolicy")}
+        if self.options.dry_run:
+            found.update({(i.obj["metadata"]["namespace"], i.obj["metadata"]["name"]): i.obj
+                          for i in state.of_kind("CapturePolicy")})
+        return [defaults.default_policy(p) for _, p in sorted(found.items())]
+
     def _converge(self, state: desired.Desired, out: Outcome) -> None:
-        """Capture annotations on selected workloads' templates; policy status lists them."""
-        policies = [defaults.default_policy(i.obj) for i in state.of_kind("CapturePolicy")]
+        """Capture annotations on selected workloads' templates, from every CapturePolicy in the cluster;
+        policy status lists them."""
+        policies = self._policies(state)
         if not self.options.dry_run:  # before any pod rolls: a sidecar reads the token once, when it starts
             forwardersecrets.share(self.kube, self.options.status_namespace,
                                    (p["metadata"]["namespace"] for p in policies))

@@ -249,8 +249,8 @@ class Kube:
 
     def install_crds(self, crds: Iterable[Mapping[str, Any]], timeout: float = 60.0) -> None:
         """Apply CRDs and wait until each is Established and served."""
-        names = []
-        for crd in crds:
+        names, crds_list = [], list(crds)
+        for crd in crds_list:
             self.apply(crd)
             names.append(crd["metadata"]["name"])
         for name in names:
@@ -259,6 +259,18 @@ class Kube:
                                                                "CustomResourceDefinition", n)),
                           timeout)
         self.invalidate_discovery()
+        for crd in crds_list:  # Established is not yet served: storage may still be (re)initializing
+            spec = crd["spec"]
+            api = f"{spec['group']}/{spec['versions'][0]['name']}"
+            self.wait_for(f"{spec['names']['kind']} to be listable", lambda a=api, k=spec["names"]["kind"]:
+                          self._listable(a, k), timeout)
+
+    def _listable(self, api_version: str, kind: str) -> bool:
+        try:
+            self.list(api_version, kind)
+        except KubeError:
+            return False
+        return True
 
 
 def _established(crd: Mapping[str, Any] | None) -> bool:

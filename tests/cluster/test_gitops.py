@@ -374,3 +374,20 @@ def test_credentials_in_the_repository_url_reach_no_status_event_or_log(
     logged = " ".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
     for where, text in (("status", json.dumps(status)), ("events", json.dumps(events)), ("logs", logged)):
         assert "s3cret" not in text, where
+
+
+def test_a_policy_applied_by_kubectl_is_converged_too(gitops: GitOps) -> None:
+    """Workload annotations come from every CapturePolicy in the cluster, not only this source's."""
+    gitops.deployment("web", {"app": "checkout"})
+    gitops.repo.commit("settings", {"settings.yaml": SETTINGS})
+    gitops.reconcile()
+    applied = gitops.cluster.kubectl("apply", "-n", gitops.ns, "-f", "-", input=POLICY.replace("{sampling}", "0.5"))
+    assert applied.returncode == 0, applied.stderr
+    gitops.reconcile()
+    web = gitops.get("Deployment", "web", "apps/v1") or {}
+    assert web["spec"]["template"]["metadata"]["annotations"][CAPTURE] == "checkout"
+    assert (gitops.get("CapturePolicy", "checkout") or {})["status"]["selectedCount"] == 1
+    gitops.cluster.kubectl("delete", "-n", gitops.ns, "capturepolicy", "checkout", check=True)
+    gitops.reconcile()
+    web = gitops.get("Deployment", "web", "apps/v1") or {}
+    assert CAPTURE not in (web["spec"]["template"]["metadata"].get("annotations") or {})
