@@ -14,8 +14,10 @@ def resource(text: str) -> tuple[str, str]:
 
 
 def repository(text: str) -> str:
-    """A git repository URL or path; ``$(VAR)`` left unexpanded means the env var's source was missing."""
-    if not text.strip():
+    """A git repository URL or path (a ConfigMap made ``--from-file`` ends it with a newline: stripped);
+    ``$(VAR)`` left unexpanded means the env var's source was missing."""
+    text = text.strip()
+    if not text:
         raise argparse.ArgumentTypeError("the repository is empty")
     if text.startswith("$(") and text.endswith(")"):
         raise argparse.ArgumentTypeError(

@@ -140,16 +140,19 @@ def git_daemon(base: Path, address: str = "127.0.0.1", *, push: bool = False, po
 class SshServer:
     address: str
     port: int
-    credentials: Path  # as the Secret replayops-git mounts: ssh-privatekey, ssh-publickey, known_hosts, username
+    user: str
+    credentials: Path  # as the README's Secret replayops-git mounts: ssh-privatekey, known_hosts (+ https's username)
 
     def url(self, repo: Path) -> str:
-        return f"ssh://{self.address}:{self.port}{repo}"
+        """The URL names the ssh user, as ``git@host`` does."""
+        return f"ssh://{self.user}@{self.address}:{self.port}{repo}"
 
 
 @contextlib.contextmanager
 def serve_ssh(work: Path, address: str = "127.0.0.1") -> Iterator[SshServer]:
-    """An sshd on ``address`` that lets in one client key (git over ssh to any local path), until the block
-    ends; ``credentials`` holds that key, the server's host key in ``known_hosts`` and this user's name."""
+    """An sshd on ``address`` that lets in one client key (git over ssh to any local path, as this user),
+    until the block ends; ``credentials`` holds that key and the server's host key in ``known_hosts``, as
+    the README's Secret does, and an https ``username`` that ssh must ignore."""
     import os
     import shutil
 
@@ -174,10 +177,10 @@ def serve_ssh(work: Path, address: str = "127.0.0.1") -> Iterator[SshServer]:
     os.makedirs("/run/sshd", exist_ok=True)
     shutil.copyfile(keys / "client", creds / "ssh-privatekey")
     (creds / "ssh-privatekey").chmod(0o600)
-    shutil.copyfile(keys / "client.pub", creds / "ssh-publickey")
     kind, key = (keys / "host.pub").read_text().split()[:2]
     (creds / "known_hosts").write_text(f"[{address}]:{port} {kind} {key}\n")
-    (creds / "username").write_text(subprocess.run(["id", "-un"], capture_output=True, text=True).stdout)
+    (creds / "username").write_text("https-bot\n")  # the https user of the same Secret: ssh must not use it
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
     sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(keys / "sshd_config")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -192,7 +195,7 @@ def serve_ssh(work: Path, address: str = "127.0.0.1") -> Iterator[SshServer]:
             if time.monotonic() > deadline or sshd.poll() is not None:
                 raise RuntimeError(f"sshd on {address}:{port} did not start")
             time.sleep(0.1)
-        yield SshServer(address, port, creds)
+        yield SshServer(address, port, user, creds)
     finally:
         sshd.terminate()
         sshd.wait(10)

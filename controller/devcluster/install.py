@@ -186,15 +186,25 @@ def recorded(store: FileStore, namespace: str, policy: str) -> int:
 DEMO_REPLAY_FILES = ("snapshots/demo-baseline.yaml", "replays/demo-smoke.yaml")
 
 
+def _snapshot_exists(kube: Kube, namespace: str) -> bool:
+    """Whether the demo's Snapshot exists; a cluster without our CRDs yet (a new one) has none."""
+    try:
+        return kube.get(API_VERSION, "Snapshot", "demo-baseline", namespace) is not None
+    except KubeError as exc:
+        if exc.status == 404:  # the kind is not served: the CRDs are not installed yet
+            return False
+        raise
+
+
 def forget_demo_replay(kube: Kube, repo: Path, namespace: str = DEMO_NAMESPACE) -> bool:
     """A new cluster (``make down`` then ``make up``) has an empty store: the demo's Snapshot and replay the
     repository kept from the old one would be cut from nothing and fail. Remove them from the repository
     (one commit) while the cluster has no such Snapshot; ``commit_replay`` commits them again once pairs
     are stored. True when removed."""
     present = [rel for rel in DEMO_REPLAY_FILES if (repo / rel).is_file()]
-    if not present or kube.get(API_VERSION, "Snapshot", "demo-baseline", namespace) is not None:
+    if not present or _snapshot_exists(kube, namespace):
         return False
-    git(repo, "rm", "-q", "--", *present)
+    git(repo, "rm", "-q", "-f", "--", *present)  # -f: a user's uncommitted edit of these goes with them
     git(repo, "commit", "-q", "-m", "a new cluster: the demo's snapshot is cut again once its pairs are stored")
     return True
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import shlex
 import urllib.parse
 from dataclasses import dataclass
@@ -56,9 +57,14 @@ class Auth:
 
     @classmethod
     def from_dir(cls, path: Path) -> Auth:
-        """The credentials of a mounted Secret's directory; a missing key is not used."""
+        """The credentials of a mounted Secret's directory; a missing key is not used, an unreadable one
+        is refused (ValueError naming it), here at start rather than at every fetch."""
         def file(*names: str) -> Path | None:
-            return next((path / n for n in names if (path / n).is_file()), None)
+            found = next((path / n for n in names if (path / n).is_file()), None)
+            if found and not os.access(found, os.R_OK):
+                raise ValueError(f"{found} is not readable by uid {os.getuid()} gid {os.getgid()}: in a pod the "
+                                 "Secret's volume needs the pod's fsGroup (65532 in the manifests)")
+            return found
 
         secret = file("token", "password")
         username = file("username")
@@ -83,8 +89,6 @@ class Auth:
             ssh += ["-i", str(self.ssh_private_key), "-o", "IdentitiesOnly=yes"]
         if self.known_hosts:
             ssh += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
-        if self.username:
-            ssh += ["-l", self.username]
         env["GIT_SSH_COMMAND"] = shlex.join(ssh)
         return env
 

@@ -44,7 +44,7 @@ class _Callbacks(pygit2.RemoteCallbacks):  # type: ignore[misc]
 
     def credentials(self, url: str, username_from_url: str | None,
                     allowed_types: int) -> pygit2.Username | pygit2.UserPass | pygit2.Keypair:
-        user = self.auth.username or username_from_url or "git"
+        user = username_from_url or "git"  # ssh: the URL's user (git@host); the Secret's username is https's
         if allowed_types & pygit2.enums.CredentialType.USERNAME:  # ssh asks for the user name first
             return pygit2.Username(user)
         if self.auth.ssh_private_key and allowed_types & pygit2.enums.CredentialType.SSH_KEY:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from controller.devcluster import pid_alive, read_state
+from controller.devcluster import install, pid_alive, read_state
 from tests.conftest import Cluster
 from tests.helpers import wait_200
 
@@ -83,7 +83,6 @@ def test_a_new_cluster_gets_the_demo_replay_committed_again_instead_of_one_cut_f
     cluster; the next ``make up`` (no such Snapshot in the new cluster) removes them in one commit, so the
     controller never cuts the Snapshot before the demo's pairs are stored. A running cluster keeps them."""
     from controller.api import API_VERSION
-    from controller.devcluster import install
     from tests.gitrepo import Repo
 
     repo = Repo(tmp_path / "gitops-repo")
@@ -103,3 +102,23 @@ def test_a_new_cluster_gets_the_demo_replay_committed_again_instead_of_one_cut_f
     assert repo.git("rev-list", "--count", f"{kept}..HEAD") == "1"
     assert repo.git("ls-files").split() == ["README.md"]
     assert install.forget_demo_replay(cluster.kube, repo.path, namespace) is False, "nothing left to remove"
+
+
+def test_a_new_cluster_without_our_crds_yet_forgets_the_demo_replay(tmp_path: Path) -> None:
+    """``make down`` then ``make up``: the repository kept the demo's Snapshot and replay, and the new
+    cluster does not even serve the Snapshot kind when they are forgotten (the CRDs come later)."""
+    from controller.devcluster import DevCluster, ensure_binaries
+    from controller.kube import connect
+    from tests.gitrepo import Repo
+
+    repo = Repo(tmp_path / "repo")
+    repo.commit("kept from the last cluster", {"README.md": "x", **{rel: "kind: Snapshot\n" for rel in
+                                                                     install.DEMO_REPLAY_FILES}})
+    (repo.path / install.DEMO_REPLAY_FILES[0]).write_text("kind: Snapshot  # a user's uncommitted edit\n")
+    dev = DevCluster(tmp_path / "cp", ensure_binaries(), controller_manager=False)
+    dev.start()
+    try:
+        assert install.forget_demo_replay(connect(dev.kubeconfig), repo.path) is True
+    finally:
+        dev.stop()
+    assert repo.git("ls-files").split() == ["README.md"]

@@ -4,6 +4,7 @@ token and a private CA, ssh with a key and known_hosts — nothing of them on a 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from controller.gitops import auth
 from controller.gitops.auth import Auth
 from controller.inspector.gitwrite import ChangeError, GitWriter
 from tests.gitrepo import Repo, serve_https, serve_ssh
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: note, namespace: team}\ndata: {a: '1'}\n"
 
@@ -87,3 +90,29 @@ def test_git_env_puts_the_token_in_a_header_config_never_in_the_url() -> None:
     assert env["GIT_CONFIG_VALUE_0"] == "Authorization: Basic Ym90OnQwaw=="  # bot:t0k
     assert (env["GIT_CONFIG_KEY_1"], env["GIT_CONFIG_VALUE_1"]) == ("http.sslCAInfo", "/ca.crt")
     assert "StrictHostKeyChecking=yes" in env["GIT_SSH_COMMAND"]
+
+
+def test_an_unreadable_credential_is_refused_at_start_naming_the_file(tmp_path: Path) -> None:
+    """As in a pod without the fsGroup: the Secret's files are root's, mode 0440; the command says so in
+    one line instead of failing each fetch."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv (util-linux) to run the command as another user")
+    import tempfile
+
+    creds = Path(tempfile.mkdtemp(prefix="replayops-creds-", dir="/tmp"))  # reachable by the other user
+    creds.chmod(0o755)
+    (creds / "ssh-privatekey").write_text("key\n")
+    (creds / "ssh-privatekey").chmod(0o440)
+    out = subprocess.run(["setpriv", "--reuid=65532", "--regid=65532", "--clear-groups", sys.executable, "-m",
+                          "controller.cli", "controller", "run", "--repo", "file:///x", "--git-credentials",
+                          str(creds)], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (f"replayops controller run: {creds / 'ssh-privatekey'} is not readable by uid "
+                                  "65532 gid 65532: in a pod the Secret's volume needs the pod's fsGroup (65532 "
+                                  "in the manifests)")
+    shutil.rmtree(creds)
