@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
                 done = register.register(kube, bundle, args.register)
             else:
                 done = register.patch_ca_bundle(kube, bundle)
-            log.info("webhook configurations given the CA bundle", extra=logs.fields(configurations=done))
+            if done:
+                log.info("webhook configurations given the CA bundle", extra=logs.fields(configurations=done))
 
         on_ca = patch_ca if args.register or args.patch_ca_bundle else None
         if args.cert_secret:

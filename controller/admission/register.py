@@ -16,8 +16,10 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from controller import paths
+from controller import logs, paths
 from controller.kube import Kube, KubeError
+
+log = logs.get("webhook")
 
 ADMISSION_API = "admissionregistration.k8s.io/v1"
 MANAGER = "replayops-webhook"  # the field manager of caBundle
@@ -53,14 +55,17 @@ def register(kube: Kube, ca_pem: bytes, url: str | None = None) -> list[str]:
 def patch_ca_bundle(kube: Kube, ca_pem: bytes) -> list[str]:
     """Set ``caBundle`` on every webhook of our installed configurations and change nothing else of them:
     an overlay's namespace, timeouts or selectors stay, and ``kubectl apply`` of the manifests never meets
-    a field of ours. Return what was patched; raise KubeError when a configuration is not installed."""
+    a field of ours. Return what was patched; one not installed (yet: applied after the webhook starts) is
+    logged and patched by a later call."""
     bundle = base64.b64encode(ca_pem).decode()
     patched = []
     for doc in configurations(ca_pem):
         kind, name = doc["kind"], doc["metadata"]["name"]
         live = kube.get(ADMISSION_API, kind, name)
         if live is None:
-            raise KubeError(f"{kind} {name} is not installed: apply manifests/ (it holds them) first")
+            log.warning("webhook configuration not installed: its caBundle is set once it is (kubectl apply -k "
+                        "manifests/base installs it)", extra=logs.fields(kind=kind, name=name))
+            continue
         ops: list[dict[str, Any]] = []
         for i, hook in enumerate(live.get("webhooks") or []):
             if (hook.get("clientConfig") or {}).get("caBundle") != bundle:  # the name tested: no index race

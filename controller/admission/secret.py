@@ -111,18 +111,24 @@ class CertSync:
         self.kube, self.namespace, self.name, self.cert_dir = kube, namespace, name, cert_dir
         self.on_ca, self.ips = on_ca, ips
         self.current: Material | None = None
+        self.bundle = b""  # what the configurations are given
 
     def sync(self) -> certs.CertPaths:
-        """Fetch (or create) the Secret and bring the cert dir and caBundle up to it."""
+        """Fetch (or create) the Secret and bring the cert dir and caBundle up to it. The bundle is given
+        on every sync, changed or not: a configuration re-created since (a re-apply, an Argo CD replace)
+        gets it back within one interval (``on_ca`` writes nothing where it is current)."""
         material = fetch_or_create(self.kube, self.namespace, self.name, ips=self.ips)
         paths = certs.CertPaths.in_dir(self.cert_dir)
-        if material == self.current:
-            return paths
         previous = self.current
-        material.write(self.cert_dir)
-        if self.on_ca is not None and (previous is None or previous.ca != material.ca):
-            # trust the previous CA too: replicas not yet past their next sync still serve its certificate
-            self.on_ca(material.ca + (previous.ca if previous is not None else b""))
+        if material != previous:
+            material.write(self.cert_dir)
+            if previous is None or previous.ca != material.ca:
+                # trust the previous CA too: replicas not yet past their next sync still serve its certificate
+                self.bundle = material.ca + (previous.ca if previous is not None else b"")
+        if self.on_ca is not None:
+            self.on_ca(self.bundle)
+        if material == previous:
+            return paths
         if previous is not None:
             log.info("webhook certificate rotated", extra=logs.fields(secret=f"{self.namespace}/{self.name}"))
         self.current = material

@@ -107,9 +107,6 @@ def test_the_ca_bundle_patch_changes_only_the_bundle_and_keeps_what_an_overlay_s
     configuration that is not installed."""
     import json
 
-    import pytest
-
-    from controller.kube import KubeError
 
     hook = start_webhook(cluster, tmp_path, "--cert-secret", SECRET, "--cert-secret-namespace", namespace)
     api = "admissionregistration.k8s.io/v1"
@@ -134,8 +131,42 @@ def test_the_ca_bundle_patch_changes_only_the_bundle_and_keeps_what_an_overlay_s
         assert register.patch_ca_bundle(cluster.kube, bundle) == [] and cluster.kube.writes == writes
         register.wait_until_called(cluster.kube)  # the apiserver still trusts the webhook
         register.unregister(cluster.kube)
-        with pytest.raises(KubeError, match="MutatingWebhookConfiguration replayops-webhook is not installed"):
-            register.patch_ca_bundle(cluster.kube, bundle)
+        assert register.patch_ca_bundle(cluster.kube, bundle) == [], "not installed (yet): nothing, no error"
     finally:
         register.register(cluster.kube, stored.ca, hook.url)  # as the other tests expect to find them
+        hook.stop()
+
+
+def test_configurations_installed_after_the_webhook_or_re_created_get_their_ca_bundle_back(
+        cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    """As the manifests run it (--patch-ca-bundle with the Secret): configurations applied after the
+    webhook started, or re-created later without a caBundle, are given it within one sync interval."""
+    api = "admissionregistration.k8s.io/v1"
+    kinds = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+    register.unregister(cluster.kube)
+    hook = start_webhook(cluster, tmp_path, "--cert-secret", SECRET, "--cert-secret-namespace", namespace,
+                         "--patch-ca-bundle", "--cert-sync-interval", "0.5", register=False)
+    stored = Material.from_secret(cluster.kube.get("v1", "Secret", SECRET, namespace) or {}, SECRET)
+
+    def bundles() -> set[bytes]:
+        found = set()
+        for kind in kinds:
+            for h in (cluster.kube.get(api, kind, "replayops-webhook") or {}).get("webhooks") or [{}]:
+                found.add(base64.b64decode((h.get("clientConfig") or {}).get("caBundle") or ""))
+        return found
+
+    try:
+        assert hook.proc.poll() is None, "no configuration installed yet is not fatal"
+        for doc in register.configurations(b"", hook.url):  # installed now, as a user's apply without caBundle
+            for h in doc["webhooks"]:
+                h["clientConfig"].pop("caBundle", None)
+            cluster.kube.apply(doc, field_manager="kubectl")
+        cluster.kube.wait_for("the caBundle set", lambda: bundles() == {stored.ca}, timeout=30)
+        path = cluster.kube.resource(api, kinds[1]).path(name="replayops-webhook")
+        cluster.kube.call("PATCH", path, body=[{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}],
+                          content_type="application/json-patch+json", query=[("fieldManager", "kubectl")])
+        cluster.kube.wait_for("the caBundle set again", lambda: bundles() == {stored.ca}, timeout=30)
+        register.wait_until_called(cluster.kube)
+    finally:
+        register.register(cluster.kube, stored.ca, hook.url)
         hook.stop()
