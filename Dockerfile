@@ -39,7 +39,7 @@ RUN set -eu; missing=""; for p in python3 iptables ca-certificates git openssh-c
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing; \
       rm -rf /var/lib/apt/lists/*; fi; \
     mkdir -p /var/lib/replayops && chown 65532:65532 /var/lib/replayops; \
-    echo 'replayops:x:65532:65532:replayops:/var/lib/replayops:/usr/sbin/nologin' >> /etc/passwd; \
+    echo 'replayops:x:65532:65532:replayops:/tmp:/usr/sbin/nologin' >> /etc/passwd; \
     echo 'replayops:x:65532:' >> /etc/group  # ssh refuses a uid with no name
 COPY --from=build /opt/replayops /opt/replayops
 COPY crds /opt/replayops/share/crds

@@ -227,6 +227,17 @@ def _policies(files: list[Path], kubeconfig: Path | None) -> Any:
     return lookup
 
 
+def _forget_volume_key() -> None:
+    """An install from before the key Secret kept the key on the store volume, which the inspector and
+    replay Jobs mount: with the key from the Secret, that copy goes (tags made with it stay as stored)."""
+    old = paths.home() / "dlp.key"
+    if os.environ.get("REPLAYOPS_DLP_KEY") and old.is_file():
+        old.unlink()
+        log.warning("removed the DLP key an earlier version kept on the store volume; $REPLAYOPS_DLP_KEY is the "
+                    "key now (redaction tags of new recordings differ from older ones)",
+                    extra=logs.fields(path=str(old)))
+
+
 def run_forwarder(args: argparse.Namespace) -> int:
     from waitress import serve
 
@@ -242,6 +253,7 @@ def run_forwarder(args: argparse.Namespace) -> int:
     except Exception as exc:  # no kubeconfig and not in a pod, or unreadable files: say so in one line
         print(f"replayops forwarder: cannot read CapturePolicies: {exc}", file=sys.stderr)
         return 2
+    _forget_volume_key()
     app = create_app(FileStore(args.store), token, dlp_key(), policies)
     serve(app, host=args.host, port=args.port, threads=8, max_request_body_size=16 * 1024 * 1024)
     return 0

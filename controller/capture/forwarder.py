@@ -123,8 +123,18 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
         return reply(400, error=f"body exceeds {MAX_BODY} bytes")
 
     @app.get("/healthz")
-    def healthz() -> Response:
+    def healthz() -> Response:  # liveness: the process serves
         return reply(200, status="ok")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        """Readiness: batches would be stored — the CapturePolicies can be read (until then every batch is
+        refused, and a Service should send them to a replica that can)."""
+        try:
+            policies("replayops-system/readyz")
+        except PoliciesUnavailable as exc:
+            return reply(503, status="policies unavailable", error=str(exc))
+        return reply(200, status="ready")
 
     @app.get("/metrics")
     def metrics() -> Response:

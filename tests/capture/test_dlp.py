@@ -144,3 +144,7 @@ def test_forwarder_never_stores_what_no_policy_was_applied_to(tmp_path: Path) ->
     assert not list(tmp_path.rglob("*.jsonl.gz"))
     scraped = down.get("/metrics").get_data(as_text=True)
     assert f'replayops_forwarder_records_total{{outcome="refused_policies_unavailable"}} {len(corpus())}.0' in scraped
+    not_ready = down.get("/readyz")  # the pod leaves the Service's endpoints while it would refuse
+    assert not_ready.status_code == 503 and "403" in not_ready.get_json()["error"]
+    assert down.get("/healthz").status_code == 200, "alive all the same: no restart for an RBAC problem"
+    assert unknown.get("/readyz").status_code == 200

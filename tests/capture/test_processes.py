@@ -232,3 +232,21 @@ def test_a_probe_sent_while_the_proxy_loads_waits_and_is_answered(env: dict[str,
             stop_pid(proxy.pid)
     assert proxy_listening is None, "the probe came only after the proxy listened: nothing shows it waited"
     assert answer.startswith(b"HTTP/1.1 200"), answer
+
+
+def test_a_forwarder_given_the_key_secret_removes_the_key_an_earlier_version_left_on_the_volume(
+        env: dict[str, str], tmp_path: Path) -> None:
+    home = Path(env["REPLAYOPS_HOME"])
+    home.mkdir(parents=True)
+    (home / "dlp.key").write_text("old-key-on-the-shared-volume\n")
+    port = free_port()
+    (tmp_path / "policies.yaml").write_text("")
+    forwarder = cli("forwarder", "--port", str(port), "--host", "127.0.0.1", "--policy-file",
+                    str(tmp_path / "policies.yaml"), env=env)
+    try:
+        wait_200(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        stop_pid(forwarder.pid)
+    assert not (home / "dlp.key").exists()
+    _, err = forwarder.communicate(timeout=10)
+    assert "removed the DLP key an earlier version kept on the store volume" in err

@@ -60,10 +60,12 @@ def test_a_node_without_its_host_tools_names_the_packages_before_touching_anythi
     from controller.devcluster import host
     from controller.devcluster.build import Binaries, NodeBinaries
     from controller.devcluster.cluster import DevCluster
+    from controller.devcluster import errors
     from controller.devcluster.errors import MissingTools
 
     monkeypatch.setattr(host, "STATE_FILE", tmp_path / "node.json")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # none of nft, iptables, ip, runc
+    monkeypatch.setattr(errors, "SYSTEM_DIRS", ())  # nor a system directory to find them in
     none = Path("/nonexistent")
     node = NodeBinaries(kubelet=none, kube_scheduler=none, kube_proxy=none, containerd_bin=none, cni_bin=none,
                         coredns=none, crictl=none)
@@ -72,3 +74,18 @@ def test_a_node_without_its_host_tools_names_the_packages_before_touching_anythi
     assert str(err.value) == ("missing iproute2, iptables, nftables, runc; install with: "
                               "apt-get install iproute2 iptables nftables runc")
     assert not (tmp_path / "dev").exists() and not (tmp_path / "node.json").exists()
+
+
+def test_tools_in_the_system_directories_are_found_when_path_lacks_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A root shell from ``su`` (no ``-``) has no /usr/sbin on PATH, where nft, iptables and runc live."""
+    import shutil
+
+    from controller.devcluster.errors import MissingTools, require_tools
+
+    if not shutil.which("nft", path="/usr/sbin:/sbin"):
+        pytest.skip("nftables is not installed here (make test installs it)")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    require_tools({"nft": "nftables"})
+    assert shutil.which("nft"), "found, and the directory put on PATH for the node's own calls"
+    with pytest.raises(MissingTools, match="missing no-such-package; install with: apt-get install no-such-package"):
+        require_tools({"no-such-tool": "no-such-package"})
