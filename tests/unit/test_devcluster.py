@@ -57,10 +57,9 @@ def test_a_node_without_its_host_tools_names_the_packages_before_touching_anythi
         tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
-    from controller.devcluster import host
+    from controller.devcluster import errors, host
     from controller.devcluster.build import Binaries, NodeBinaries
     from controller.devcluster.cluster import DevCluster
-    from controller.devcluster import errors
     from controller.devcluster.errors import MissingTools
 
     monkeypatch.setattr(host, "STATE_FILE", tmp_path / "node.json")
