@@ -391,3 +391,25 @@ def test_a_policy_applied_by_kubectl_is_converged_too(gitops: GitOps) -> None:
     gitops.reconcile()
     web = gitops.get("Deployment", "web", "apps/v1") or {}
     assert CAPTURE not in (web["spec"]["template"]["metadata"].get("annotations") or {})
+
+
+def test_no_workload_is_annotated_before_its_namespace_has_the_forwarder_token(gitops: GitOps) -> None:
+    """A sidecar reads the token once, when it starts: the copy must exist before any pod rolls. Here the
+    copy cannot be written (a Secret of that name and another type is in the way): the pass fails and
+    annotates nothing, rather than rolling pods whose sidecars would drop every batch."""
+    system = f"{gitops.ns}-sys"  # where the controller keeps the source token, as replayops-system
+    kube = gitops.cluster.kube
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": system}})
+    try:
+        gitops.reconciler.options = dataclasses.replace(gitops.options, status_namespace=system)
+        gitops.deployment("web", {"app": "checkout"})
+        kube.create({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+                     "metadata": {"name": "replayops-forwarder-token", "namespace": gitops.ns},
+                     "data": {"username": base64.b64encode(b"in-the-way").decode()}})
+        gitops.repo.commit("capture", {"policies/checkout.yaml": POLICY.replace("{sampling}", "1")})
+        out = gitops.reconcile()
+        assert out.error and "replayops-forwarder-token" in out.error, out
+        web = gitops.get("Deployment", "web", "apps/v1") or {}
+        assert CAPTURE not in (web["spec"]["template"]["metadata"].get("annotations") or {})
+    finally:
+        kube.delete("v1", "Namespace", system)
