@@ -17,6 +17,14 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 
 # Field managers (server-side apply) and the component named in Events
 FIELD_MANAGER = "replayops-controller"  # fixed by DESIGN; argo/ ignores exactly this name
+
+
+def source_manager(source: str) -> str:
+    """The field manager of what source ``source`` applies from git (workload annotations stay
+    ``FIELD_MANAGER``'s): two sources own their own fields, never each other's."""
+    return f"replayops-source-{source}"
+
+
 JOB_MANAGER = "replayops-replay"  # also the managed-by label of replay Jobs
 
 # Namespaces

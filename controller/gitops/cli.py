@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 
 from controller import __version__, argtypes, logs, paths
 from controller.admission import rules
-from controller.api import JOB_MANAGER, REVISION, SYSTEM_NAMESPACE
+from controller.api import JOB_MANAGER, REVISION, SYSTEM_NAMESPACE, source_manager
 from controller.durations import parse_duration
 from controller.gitops import auth, desired
 from controller.gitops.replayjobs import JobConfig, ReplayJobs
@@ -62,6 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="a fetch fails after this long connecting or without a byte from the server (default 60s)")
     r.add_argument("--self-heal", action="store_true", help="revert manual edits of fields we own")
     r.add_argument("--prune", action="store_true", help="delete owned objects that are gone from git")
+    r.add_argument("--service-account", type=argtypes.resource, default=None, metavar="NAMESPACE/NAME",
+                   help="apply and prune as this ServiceAccount (the controller impersonates it): the repository "
+                        "can do no more than it may")
     r.add_argument("--allow-empty", action="store_true", help="with --prune, let a revision with no objects "
                    "delete everything this source applied (refused by default)")
     r.add_argument("--dry-run", action="store_true", help="server-side dry-run only; change nothing")
@@ -163,7 +166,8 @@ def run_diff(args: argparse.Namespace) -> int:
             live = kube.get(item.obj["apiVersion"], item.obj["kind"], meta["name"], meta.get("namespace"))
             applied = ((live or {}).get("metadata", {}).get("annotations") or {}).get(REVISION)
             # as the controller applies it: our labels, and the revision it applied (a new one is no change)
-            after = kube.apply(desired.stamp(item.obj, args.name, applied), dry_run=True)
+            after = kube.apply(desired.stamp(item.obj, args.name, applied), field_manager=source_manager(args.name),
+                               dry_run=True)
             lines = list(difflib.unified_diff(_normalise(live).splitlines(), _normalise(after).splitlines(),
                                               f"live/{item}", f"git/{item}", lineterm=""))
             if lines:
@@ -207,7 +211,7 @@ def run_controller(args: argparse.Namespace) -> int:
     allowed = desired.DEFAULT_ALLOWED_KINDS | frozenset(args.allow_kind)
     options = Options(name=args.name, namespace=args.namespace, status_namespace=args.status_namespace,
                       self_heal=args.self_heal, prune=args.prune, dry_run=args.dry_run, allowed_kinds=allowed,
-                      allow_empty=args.allow_empty)
+                      allow_empty=args.allow_empty, service_account=args.service_account)
     try:
         credentials = auth.from_args(args)
     except (ValueError, OSError) as exc:

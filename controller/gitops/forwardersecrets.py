@@ -63,10 +63,12 @@ def dlp_key(kube: Kube, namespace: str) -> str:
     return _ensure(kube, namespace, DLP_KEY_SECRET, "key")
 
 
-def share(kube: Kube, source_namespace: str, namespaces: Iterable[str]) -> list[str]:
+def share(kube: Kube, source_namespace: str, namespaces: Iterable[str],
+          failed: dict[str, str] | None = None) -> list[str]:
     """Make sure the source token and the DLP key exist (the forwarder's pod cannot start without them,
     policies or not), then bring the token's copy in each of ``namespaces`` up to it; return the
-    namespaces written."""
+    namespaces written. With ``failed``, a namespace whose copy cannot be written is recorded there
+    (namespace → error) and the others still get theirs; without it, the first failure raises."""
     wanted = sorted(set(namespaces) - {source_namespace})
     try:
         token = source_token(kube, source_namespace)
@@ -78,10 +80,18 @@ def share(kube: Kube, source_namespace: str, namespaces: Iterable[str]) -> list[
         return []
     written = []
     for ns in wanted:
-        live = kube.get("v1", "Secret", NAME, ns)
-        if live is not None and (live.get("data") or {}).get("token") == token:
+        try:
+            live = kube.get("v1", "Secret", NAME, ns)
+            if live is not None and (live.get("data") or {}).get("token") == token:
+                continue
+            kube.apply(_secret(ns, NAME, "token", token))
+        except KubeError as exc:
+            if "because it is being terminated" in str(exc):  # NamespaceTerminating: its pods go too
+                continue
+            if failed is None or exc.transient:
+                raise
+            failed[ns] = str(exc)
             continue
-        kube.apply(_secret(ns, NAME, "token", token))
         written.append(ns)
     if written:
         log.info("forwarder token shared", extra=logs.fields(namespaces=written))

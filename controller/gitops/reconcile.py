@@ -43,6 +43,7 @@ from controller.api import (
     SYSTEM_NAMESPACE,
     WORKLOAD_API,
     WORKLOAD_KINDS,
+    source_manager,
 )
 from controller.gitops import converge, desired, forwardersecrets
 from controller.gitops.source import GitError, GitSource, Revision
@@ -63,6 +64,7 @@ class Options:
     dry_run: bool = False
     allowed_kinds: frozenset[str] = desired.DEFAULT_ALLOWED_KINDS
     allow_empty: bool = False  # with prune: may a revision with no objects delete all this source applied?
+    service_account: tuple[str, str] | None = None  # (namespace, name) to impersonate when applying and pruning
     limits: rules.Limits = field(default_factory=rules.Limits)
 
 
@@ -77,6 +79,7 @@ class Outcome:
     replaced: list[str] = field(default_factory=list)  # immutable objects whose spec changed: deleted, recreated
     drifted: list[str] = field(default_factory=list)
     annotated: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # objects of the revision another source applied: left
     error: str = ""
     stalled: bool = False
     transient: bool = False  # the error may pass (no answer, 429, 5xx, a git fetch): retry with backoff
@@ -114,6 +117,10 @@ class Reconciler:
         self.kube = kube
         self.source = source
         self.options = options
+        # applies and prunes as the source's ServiceAccount (as Flux's serviceAccountName): a team's
+        # repository can do no more than that team may; converging workloads and status stay the controller's
+        sa = options.service_account
+        self.applier = kube.impersonating(f"system:serviceaccount:{sa[0]}:{sa[1]}") if sa else kube
         self.metrics = metrics or Metrics()
         self.lookup = ClusterLookup(kube)
         self.last_applied: Revision | None = None
@@ -197,10 +204,17 @@ class Reconciler:
 
     def _apply(self, state: desired.Desired, revision: Revision, live: dict[Any, dict[str, Any]],
                out: Outcome) -> None:
+        manager = source_manager(self.options.name)
         for item in state.items:
             want = desired.stamp(item.obj, self.options.name, revision.sha)
             have = live.get(item.key)
+            if have is None and (other := self._other_source(item)):
+                out.conflicts.append(f"{item} ({item.file}:{item.line}): applied by source {other}; left as it is")
+                continue
             if have is not None and subset(want, have):
+                if self._legacy(have) and not self.options.dry_run:  # in sync: only the manager moves
+                    self.applier.apply(want, field_manager=manager)
+                    self._release_legacy(have)
                 continue
             stamped_with = (have or {}).get("metadata", {}).get("annotations", {}) or {}
             if have is not None and stamped_with.get(REVISION) == revision.sha:
@@ -214,13 +228,43 @@ class Reconciler:
                     out.replaced.append(str(item))
                     if self.options.dry_run:
                         continue
-                    self.kube.delete(item.obj["apiVersion"], item.obj["kind"], have["metadata"]["name"],
+                    self.applier.delete(item.obj["apiVersion"], item.obj["kind"], have["metadata"]["name"],
                                      have["metadata"].get("namespace"))
-                self.kube.apply(want, dry_run=self.options.dry_run)
+                self.applier.apply(want, field_manager=manager, dry_run=self.options.dry_run)
+                if have is not None and self._legacy(have) and not self.options.dry_run:
+                    self._release_legacy(have)
             except KubeError as exc:
-                raise KubeError(f"{item.file}:{item.line}: {item}: {exc}", status=exc.status) from exc
+                raise KubeError(f"{item.file}:{item.line}: {item}: {exc}", status=exc.status, reason=exc.reason,
+                                transient=exc.transient, retry_after=exc.retry_after) from exc
             out.applied.append(str(item))
             self.metrics.applied.inc()
+
+    def _other_source(self, item: desired.Item) -> str | None:
+        """The source that applied ``item``'s object, when it is another one (two sources never overwrite
+        each other's objects)."""
+        meta = item.obj["metadata"]
+        found = self.applier.get(item.obj["apiVersion"], item.obj["kind"], meta["name"], meta.get("namespace"))
+        labels = ((found or {}).get("metadata") or {}).get("labels") or {}
+        other = labels.get(SOURCE) if labels.get(MANAGED_BY) == "replayops" else None
+        return other if other and other != self.options.name else None
+
+    @staticmethod
+    def _legacy(have: Mapping[str, Any]) -> bool:
+        """Whether an earlier version applied ``have`` from git as ``replayops-controller`` (never a
+        workload's entry: its capture annotations stay that manager's)."""
+        entries = (have.get("metadata") or {}).get("managedFields") or []
+        return have["kind"] not in WORKLOAD_KINDS and any(
+            m.get("manager") == FIELD_MANAGER and m.get("operation") == "Apply" and not m.get("subresource")
+            for m in entries)
+
+    def _release_legacy(self, have: Mapping[str, Any]) -> None:
+        """After the source's manager applied it: the legacy manager lets go (an apply of nothing), so a
+        field later removed from git goes from the object."""
+        meta = have["metadata"]
+        self.applier.apply({"apiVersion": have["apiVersion"], "kind": have["kind"],
+                         "metadata": {"name": meta["name"], **({"namespace": meta["namespace"]}
+                                                                if meta.get("namespace") else {})}},
+                        field_manager=FIELD_MANAGER)
 
     def _prune(self, state: desired.Desired, live: dict[Any, dict[str, Any]], out: Outcome) -> None:
         wanted = {i.key for i in state.items}
@@ -229,7 +273,7 @@ class Reconciler:
                 continue
             api, kind, ns, name = key
             if not self.options.dry_run:
-                self.kube.delete(api, kind, name, ns or None)
+                self.applier.delete(api, kind, name, ns or None)
             out.pruned.append(f"{kind} {ns}/{name}" if ns else f"{kind} {name}")
             self.metrics.pruned.inc()
 
@@ -247,15 +291,16 @@ class Reconciler:
         """Capture annotations on selected workloads' templates, from every CapturePolicy in the cluster;
         policy status lists them."""
         policies = self._policies(state)
+        blocked: dict[str, str] = {}  # namespaces without the token's copy: their workloads are left as they are
         if not self.options.dry_run:  # before any pod rolls: a sidecar reads the token once, when it starts
             forwardersecrets.share(self.kube, self.options.status_namespace,
-                                   (p["metadata"]["namespace"] for p in policies))
+                                   (p["metadata"]["namespace"] for p in policies), failed=blocked)
         workloads = [dict(w, kind=kind) for kind in WORKLOAD_KINDS
                      for w in self.kube.list(WORKLOAD_API, kind)]
         wanted = converge.plan(policies, workloads)
         for wl in workloads:
             wkey = converge.key(wl)
-            if wkey in wanted.conflicts:
+            if wkey in wanted.conflicts or wkey[0] in blocked:
                 continue
             have = converge.ours(wl, FIELD_MANAGER)
             want = wanted.wanted.get(wkey, {})
@@ -274,6 +319,9 @@ class Reconciler:
         if not self.options.dry_run:
             for pol in policies:
                 self._policy_status(pol, wanted, stale)
+        if blocked:  # the rest converged; these are reported, and retried every pass
+            raise KubeError("forwarder token not shared, workloads there left as they are: " + "; ".join(
+                f"namespace {ns}: {error}" for ns, error in sorted(blocked.items())))
 
     def _stale_pods(self, workload: Mapping[str, Any], want: Mapping[str, str],
                     in_namespace: list[dict[str, Any]]) -> int:
@@ -343,6 +391,8 @@ class Reconciler:
             log.error("reconcile failed", extra=logs.fields(error=out.error, **fields))
         elif out.applied or out.pruned or out.drifted or out.annotated:
             log.info("reconciled", extra=logs.fields(**fields))
+        if out.conflicts:
+            log.warning("objects of another source left alone", extra=logs.fields(conflicts=out.conflicts))
         if self.options.dry_run:
             return
         ref = self.status_ref()
@@ -357,6 +407,7 @@ class Reconciler:
                 "lastAppliedRevision": applied,
                 "lastError": out.error,
                 "drift": "\n".join(out.drifted),
+                "conflicts": "\n".join(out.conflicts),
             }
             if live is None or live.get("data") != data:
                 stored = self.kube.apply({**ref, "metadata": {**ref["metadata"], "labels": {

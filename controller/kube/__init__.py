@@ -108,6 +108,19 @@ class Kube:
                 raise _translate(exc, "discovery") from exc
         return self._dynamic
 
+    def impersonating(self, user: str) -> Kube:
+        """A client acting as ``user`` (``Impersonate-User``; the caller needs the ``impersonate`` verb on
+        it): what that user may not do is refused by the API server, whatever this client's own rights. Its
+        writes pass this client's fence."""
+        import copy
+
+        api = client.ApiClient(copy.copy(self.api.configuration))
+        api.set_default_header("Impersonate-User", user)
+        api.user_agent = self.api.user_agent
+        other = Kube(api)
+        other.fence = lambda: self.fence() if self.fence else None  # this client's, whenever it is set
+        return other
+
     def _write(self) -> None:
         if self.fence:
             self.fence()

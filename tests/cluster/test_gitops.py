@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ruamel.yaml import YAML
 
 from controller.api import CAPTURE, CONFIG_HASH, DLP_KEY_SECRET, GROUP, REVISION
 from controller.gitops import forwardersecrets
@@ -413,3 +414,82 @@ def test_no_workload_is_annotated_before_its_namespace_has_the_forwarder_token(g
         assert CAPTURE not in (web["spec"]["template"]["metadata"].get("annotations") or {})
     finally:
         kube.delete("v1", "Namespace", system)
+        kube.delete("v1", "Secret", "replayops-forwarder-token", gitops.ns)  # no other test's pass meets it
+        kube.delete(API, "CapturePolicy", "checkout", gitops.ns)
+
+
+def _appliers(obj: dict[str, Any]) -> set[str]:
+    return {m["manager"] for m in obj["metadata"].get("managedFields") or []
+            if m.get("operation") == "Apply" and not m.get("subresource")}
+
+
+def test_two_sources_own_their_own_objects_and_leave_each_others(cluster: Cluster, namespace: str,
+                                                                 tmp_path: Path) -> None:
+    a = GitOps(cluster, namespace, tmp_path / "a", prune=True, self_heal=True)
+    b = GitOps(cluster, namespace, tmp_path / "b", prune=True, self_heal=True)
+    b.reconciler.options = dataclasses.replace(b.options, name=f"{namespace}-b")
+    a.repo.commit("a", {"r1.yaml": replay_yaml("r1", copies=2), "settings.yaml": SETTINGS})
+    b.repo.commit("b", {"r1.yaml": replay_yaml("r1", copies=5), "r2.yaml": replay_yaml("r2", target="http://b:80")})
+    assert not a.reconcile().error
+    out = b.reconcile()
+    assert out.conflicts == [f"TrafficReplay {namespace}/r1 (r1.yaml:1): applied by source {namespace}; left as "
+                             "it is"] and not out.error, out
+    r1, r2 = a.get("TrafficReplay", "r1") or {}, a.get("TrafficReplay", "r2") or {}
+    assert r1["spec"]["load"]["copies"] == 2, "b did not overwrite a's object"
+    assert _appliers(r1) == {f"replayops-source-{namespace}"} and _appliers(r2) == {f"replayops-source-{namespace}-b"}
+    status = cluster.kube.get("v1", "ConfigMap", f"replayops-status-{namespace}-b", namespace) or {}
+    assert "applied by source" in status["data"]["conflicts"]
+    def versions() -> list[str]:  # of what the two sources write (other tests' namespaces share the cluster)
+        objs = [a.get("TrafficReplay", "r1"), a.get("TrafficReplay", "r2"),
+                cluster.kube.get("v1", "ConfigMap", f"replayops-status-{namespace}", namespace),
+                cluster.kube.get("v1", "ConfigMap", f"replayops-status-{namespace}-b", namespace)]
+        return [(o or {}).get("metadata", {}).get("resourceVersion", "") for o in objs]
+
+    before = versions()
+    for _ in range(3):  # steady: neither source writes, nothing flaps
+        assert not a.reconcile().error and not b.reconcile().error
+    assert versions() == before
+    b.repo.commit("b drops r2, keeps its claim on r1", {"r2.yaml": "", "r1.yaml": replay_yaml("r1", copies=5)})
+    assert b.reconcile().pruned == [f"TrafficReplay {namespace}/r2"]
+    assert a.get("TrafficReplay", "r1") is not None, "b never prunes a's object"
+
+
+def test_an_object_an_earlier_version_applied_as_the_controller_moves_to_the_sources_manager(
+        gitops: GitOps) -> None:
+    from controller.api import FIELD_MANAGER
+    from controller.gitops import desired
+
+    legacy = YAML(typ="safe").load(replay_yaml("r1"))
+    legacy["metadata"].update(namespace=gitops.ns, labels={"applied-by": "an-earlier-version"})
+    gitops.repo.commit("r1", {"r1.yaml": replay_yaml("r1"), "settings.yaml": SETTINGS})
+    sha = gitops.repo.git("rev-parse", "HEAD")
+    gitops.cluster.kube.apply(desired.stamp(legacy, gitops.ns, sha), field_manager=FIELD_MANAGER)
+    assert not gitops.reconcile().error
+    r1 = gitops.get("TrafficReplay", "r1") or {}
+    assert _appliers(r1) == {f"replayops-source-{gitops.ns}"}
+    assert "applied-by" not in r1["metadata"]["labels"], "what git no longer has goes with the old manager"
+
+
+def test_a_source_applying_as_a_service_account_can_do_no_more_than_it_may(cluster: Cluster, namespace: str,
+                                                                           tmp_path: Path) -> None:
+    """As Flux's serviceAccountName: the team's ServiceAccount may manage TrafficReplays in its namespace
+    and nothing else; a ConfigMap in its repository is refused by the API server, naming the account."""
+    kube = cluster.kube
+    kube.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "team", "namespace": namespace}})
+    kube.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "team-replays", "namespace": namespace},
+                "rules": [{"apiGroups": ["replayops.dev"], "resources": ["trafficreplays"],
+                           "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}]})
+    kube.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "team-replays", "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "team-replays"},
+                "subjects": [{"kind": "ServiceAccount", "name": "team", "namespace": namespace}]})
+    gitops = GitOps(cluster, namespace, tmp_path, prune=True, service_account=(namespace, "team"))
+    gitops.repo.commit("a replay", {"r1.yaml": replay_yaml("r1", copies=2)})
+    first = gitops.reconcile()
+    assert not first.error, first.error
+    assert (gitops.get("TrafficReplay", "r1") or {})["spec"]["load"]["copies"] == 2
+    gitops.repo.commit("and a ConfigMap", {"settings.yaml": SETTINGS, "r1.yaml": replay_yaml("r1", copies=3)})
+    out = gitops.reconcile()
+    assert out.error and f"system:serviceaccount:{namespace}:team" in out.error and "configmaps" in out.error, out
+    assert kube.get("v1", "ConfigMap", "settings", namespace) is None

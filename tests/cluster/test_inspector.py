@@ -64,7 +64,8 @@ def setup(cluster: Cluster, namespace: str, tmp_path: Path) -> Setup:
     register.unregister(cluster.kube)  # no webhook from an earlier test refusing our objects
     repo = Repo(tmp_path / "repo")
     repo.git("config", "receive.denyCurrentBranch", "updateInstead")  # the inspector pushes to it
-    repo.commit("start", {"README.md": "desired state\n"})
+    repo.commit("start", {"README.md": "desired state\n", "team/settings.yaml": (  # a repository with content
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: team-settings, namespace: {namespace}}}\n")})
     labels = {"app": "web"}
     cluster.kube.create({"apiVersion": "apps/v1", "kind": "Deployment",
                          "metadata": {"name": "web", "namespace": namespace},
@@ -76,7 +77,8 @@ def setup(cluster: Cluster, namespace: str, tmp_path: Path) -> Setup:
     git = GitWriter(repo.url, tmp_path / "work")
     client = create_app(Deps(cluster.kube, git, cluster="test", reports=tmp_path / "reports",
                              status_namespace=namespace)).test_client()
-    options = Options(name=namespace, namespace=namespace, status_namespace=namespace)
+    options = Options(name=namespace, namespace=namespace, status_namespace=namespace, prune=True,
+                      self_heal=True)  # as the manifests run it
     reconciler = Reconciler(cluster.kube, GitSource(repo.url, cache=tmp_path / "cache"), options)
     return Setup(cluster, namespace, repo, client, reconciler, tmp_path / "reports")
 
