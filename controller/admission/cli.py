@@ -96,10 +96,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         kube = connect(args.kubeconfig)
 
+        registered: list[bytes] = []
+
         def patch_ca(bundle: bytes) -> None:
-            if args.register:
+            if args.register:  # whole configurations: applied again only for a new bundle
+                if registered == [bundle]:
+                    return
                 done = register.register(kube, bundle, args.register)
-            else:
+                registered[:] = [bundle]
+            else:  # the bundle alone, every sync: no write where it is current
                 done = register.patch_ca_bundle(kube, bundle)
             if done:
                 log.info("webhook configurations given the CA bundle", extra=logs.fields(configurations=done))

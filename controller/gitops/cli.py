@@ -225,6 +225,8 @@ def run_controller(args: argparse.Namespace) -> int:
         print(f"replayops controller run: no cluster access: {exc}", file=sys.stderr)
         return 2
     metrics = Metrics()
+    agent = f"replayops-controller/{__version__} ({args.identity})"  # the audit log names the replica
+    kube.api.user_agent = agent
     reconciler = Reconciler(kube, source, options, metrics)
     image = args.replay_image or kube.own_image() or JobConfig.image
     replays = ReplayJobs(kube, JobConfig(namespace=args.replay_namespace, image=image,
@@ -232,10 +234,11 @@ def run_controller(args: argparse.Namespace) -> int:
     elector = None
     if args.leader_elect:
         # its own client: a slow pass never holds up a renewal; every write of the loop's is fenced by it
-        elector = LeaderElector(connect(args.kubeconfig), namespace=args.status_namespace,
-                                name=f"replayops-controller-{args.name}", identity=args.identity, timings=timings)
+        leases = connect(args.kubeconfig)
+        leases.api.user_agent = agent
+        elector = LeaderElector(leases, namespace=args.status_namespace, name=f"replayops-controller-{args.name}",
+                                identity=args.identity, timings=timings)
         kube.fence = elector.check
-    kube.api.user_agent = f"replayops-controller/{__version__} ({args.identity})"
     loop = Loop(reconciler, interval=args.interval, replays=replays, elector=elector)
     if args.push_port:
         if not args.push_secret_file:

@@ -88,7 +88,7 @@ def share(kube: Kube, source_namespace: str, namespaces: Iterable[str],
         except KubeError as exc:
             if "because it is being terminated" in str(exc):  # NamespaceTerminating: its pods go too
                 continue
-            if failed is None or exc.transient:
+            if failed is None or exc.transient or exc.reason == "NotLeader":
                 raise
             failed[ns] = str(exc)
             continue

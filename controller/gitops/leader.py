@@ -121,6 +121,8 @@ class LeaderElector:
                 self.try_acquire_or_renew()
             except KubeError as exc:
                 log.warning("lease not renewed", extra=logs.fields(identity=self.identity, error=str(exc)))
+            except Exception:  # an odd answer must not end the elector: this replica would never lead again
+                log.exception("lease not renewed", extra=logs.fields(identity=self.identity))
             if self.is_leader and not self.leading():
                 log.error("leadership lost: the lease was not renewed within the renew deadline",
                           extra=logs.fields(identity=self.identity, renew_deadline=self.timings.renew_deadline))

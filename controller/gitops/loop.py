@@ -27,10 +27,11 @@ class Loop:
                  elector: LeaderElector | None = None, backoff: Backoff | None = None) -> None:
         self.reconciler, self.replays, self.elector = reconciler, replays, elector
         self.interval = interval
-        # a standby looks again each retry period: it passes as soon as it leads
-        self.tick = min(interval, elector.timings.retry_period) if elector else interval
-        # a pass that failed transiently is retried sooner than the next tick, never later
-        self.backoff = backoff or Backoff(base=1.0, cap=min(60.0, self.tick))
+        # the leader passes every interval (watches and pushes wake it sooner); a standby looks again
+        # each retry period, so that it passes as soon as it leads
+        self.standby_tick = min(interval, elector.timings.retry_period) if elector else interval
+        # a pass that failed transiently is retried sooner than the next interval, never later
+        self.backoff = backoff or Backoff(base=1.0, cap=min(60.0, interval))
         self._stop, self._wake, self._fetch_due = threading.Event(), threading.Event(), threading.Event()
         self._fetch_due.set()
 
@@ -66,10 +67,13 @@ class Loop:
         return out
 
     def _next_wait(self, out: Outcome | None, fetched: bool) -> float:
-        """How long until the next pass: the tick, or the backoff after a transient failure (reported)."""
-        if out is None or not out.transient:
+        """How long until the next pass: the interval (a standby: its tick), or the backoff after a
+        transient failure (reported)."""
+        if out is None:
+            return self.standby_tick
+        if not out.transient:
             self.backoff.reset()
-            return self.tick
+            return self.interval
         delay = self.backoff.next(out.retry_after)
         if fetched:  # the retry fetches again
             self._fetch_due.set()
@@ -82,20 +86,28 @@ class Loop:
     def run(self) -> None:
         if self.elector:
             self.elector.start()
-        next_fetch = 0.0
+        next_fetch, led = 0.0, False
         while not self._stop.is_set():
             out, fetch = None, False
-            if self._leading():
+            leading = self._leading()
+            if leading and not led:  # (again) the leader: another may have applied a newer revision meanwhile
+                self._fetch_due.set()
+            led = leading
+            if leading:
                 fetch = self._fetch_due.is_set() or time.monotonic() >= next_fetch
                 self._fetch_due.clear()
                 try:
                     out = self._pass(fetch)
-                except Exception as exc:  # a bug must not end the loop: report it and retry as after a fault
+                except Exception as exc:  # a bug must not end the loop: report it, try again next interval
                     log.exception("pass crashed")
-                    out = Outcome(error=f"pass crashed: {exc!r}", transient=True)
+                    out = Outcome(error=f"pass crashed: {exc!r}")
                 if fetch:
                     next_fetch = time.monotonic() + self.interval
-            self._wake.wait(timeout=self._next_wait(out, fetch))
+            delay = self._next_wait(out, fetch)
+            if out is not None and out.transient:  # backing off: a watch event must not cut it short
+                self._stop.wait(delay)
+            else:
+                self._wake.wait(timeout=delay)
             self._wake.clear()
         if self.elector:
             self.elector.stop()

@@ -46,6 +46,7 @@ from controller.api import (
     source_manager,
 )
 from controller.gitops import converge, desired, forwardersecrets
+from controller.gitops.leader import NotLeader
 from controller.gitops.source import GitError, GitSource, Revision
 from controller.kube import Kube, KubeError
 from controller.policy import selector_matches
@@ -80,6 +81,7 @@ class Outcome:
     drifted: list[str] = field(default_factory=list)
     annotated: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)  # objects of the revision another source applied: left
+    warnings: list[str] = field(default_factory=list)  # what this pass could not do and did not fail for
     error: str = ""
     stalled: bool = False
     transient: bool = False  # the error may pass (no answer, 429, 5xx, a git fetch): retry with backoff
@@ -151,11 +153,14 @@ class Reconciler:
             self._converge(state, out)
             if not self.options.dry_run:
                 self.last_applied = revision
+        except NotLeader as exc:  # the lease was lost mid-pass: stop quietly, the new leader takes over
+            log.info("pass stopped: leadership lost", extra=logs.fields(error=str(exc)))
+            return out
         except desired.InvalidRevision as exc:
             out.error, out.stalled = f"revision {out.revision} rejected:\n{exc}", True
             self.metrics.revisions.labels("rejected").inc()
         except GitError as exc:
-            out.error, out.transient = str(exc), True
+            out.error, out.transient = str(exc), exc.transient
             self.metrics.revisions.labels("failed").inc()
         except KubeError as exc:
             out.error, out.transient, out.retry_after = str(exc), exc.transient, exc.retry_after
@@ -187,7 +192,9 @@ class Reconciler:
         """As the cluster's discovery says (a kind it does not serve: as far as known offline)."""
         try:
             return not self.kube.resource(api_version, kind).namespaced
-        except KubeError:
+        except KubeError as exc:
+            if exc.status != 404:  # no answer: the revision is not built on a guess (it is retried)
+                raise
             return desired.known_scope(api_version, kind)
 
     def _managed(self) -> dict[tuple[str, str, str, str], dict[str, Any]]:
@@ -243,23 +250,24 @@ class Reconciler:
         """The source that applied ``item``'s object, when it is another one (two sources never overwrite
         each other's objects)."""
         meta = item.obj["metadata"]
-        found = self.applier.get(item.obj["apiVersion"], item.obj["kind"], meta["name"], meta.get("namespace"))
+        found = self.kube.get(item.obj["apiVersion"], item.obj["kind"], meta["name"], meta.get("namespace"))
         labels = ((found or {}).get("metadata") or {}).get("labels") or {}
         other = labels.get(SOURCE) if labels.get(MANAGED_BY) == "replayops" else None
         return other if other and other != self.options.name else None
 
-    @staticmethod
-    def _legacy(have: Mapping[str, Any]) -> bool:
-        """Whether an earlier version applied ``have`` from git as ``replayops-controller`` (never a
-        workload's entry: its capture annotations stay that manager's)."""
-        entries = (have.get("metadata") or {}).get("managedFields") or []
-        return have["kind"] not in WORKLOAD_KINDS and any(
-            m.get("manager") == FIELD_MANAGER and m.get("operation") == "Apply" and not m.get("subresource")
-            for m in entries)
+    def _legacy(self, have: Mapping[str, Any]) -> bool:
+        """Whether an earlier version applied ``have`` from git as ``replayops-controller`` and the source's
+        own manager has not applied it yet."""
+        applied = {m.get("manager") for m in (have.get("metadata") or {}).get("managedFields") or []
+                   if m.get("operation") == "Apply" and not m.get("subresource")}
+        return FIELD_MANAGER in applied and source_manager(self.options.name) not in applied
 
     def _release_legacy(self, have: Mapping[str, Any]) -> None:
         """After the source's manager applied it: the legacy manager lets go (an apply of nothing), so a
-        field later removed from git goes from the object."""
+        field later removed from git goes from the object. Never on a workload, whose capture annotations
+        stay that manager's (its git fields are co-owned by the source's manager now, so they stay)."""
+        if have["kind"] in WORKLOAD_KINDS:
+            return
         meta = have["metadata"]
         self.applier.apply({"apiVersion": have["apiVersion"], "kind": have["kind"],
                          "metadata": {"name": meta["name"], **({"namespace": meta["namespace"]}
@@ -273,7 +281,14 @@ class Reconciler:
                 continue
             api, kind, ns, name = key
             if not self.options.dry_run:
-                self.applier.delete(api, kind, name, ns or None)
+                try:
+                    self.applier.delete(api, kind, name, ns or None)
+                except KubeError as exc:
+                    if exc.status != 403 or self.applier is self.kube:
+                        raise
+                    # the source's ServiceAccount may not delete it: it stays, reported, the rest goes on
+                    out.warnings.append(f"{kind} {ns}/{name} not pruned: {exc}")
+                    continue
             out.pruned.append(f"{kind} {ns}/{name}" if ns else f"{kind} {name}")
             self.metrics.pruned.inc()
 
@@ -319,9 +334,9 @@ class Reconciler:
         if not self.options.dry_run:
             for pol in policies:
                 self._policy_status(pol, wanted, stale)
-        if blocked:  # the rest converged; these are reported, and retried every pass
-            raise KubeError("forwarder token not shared, workloads there left as they are: " + "; ".join(
-                f"namespace {ns}: {error}" for ns, error in sorted(blocked.items())))
+        for ns, error in sorted(blocked.items()):  # the rest converged; these are reported, retried every pass
+            out.warnings.append(f"forwarder token not shared into namespace {ns} (its workloads left as they "
+                                f"are): {error}")
 
     def _stale_pods(self, workload: Mapping[str, Any], want: Mapping[str, str],
                     in_namespace: list[dict[str, Any]]) -> int:
@@ -393,6 +408,8 @@ class Reconciler:
             log.info("reconciled", extra=logs.fields(**fields))
         if out.conflicts:
             log.warning("objects of another source left alone", extra=logs.fields(conflicts=out.conflicts))
+        if out.warnings:
+            log.warning("pass incomplete", extra=logs.fields(warnings=out.warnings))
         if self.options.dry_run:
             return
         ref = self.status_ref()
@@ -408,6 +425,7 @@ class Reconciler:
                 "lastError": out.error,
                 "drift": "\n".join(out.drifted),
                 "conflicts": "\n".join(out.conflicts),
+                "warnings": "\n".join(out.warnings),
             }
             if live is None or live.get("data") != data:
                 stored = self.kube.apply({**ref, "metadata": {**ref["metadata"], "labels": {

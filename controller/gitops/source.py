@@ -23,7 +23,12 @@ REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
 
 
 class GitError(RuntimeError):
-    """Fetching or reading the repository failed; the message names the URL and the ref."""
+    """Fetching or reading the repository failed; the message names the URL and the ref. ``transient``:
+    the fetch itself failed (the server, the network), worth retrying soon — not a missing ref or path."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,8 @@ class GitSource:
             repo.remotes["origin"].fetch(REFSPECS, callbacks=_Callbacks(self.auth),
                                          prune=pygit2.enums.FetchPrune.PRUNE)
         except (pygit2.GitError, GitError) as exc:
-            raise GitError(f"fetch {self.shown}: {scrub(str(exc), self.url)}") from exc
+            raise GitError(f"fetch {self.shown}: {scrub(str(exc), self.url)}",
+                           transient="credentials" not in str(exc) and "not trusted" not in str(exc)) from exc
         return self.resolve()
 
     def resolve(self) -> Revision:

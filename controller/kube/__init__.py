@@ -274,7 +274,8 @@ class Kube:
         self.invalidate_discovery()
         for crd in crds_list:  # Established is not yet served: storage may still be (re)initializing
             spec = crd["spec"]
-            api = f"{spec['group']}/{spec['versions'][0]['name']}"
+            version = next((v for v in spec["versions"] if v.get("storage")), spec["versions"][0])["name"]
+            api = f"{spec['group']}/{version}"
             self.wait_for(f"{spec['names']['kind']} to be listable", lambda a=api, k=spec["names"]["kind"]:
                           self._listable(a, k), timeout)
 

@@ -11,6 +11,8 @@ class Backoff:
     from its upper half so that many clients that failed together do not retry together; a server's
     ``Retry-After`` is a floor. ``reset()`` after a success."""
 
+    MAX_RETRY_AFTER = 300.0  # a server asking for longer is asked again after this
+
     def __init__(self, base: float = 1.0, cap: float = 60.0, rand: Callable[[], float] = random.random) -> None:
         self.base, self.cap, self.rand = base, cap, rand
         self.failures = 0
@@ -20,7 +22,8 @@ class Backoff:
         ceiling = min(self.cap, self.base * 2 ** min(self.failures, 32))
         self.failures += 1
         delay = ceiling / 2 + self.rand() * ceiling / 2
-        return min(max(delay, retry_after or 0.0), max(self.cap, retry_after or 0.0))
+        floor = min(retry_after or 0.0, self.MAX_RETRY_AFTER)
+        return max(delay, floor)
 
     def reset(self) -> None:
         self.failures = 0

@@ -13,6 +13,7 @@ from ruamel.yaml import YAML
 
 from controller.api import CAPTURE, CONFIG_HASH, DLP_KEY_SECRET, GROUP, REVISION
 from controller.gitops import forwardersecrets
+from controller.gitops.leader import Timings
 from controller.gitops.reconcile import Options, Reconciler
 from controller.gitops.source import GitSource
 from tests.argo_health import health, script
@@ -493,3 +494,55 @@ def test_a_source_applying_as_a_service_account_can_do_no_more_than_it_may(clust
     out = gitops.reconcile()
     assert out.error and f"system:serviceaccount:{namespace}:team" in out.error and "configmaps" in out.error, out
     assert kube.get("v1", "ConfigMap", "settings", namespace) is None
+
+
+class _Lease:
+    """Leadership the test hands out and takes back (the elector's own rules are tested with a real Lease
+    in test_controller_process and test_leader_fencing)."""
+
+    timings = Timings(lease_duration=15, renew_deadline=10, retry_period=0.1)
+
+    def __init__(self) -> None:
+        self.held = True
+
+    def leading(self) -> bool:
+        return self.held
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_replica_that_leads_again_fetches_before_it_applies(cluster: Cluster, namespace: str,
+                                                              tmp_path: Path) -> None:
+    """A leads and applies rev1; while another leads, rev2 is committed and applied; A leads again within
+    its poll interval: it fetches first, and never applies its cached rev1 over rev2."""
+    import threading
+    import time
+
+    from controller.gitops.loop import Loop
+
+    a = GitOps(cluster, namespace, tmp_path / "a", prune=True, self_heal=True)
+    a.repo.commit("rev1", {"r1.yaml": replay_yaml("r1", copies=1), "settings.yaml": SETTINGS})
+    lease = _Lease()
+    loop = Loop(a.reconciler, interval=3600, elector=lease)  # type: ignore[arg-type]
+    runner = threading.Thread(target=loop.run, daemon=True)
+    runner.start()
+    try:
+        cluster.kube.wait_for("rev1 applied", lambda: (a.get("TrafficReplay", "r1") or {}).get(
+            "spec", {}).get("load", {}).get("copies") == 1, timeout=30)
+        lease.held = False
+        time.sleep(0.5)  # A is a standby now
+        rev2 = a.repo.commit("rev2", {"r1.yaml": replay_yaml("r1", copies=2)})
+        other = Reconciler(cluster.kube, GitSource(a.repo.url, cache=tmp_path / "other-cache"), a.options)
+        assert not other.reconcile().error  # the other leader applies rev2
+        lease.held = True
+        loop.wake()
+        cluster.kube.wait_for("A's first pass as leader again", lambda: a.reconciler.last_applied is not None
+                              and a.reconciler.last_applied.sha == rev2, timeout=30)
+        assert (a.get("TrafficReplay", "r1") or {})["spec"]["load"]["copies"] == 2, "A rolled back to rev1"
+    finally:
+        loop.stop()
+        runner.join(10)

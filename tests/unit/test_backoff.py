@@ -28,6 +28,7 @@ def test_retry_after_is_a_floor_even_above_the_cap() -> None:
     assert b.next(retry_after=3) == 3
     assert b.next(retry_after=30) == 30
     assert b.next(retry_after=None) == 2
+    assert b.next(retry_after=86400) == Backoff.MAX_RETRY_AFTER, "a server asking for a day is asked again sooner"
 
 
 @pytest.fixture

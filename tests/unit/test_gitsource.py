@@ -175,3 +175,19 @@ def test_a_git_server_that_accepts_and_never_answers_fails_the_fetch_after_the_t
     silent.close()
     assert not worker.is_alive(), "the fetch hung on a server that never answers"
     assert failed and f"fetch {scheme}://127.0.0.1:{port}/team.git" in str(failed[0])
+
+
+def test_a_failed_fetch_is_transient_a_missing_branch_is_not(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: refused
+    with pytest.raises(GitError) as refused:
+        GitSource(f"git://127.0.0.1:{port}/team.git", cache=tmp_path / "a").fetch()
+    assert refused.value.transient
+    repo = Repo(tmp_path / "team")
+    repo.commit("one", {"a.yaml": "v: 1"})
+    with pytest.raises(GitError) as missing:
+        GitSource(repo.url, cache=tmp_path / "b", branch="no-such-branch").fetch()
+    assert not missing.value.transient and "ref 'no-such-branch' not found" in str(missing.value)
