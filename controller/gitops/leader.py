@@ -54,6 +54,7 @@ class LeaderElector:
         self.kube, self.namespace, self.name = kube, namespace, name
         self.identity, self.timings, self.clock = identity, timings or Timings(), clock
         self.is_leader = False
+        self.term = 0  # counts the times this candidate became the leader
         self._renewed_at = float("-inf")  # our clock, before the last successful acquire or renew was sent
         self._observed: tuple[Any, ...] | None = None  # the lease record last seen ...
         self._observed_at = float("-inf")  # ... and when (our clock) it last changed
@@ -157,5 +158,6 @@ class LeaderElector:
     def _became(self, leader: bool) -> bool:
         if leader != self.is_leader:
             log.info("leadership changed", extra=logs.fields(identity=self.identity, leader=leader))
+            self.term += leader
         self.is_leader = leader
         return leader

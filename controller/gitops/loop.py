@@ -55,6 +55,9 @@ class Loop:
     def _leading(self) -> bool:
         return self.elector is None or self.elector.leading()
 
+    def _term(self) -> int:
+        return self.elector.term if self.elector else 0
+
     def _pass(self, fetch: bool) -> Outcome:
         out = self.reconciler.reconcile(fetch=fetch or self.reconciler.last_applied is None)
         if self.replays:
@@ -86,13 +89,13 @@ class Loop:
     def run(self) -> None:
         if self.elector:
             self.elector.start()
-        next_fetch, led = 0.0, False
+        next_fetch, term = 0.0, -1
         while not self._stop.is_set():
             out, fetch = None, False
             leading = self._leading()
-            if leading and not led:  # (again) the leader: another may have applied a newer revision meanwhile
+            if leading and self._term() != term:  # leading again (even while this loop slept): another may
+                term = self._term()  # have applied a newer revision meanwhile — fetch it, never apply the cache
                 self._fetch_due.set()
-            led = leading
             if leading:
                 fetch = self._fetch_due.is_set() or time.monotonic() >= next_fetch
                 self._fetch_due.clear()

@@ -20,7 +20,9 @@ def _inner_pytest(tmp_path: Path, mode: str) -> subprocess.Popen[str]:
                REPLAYOPS_PROBE_MODE=mode, REPLAYOPS_PROBE_READY=str(tmp_path / "ready"))
     return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                              "--basetemp", str(tmp_path / "base"), str(PROBE)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # a run started in the background by a shell inherits SIGINT ignored: as a user's ^C
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _pids(tmp_path: Path) -> list[int]:
