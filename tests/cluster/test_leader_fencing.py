@@ -61,7 +61,10 @@ def writers(dev: DevCluster, namespace: str) -> list[tuple[str, str]]:
     in ``namespace``, in the server's order."""
     out = []
     for line in (dev.workdir.parent / "audit.log").read_text().splitlines():
-        event = json.loads(line)
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:  # the line the API server is writing now
+            continue
         agent, ref = event.get("userAgent", ""), event.get("objectRef") or {}
         if (event.get("stage") == "ResponseComplete" and agent.startswith("replayops-controller/")
                 and ref.get("namespace") == namespace and (event.get("responseStatus") or {}).get("code", 500) < 300):
