@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 
 from controller import __version__, argtypes, logs, paths
 from controller.admission import rules
-from controller.api import JOB_MANAGER, REVISION, SYSTEM_NAMESPACE, source_manager
+from controller.api import REVISION, SYSTEM_NAMESPACE, source_manager
 from controller.durations import parse_duration
 from controller.gitops import auth, desired
 from controller.gitops.replayjobs import JobConfig, ReplayJobs
@@ -193,14 +193,12 @@ def _serve(app: Any, port: int) -> None:
 def run_controller(args: argparse.Namespace) -> int:
     from prometheus_client import make_wsgi_app
 
-    from controller.api import API_VERSION, KINDS, MANAGED_BY, SOURCE
     from controller.gitops import receiver
     from controller.gitops.leader import LeaderElector, Timings
-    from controller.gitops.loop import Loop
+    from controller.gitops.loop import Loop, watch_caches
     from controller.gitops.reconcile import Metrics, Options, Reconciler
     from controller.gitops.source import GitSource
     from controller.kube import connect
-    from controller.kube.watch import Watcher
 
     logs.setup()
     try:
@@ -247,21 +245,12 @@ def run_controller(args: argparse.Namespace) -> int:
         _serve(receiver.create_app(args.push_secret_file.read_bytes().strip(), args.branch, loop.push), args.push_port)
     if args.metrics_port:
         _serve(make_wsgi_app(metrics.registry), args.metrics_port)
-    selector = f"{MANAGED_BY}=replayops,{SOURCE}={options.name}"
-    for ref in sorted(allowed | {f"{API_VERSION}/{kind}" for kind in KINDS}):
-        api, _, kind = ref.rpartition("/")
-        # CapturePolicies: all of them, whoever applied them (the converger reads every one)
-        Watcher(kube, api, kind, loop.wake, loop.stopping,
-                label_selector=None if kind == "CapturePolicy" else selector).start()
-    if replays:  # every replay and snapshot in the cluster, from our git source or synced by another tool (Argo CD)
-        Watcher(kube, API_VERSION, "TrafficReplay", loop.wake, loop.stopping).start()
-        Watcher(kube, API_VERSION, "Snapshot", loop.wake, loop.stopping).start()
-        Watcher(kube, "batch/v1", "Job", loop.wake, loop.stopping,  # its Role covers that namespace only
-                label_selector=f"{MANAGED_BY}={JOB_MANAGER}", namespace=args.replay_namespace).start()
+    caches = watch_caches(kube, loop, allowed, replays=replays is not None, replay_namespace=args.replay_namespace)
     signal.signal(signal.SIGTERM, loop.stop)
     signal.signal(signal.SIGINT, loop.stop)
     log.info("controller started", extra=logs.fields(repo=source.shown, ref=source.ref, path=args.path,
                                                      identity=args.identity))
     loop.run()
+    caches.stop()
     log.info("controller stopped", extra=logs.fields(identity=args.identity))
     return 0

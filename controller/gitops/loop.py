@@ -2,20 +2,26 @@
 
 ``Loop.run`` returns when ``stop`` is called (SIGTERM/SIGINT in the CLI). A pass fetches git
 when a push asked for it or the poll interval elapsed, and only reads the cache otherwise, so a
-burst of watch events costs no fetches. Without leadership nothing is written.
+burst of watch events costs no fetches. Watch events are coalesced: a pass starts once they have
+been quiet for ``settle`` seconds (at most ``settle_max`` after the first), so a burst causes one pass,
+not one each; a push is never held back. Without leadership nothing is written.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from controller import logs
+from controller.api import API_VERSION, JOB_MANAGER, KINDS, MANAGED_BY, WORKLOAD_API, WORKLOAD_KINDS
 from controller.gitops.leader import LeaderElector
 from controller.gitops.reconcile import Outcome, Reconciler
 from controller.gitops.replayjobs import ReplayJobs
-from controller.kube import KubeError
+from controller.kube import Kube, KubeError
 from controller.kube.backoff import Backoff
+from controller.kube.cache import Caches, metadata_only, spec_changed
 
 log = logs.get("controller")
 
@@ -24,9 +30,11 @@ class Loop:
     """One controller's loop over a reconciler (and, optionally, the replay Jobs), behind a leader lease."""
 
     def __init__(self, reconciler: Reconciler, *, interval: float, replays: ReplayJobs | None = None,
-                 elector: LeaderElector | None = None, backoff: Backoff | None = None) -> None:
+                 elector: LeaderElector | None = None, backoff: Backoff | None = None, settle: float = 0.05,
+                 settle_max: float = 1.0) -> None:
         self.reconciler, self.replays, self.elector = reconciler, replays, elector
-        self.interval = interval
+        self.interval, self.settle, self.settle_max = interval, settle, settle_max
+        self.passes = 0
         # the leader passes every interval (watches and pushes wake it sooner); a standby looks again
         # each retry period, so that it passes as soon as it leads
         self.standby_tick = min(interval, elector.timings.retry_period) if elector else interval
@@ -38,6 +46,20 @@ class Loop:
     def wake(self, *_: object) -> None:
         """Run a pass soon (a watch saw a change)."""
         self._wake.set()
+
+    def changed(self, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """A cache's watch event: a pass soon, unless only status or bookkeeping changed."""
+        if spec_changed(old, new):
+            self._wake.set()
+
+    def _coalesce(self) -> None:
+        """After a watch's wake: wait until events are quiet for ``settle`` (bounded by ``settle_max``)."""
+        deadline = time.monotonic() + self.settle_max
+        while not (self._stop.is_set() or self._fetch_due.is_set()):
+            self._wake.clear()
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._wake.wait(min(self.settle, left)):
+                return
 
     def push(self, _ref: str = "") -> None:
         """Fetch and run a pass soon (a push webhook arrived)."""
@@ -99,6 +121,7 @@ class Loop:
             if leading:
                 fetch = self._fetch_due.is_set() or time.monotonic() >= next_fetch
                 self._fetch_due.clear()
+                self.passes += 1
                 try:
                     out = self._pass(fetch)
                 except Exception as exc:  # a bug must not end the loop: report it, try again next interval
@@ -109,8 +132,30 @@ class Loop:
             delay = self._next_wait(out, fetch)
             if out is not None and out.transient:  # backing off: a watch event must not cut it short
                 self._stop.wait(delay)
-            else:
-                self._wake.wait(timeout=delay)
+            elif self._wake.wait(timeout=delay):
+                self._coalesce()
             self._wake.clear()
         if self.elector:
             self.elector.stop()
+
+
+def watch_caches(kube: Kube, loop: Loop, allowed: Iterable[str], *, replays: bool, replay_namespace: str,
+                 wait: float = 30.0) -> Caches:
+    """The watch-backed caches the loop reads through (``kube.caches``) and is woken by: every object of
+    a replayops source, every CapturePolicy (whoever applied it), every workload, every pod's metadata;
+    with replays, every replay and snapshot and our Jobs. A pass lists nothing a ready cache holds."""
+    caches = Caches(kube)
+    ours = f"{MANAGED_BY}=replayops"
+    for ref in sorted(set(allowed) | {f"{API_VERSION}/{kind}" for kind in KINDS}):
+        api, _, kind = ref.rpartition("/")
+        everything = kind == "CapturePolicy" or (replays and kind in KINDS)
+        caches.add(api, kind, label_selector=None if everything else ours, on_change=loop.changed)
+    for kind in WORKLOAD_KINDS:
+        caches.add(WORKLOAD_API, kind, on_change=loop.changed)
+    caches.add("v1", "Pod", transform=metadata_only)  # read each pass (stale pods); their churn wakes nobody
+    if replays:  # a Job's status is what the replay's follows: every change of one wakes the loop
+        caches.add("batch/v1", "Job", label_selector=f"{MANAGED_BY}={JOB_MANAGER}", namespace=replay_namespace,
+                   on_change=lambda *_: loop.wake())
+    caches.start(wait=wait)  # a cache not ready by then is read around (the API server answers) until it is
+    kube.caches = caches
+    return caches

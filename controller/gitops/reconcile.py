@@ -128,6 +128,7 @@ class Reconciler:
         self.last_applied: Revision | None = None
         self._last_error = ""
         self._built: tuple[str, desired.Desired] | None = None
+        self._others: dict[tuple[str, str, str, str], str] = {}  # objects of other sources, this pass
 
     # -- the steps ----------------------------------------------------------------------------
 
@@ -198,15 +199,19 @@ class Reconciler:
             return desired.known_scope(api_version, kind)
 
     def _managed(self) -> dict[tuple[str, str, str, str], dict[str, Any]]:
-        """Every object this source owns in the cluster, by (apiVersion, kind, namespace, name)."""
-        selector = f"{MANAGED_BY}=replayops,{SOURCE}={self.options.name}"
-        out = {}
+        """Every object this source owns in the cluster, by (apiVersion, kind, namespace, name); what other
+        sources own goes to ``self._others`` (key → source): one list per kind, never a read per object."""
+        out, self._others = {}, {}
         ours = {f"{API_VERSION}/{kind}" for kind in KINDS}
         for kind_ref in sorted(self.options.allowed_kinds | ours):
             api, _, kind = kind_ref.rpartition("/")
-            for obj in self.kube.list(api, kind, label_selector=selector):
+            for obj in self.kube.list(api, kind, label_selector=f"{MANAGED_BY}=replayops"):
                 meta = obj["metadata"]
-                out[(api, kind, meta.get("namespace") or "", meta["name"])] = obj
+                key, owner = (api, kind, meta.get("namespace") or "", meta["name"]), meta["labels"].get(SOURCE)
+                if owner == self.options.name:
+                    out[key] = obj
+                elif owner:
+                    self._others[key] = owner
         return out
 
     def _apply(self, state: desired.Desired, revision: Revision, live: dict[Any, dict[str, Any]],
@@ -215,7 +220,7 @@ class Reconciler:
         for item in state.items:
             want = desired.stamp(item.obj, self.options.name, revision.sha)
             have = live.get(item.key)
-            if have is None and (other := self._other_source(item)):
+            if have is None and (other := self._others.get(item.key)):
                 out.conflicts.append(f"{item} ({item.file}:{item.line}): applied by source {other}; left as it is")
                 continue
             if have is not None and subset(want, have):
@@ -245,15 +250,6 @@ class Reconciler:
                                 transient=exc.transient, retry_after=exc.retry_after) from exc
             out.applied.append(str(item))
             self.metrics.applied.inc()
-
-    def _other_source(self, item: desired.Item) -> str | None:
-        """The source that applied ``item``'s object, when it is another one (two sources never overwrite
-        each other's objects)."""
-        meta = item.obj["metadata"]
-        found = self.kube.get(item.obj["apiVersion"], item.obj["kind"], meta["name"], meta.get("namespace"))
-        labels = ((found or {}).get("metadata") or {}).get("labels") or {}
-        other = labels.get(SOURCE) if labels.get(MANAGED_BY) == "replayops" else None
-        return other if other and other != self.options.name else None
 
     def _legacy(self, have: Mapping[str, Any]) -> bool:
         """Whether an earlier version applied ``have`` from git as ``replayops-controller`` and the source's

@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import urllib3
 from kubernetes import client, config
@@ -21,6 +21,9 @@ from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, Resour
 
 from controller.api import FIELD_MANAGER
 
+if TYPE_CHECKING:
+    from controller.kube.cache import Caches
+
 # a hung apiserver fails the call (connect, read seconds) instead of blocking its caller for ever
 REQUEST_TIMEOUT = (10.0, 60.0)
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -29,6 +32,7 @@ TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 RETRIES = urllib3.util.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=5,
                              respect_retry_after_header=False, raise_on_status=False)
 API_ERRORS = (DynamicApiError, ApiException, urllib3.exceptions.HTTPError)
+PAGE = 500  # objects per list call: a big list is paged (limit/continue), as client-go's pager does
 
 
 class KubeError(RuntimeError):
@@ -96,6 +100,9 @@ class Kube:
         self.api = api
         self._dynamic: DynamicClient | None = None
         self.writes = 0  # write calls made (a no-op reconcile must make none)
+        self.lists = 0  # list calls made to the API server (pages; lists a cache answered are not counted)
+        self._caches: Caches | None = None
+        self._parent: Kube | None = None  # the client this one impersonates through
         self.fence: Callable[[], None] | None = None  # called before every write; raises to refuse it
 
     @property
@@ -108,6 +115,16 @@ class Kube:
                 raise _translate(exc, "discovery") from exc
         return self._dynamic
 
+    @property
+    def caches(self) -> Caches | None:
+        """Watch-backed caches that answer the lists and reads they cover (an impersonating client's are
+        its parent's, whenever they are set)."""
+        return self._parent.caches if self._parent is not None else self._caches
+
+    @caches.setter
+    def caches(self, caches: Caches | None) -> None:
+        self._caches = caches
+
     def impersonating(self, user: str) -> Kube:
         """A client acting as ``user`` (``Impersonate-User``; the caller needs the ``impersonate`` verb on
         it): what that user may not do is refused by the API server, whatever this client's own rights. Its
@@ -118,6 +135,7 @@ class Kube:
         api.set_default_header("Impersonate-User", user)
         api.user_agent = self.api.user_agent
         other = Kube(api)
+        other._parent = self  # its writes land in this client's caches
         other.fence = lambda: self.fence() if self.fence else None  # this client's, whenever it is set
         return other
 
@@ -166,19 +184,27 @@ class Kube:
         res = self.resource(obj["apiVersion"], obj["kind"])
         query = [("fieldManager", field_manager), ("force", str(force).lower()),
                  ("fieldValidation", field_validation)] + ([("dryRun", "All")] if dry_run else [])
-        return self.call("PATCH", res.path(name=meta.get("name"), namespace=meta.get("namespace")),
-                         body=dict(obj), query=query, content_type="application/apply-patch+yaml",
-                         what=f"apply {obj['kind']} {_ref(meta)}")
+        return self._record(self.call(
+            "PATCH", res.path(name=meta.get("name"), namespace=meta.get("namespace")), body=dict(obj), query=query,
+            content_type="application/apply-patch+yaml", what=f"apply {obj['kind']} {_ref(meta)}"), dry_run)
+
+    def _record(self, stored: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+        """What the server stored, recorded in the caches (before their watch brings it)."""
+        if self.caches is not None and not dry_run and stored.get("metadata"):
+            self.caches.record(stored)
+        return stored
 
     def create(self, obj: Mapping[str, Any], *, field_validation: str = "Strict") -> dict[str, Any]:
         meta = obj.get("metadata", {})
         res = self.resource(obj["apiVersion"], obj["kind"])
-        return self.call("POST", res.path(namespace=meta.get("namespace")), body=dict(obj),
-                         query=[("fieldValidation", field_validation)],
-                         what=f"create {obj['kind']} {_ref(meta)}")
+        return self._record(self.call("POST", res.path(namespace=meta.get("namespace")), body=dict(obj),
+                                      query=[("fieldValidation", field_validation)],
+                                      what=f"create {obj['kind']} {_ref(meta)}"))
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
-        """The object, or None when it does not exist."""
+        """The object, or None when it does not exist (from a ready cache of the whole kind when there is one)."""
+        if self.caches is not None and (found := self.caches.serving(api_version, kind, namespace, None)):
+            return found[0].get(namespace or "", name)
         try:
             return self.resource(api_version, kind).get(  # type: ignore[no-any-return]
                 name=name, namespace=namespace, _request_timeout=REQUEST_TIMEOUT).to_dict()
@@ -189,12 +215,29 @@ class Kube:
 
     def list(self, api_version: str, kind: str, namespace: str | None = None,
              label_selector: str | None = None) -> list[dict[str, Any]]:
-        try:
-            out = self.resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
-                                                       _request_timeout=REQUEST_TIMEOUT)
-        except API_ERRORS as exc:
-            raise _translate(exc, f"list {kind} in {namespace or 'all namespaces'}") from exc
-        return [item.to_dict() for item in out.items]
+        """Every object of a kind (in ``namespace``, matching ``label_selector``): from a ready cache that
+        covers the list, else from the API server, page by page. Cached objects are shared: read only."""
+        if self.caches is not None and (found := self.caches.serving(api_version, kind, namespace, label_selector)):
+            cache, selector = found
+            return cache.list(namespace, selector)
+        return [item for page in self.pages(api_version, kind, namespace, label_selector) for item in page["items"]]
+
+    def pages(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
+              ) -> Iterable[dict[str, Any]]:
+        """A list from the API server, one page (a dict with ``items`` and ``metadata``) at a time."""
+        res = self.resource(api_version, kind)
+        token: str | None = None
+        while True:
+            self.lists += 1
+            try:
+                page = res.get(namespace=namespace, label_selector=label_selector, limit=PAGE, _continue=token,
+                               _request_timeout=REQUEST_TIMEOUT).to_dict()
+            except API_ERRORS as exc:
+                raise _translate(exc, f"list {kind} in {namespace or 'all namespaces'}") from exc
+            yield page
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
 
     def apply_status(self, obj: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
         """Server-side apply ``obj['status']`` through the status subresource."""
@@ -203,9 +246,9 @@ class Kube:
         body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
                 "metadata": {"name": meta["name"], "namespace": meta.get("namespace")}, "status": obj["status"]}
         path = res.path(name=meta["name"], namespace=meta.get("namespace")) + "/status"
-        return self.call("PATCH", path, body=body, query=[("fieldManager", field_manager), ("force", "true")],
-                         content_type="application/apply-patch+yaml",
-                         what=f"apply status of {obj['kind']} {_ref(meta)}")
+        return self._record(self.call(
+            "PATCH", path, body=body, query=[("fieldManager", field_manager), ("force", "true")],
+            content_type="application/apply-patch+yaml", what=f"apply status of {obj['kind']} {_ref(meta)}"))
 
     def event(self, regarding: Mapping[str, Any], *, reason: str, message: str, type_: str = "Normal",
               component: str = FIELD_MANAGER) -> None:
@@ -231,11 +274,14 @@ class Kube:
         try:
             self.resource(api_version, kind).delete(name=name, namespace=namespace, propagation_policy="Background",
                                                     _request_timeout=REQUEST_TIMEOUT)
+            found = True
         except NotFoundError:
-            return False
+            found = False
         except API_ERRORS as exc:
             raise _translate(exc, f"delete {kind} {namespace}/{name}") from exc
-        return True
+        if self.caches is not None:  # its watch's DELETED (or a finalizer's MODIFIED) follows
+            self.caches.forget(api_version, kind, name, namespace)
+        return found
 
     def own_image(self) -> str | None:
         """In a pod ($POD_NAME, $POD_NAMESPACE from the downward API): its first container's image, which

@@ -34,12 +34,16 @@ class Watcher(threading.Thread):
         self.backoff = Backoff(base=1.0, cap=30.0)  # after failures in a row; reset by the next event
 
     def _list(self) -> str:
-        res = self.kube.resource(self.api_version, self.kind)
-        listing = res.get(label_selector=self.label_selector, namespace=self.namespace)
+        """List (page by page); the resourceVersion the watch resumes from."""
+        items: list[dict[str, Any]] = []
+        rv = ""
+        for page in self.kube.pages(self.api_version, self.kind, self.namespace, self.label_selector):
+            items += page["items"]
+            rv = str((page.get("metadata") or {}).get("resourceVersion") or rv)
         self.relists += 1
         if self.on_list:
-            self.on_list([item.to_dict() for item in listing.items])
-        return str(listing.metadata.resourceVersion)
+            self.on_list(items)
+        return rv
 
     def run(self) -> None:
         rv: str | None = self.resume_from
