@@ -27,7 +27,8 @@ def test_status_and_bookkeeping_changes_wake_nobody() -> None:
     assert spec_changed(old, _obj("2", spec={"replicas": 2}, status={"readyReplicas": 0}, meta={"generation": 2}))
     assert spec_changed(old, _obj("2", spec={"replicas": 1}, meta={"labels": {"app": "web", "tier": "x"}}))
     assert spec_changed(old, _obj("2", spec={"replicas": 1}, meta={"deletionTimestamp": "2026-12-03T00:00:00Z"}))
-    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "resourceVersion": "1"}, "data": {"a": "1"}}
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "resourceVersion": "1"},
+          "data": {"a": "1"}}
     assert spec_changed(cm, {**cm, "metadata": {"name": "c", "resourceVersion": "2"}, "data": {"a": "2"}}), \
         "a kind without generation: its data is what changed"
     assert spec_changed(None, old) and spec_changed(old, None)
