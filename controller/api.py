@@ -46,7 +46,8 @@ RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 # On every object applied from git (ownership, for prune)
 MANAGED_BY = "app.kubernetes.io/managed-by"
 SOURCE = "replayops.dev/source"
-REVISION = "replayops.dev/revision"
+REVISION = "replayops.dev/revision"  # the revision that last changed the object (not every later one)
+APPLIED_HASH = "replayops.dev/applied-hash"  # of what git says of it: a change in git, or drift in the cluster
 PRUNE = "replayops.dev/prune"
 
 # On replay Jobs

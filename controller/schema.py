@@ -10,9 +10,10 @@ with cel-python. Every error names the field path the apiserver would name.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,17 @@ def is_ours(obj: Mapping[str, Any]) -> bool:
 
 
 def validate(obj: Mapping[str, Any]) -> list[FieldError]:
-    """Default a copy of ``obj`` and return every schema and CEL violation, with field paths."""
+    """Default a copy of ``obj`` and return every schema and CEL violation, with field paths (judged once
+    per content: a revision's unchanged objects, a resync's, cost no CEL evaluation)."""
+    return list(_validate_json(json.dumps(obj, sort_keys=True, default=str)))
+
+
+@lru_cache(maxsize=8192)
+def _validate_json(text: str) -> tuple[FieldError, ...]:
+    return tuple(_validate(json.loads(text)))
+
+
+def _validate(obj: Mapping[str, Any]) -> list[FieldError]:
     api_version, kind = obj.get("apiVersion"), obj.get("kind")
     schema = schema_for(str(api_version), str(kind))
     if schema is None:

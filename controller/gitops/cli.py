@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 
 from controller import __version__, argtypes, logs, paths
 from controller.admission import rules
-from controller.api import REVISION, SYSTEM_NAMESPACE, source_manager
+from controller.api import APPLIED_HASH, REVISION, SYSTEM_NAMESPACE, source_manager
 from controller.durations import parse_duration
 from controller.gitops import auth, desired
 from controller.gitops.replayjobs import JobConfig, ReplayJobs
@@ -138,8 +138,8 @@ def _normalise(obj: dict[str, Any] | None) -> str:
         return ""
     out = {k: v for k, v in obj.items() if k != "status"}
     meta = {k: v for k, v in (out.get("metadata") or {}).items() if k not in VOLATILE_META}
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
-                   if k != "kubectl.kubernetes.io/last-applied-configuration"}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()  # bookkeeping, not a change
+                   if k not in ("kubectl.kubernetes.io/last-applied-configuration", APPLIED_HASH)}
     if annotations:
         meta["annotations"] = annotations
     else:

@@ -12,10 +12,12 @@ its source location, or raises ``InvalidRevision`` listing every problem as
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from controller import schema
 from controller.admission import defaults, rules
-from controller.api import MANAGED_BY, REVISION, SOURCE
+from controller.api import APPLIED_HASH, MANAGED_BY, REVISION, SOURCE
 
 DEFAULT_ALLOWED_KINDS = frozenset({"v1/Namespace", "v1/ConfigMap"})
 # kinds known to be cluster-scoped without asking a cluster (offline validation); a controller asks discovery
@@ -45,12 +47,21 @@ APPLY_ORDER = ("Namespace", "ConfigMap", "CapturePolicy", "Snapshot", "TrafficRe
 
 def stamp(obj: Mapping[str, Any], source: str, revision: str | None) -> dict[str, Any]:
     """``obj`` as source ``source`` applies it: labelled as ours and that source's, annotated with the
-    revision it comes from (none: leave the annotation out)."""
+    hash of what git says of it and the revision it comes from (none: leave that annotation out).
+
+    The hash tells a change in git (apply it, with this revision) from drift in the cluster (git says
+    the same; without self-heal only reported): a commit that changes one file of a thousand applies
+    one object, and each keeps the revision that last changed it."""
     out = copy.deepcopy(dict(obj))
     meta = out.setdefault("metadata", {})
     meta.setdefault("labels", {}).update({MANAGED_BY: "replayops", SOURCE: source})
+    notes = meta.setdefault("annotations", {})
+    notes.pop(REVISION, None)
+    notes.pop(APPLIED_HASH, None)
+    digest = hashlib.sha256(json.dumps(out, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    notes[APPLIED_HASH] = digest
     if revision is not None:
-        meta.setdefault("annotations", {})[REVISION] = revision
+        notes[REVISION] = revision
     return out
 
 
@@ -128,25 +139,30 @@ def _plain(node: Any) -> Any:
     return json.loads(json.dumps(node, default=str))
 
 
+@functools.lru_cache(maxsize=8192)
+def _load(data: bytes) -> tuple[list[Any], Problem | None]:
+    """The documents of one file's bytes, or the problem (line; the file's name filled in by the caller):
+    parsed once per content, so a commit that changes one file of a thousand parses one. The nodes are
+    shared: read, never changed."""
+    try:
+        return list(YAML(typ="rt").load_all(data.decode("utf-8"))), None
+    except UnicodeDecodeError as exc:
+        return [], Problem("", 1, f"not UTF-8 text: {exc}")
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        return [], Problem("", (mark.line + 1) if mark else 1, f"YAML error: {exc.problem or exc.context}")
+    except YAMLError as exc:
+        return [], Problem("", 1, f"YAML error: {exc}")
+
+
 def parse(files: Mapping[str, bytes]) -> tuple[list[tuple[Any, str, int]], list[Problem]]:
     """All documents of all files, as (ruamel node, file, line), and the parse problems."""
     docs: list[tuple[Any, str, int]] = []
     problems: list[Problem] = []
     for name in sorted(files):
-        yaml = YAML(typ="rt")
-        try:
-            text = files[name].decode("utf-8")
-            loaded = list(yaml.load_all(text))
-        except UnicodeDecodeError as exc:
-            problems.append(Problem(name, 1, f"not UTF-8 text: {exc}"))
-            continue
-        except MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            problems.append(Problem(name, (mark.line + 1) if mark else 1,
-                                    f"YAML error: {exc.problem or exc.context}"))
-            continue
-        except YAMLError as exc:
-            problems.append(Problem(name, 1, f"YAML error: {exc}"))
+        loaded, problem = _load(bytes(files[name]))
+        if problem is not None:
+            problems.append(replace(problem, file=name))
             continue
         for doc in loaded:
             if doc is None:

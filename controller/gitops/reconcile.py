@@ -23,6 +23,7 @@ from controller.admission import defaults, rules
 from controller.admission.lookup import ClusterLookup
 from controller.api import (
     API_VERSION,
+    APPLIED_HASH,
     CONFIG_HASH,
     CONFLICT,
     FIELD_MANAGER,
@@ -223,13 +224,17 @@ class Reconciler:
             if have is None and (other := self._others.get(item.key)):
                 out.conflicts.append(f"{item} ({item.file}:{item.line}): applied by source {other}; left as it is")
                 continue
-            if have is not None and subset(want, have):
+            stamped_with = (have or {}).get("metadata", {}).get("annotations") or {}
+            unchanged = have is not None and stamped_with.get(APPLIED_HASH) == want["metadata"]["annotations"][
+                APPLIED_HASH]
+            if unchanged:  # git says what it said when the object was applied: it keeps that revision
+                want["metadata"]["annotations"][REVISION] = stamped_with.get(REVISION, revision.sha)
+            if have is not None and unchanged and subset(want, have):
                 if self._legacy(have) and not self.options.dry_run:  # in sync: only the manager moves
                     self.applier.apply(want, field_manager=manager)
                     self._release_legacy(have)
                 continue
-            stamped_with = (have or {}).get("metadata", {}).get("annotations", {}) or {}
-            if have is not None and stamped_with.get(REVISION) == revision.sha:
+            if unchanged:  # and the cluster differs: drift
                 out.drifted.append(str(item))
                 if not self.options.self_heal:
                     continue

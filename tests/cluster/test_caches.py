@@ -91,6 +91,11 @@ def test_a_burst_of_watch_events_causes_one_pass_and_status_writes_none(cached: 
                 if loop.passes == seen:
                     return seen
 
+        def observed() -> bool:  # the Deployment controller has annotated and counted the rolled templates
+            found = [kube.get("apps/v1", "Deployment", f"web{i}", plain.ns) or {} for i in range(3)]
+            return all(d.get("status", {}).get("observedGeneration") == d["metadata"]["generation"] for d in found)
+
+        kube.wait_for("the Deployments observed", observed, timeout=60)
         start = quiet()
         for i in range(30):  # another tool writes a policy's status: only status changes
             kube.apply_status({"apiVersion": "replayops.dev/v1alpha1", "kind": "CapturePolicy",

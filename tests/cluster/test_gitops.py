@@ -237,6 +237,24 @@ def test_manual_edit_is_only_reported_without_self_heal(cluster: Cluster, namesp
     assert f"TrafficReplay {namespace}/r1" in gitops.status()["drift"]
 
 
+def test_a_commit_applies_only_what_it_changes_and_drift_elsewhere_stays_drift(cluster: Cluster, namespace: str,
+                                                                              tmp_path: Path) -> None:
+    """A commit that changes one file of many applies that one object (the others keep the revision that
+    last changed them); an object edited by hand that the commit does not touch is drift, not a change."""
+    gitops = GitOps(cluster, namespace, tmp_path, self_heal=False)
+    first = gitops.repo.commit("r", {f"r{i}.yaml": replay_yaml(f"r{i}", f"http://t{i}:80") for i in range(4)})
+    assert len(gitops.reconcile().applied) == 4
+    gitops.cluster.kubectl("patch", "tr", "r3", "-n", namespace, "--type=merge",
+                           "-p", json.dumps({"spec": {"load": {"copies": 9}}}), check=True)
+    second = gitops.repo.commit("r1 copies 2", {"r1.yaml": replay_yaml("r1", "http://t1:80", copies=2)})
+    out = gitops.reconcile()
+    assert out.applied == [f"TrafficReplay {namespace}/r1"] and out.drifted == [f"TrafficReplay {namespace}/r3"], out
+    revisions = {f"r{i}": (gitops.get("TrafficReplay", f"r{i}") or {})["metadata"]["annotations"][REVISION]
+                 for i in range(4)}
+    assert revisions == {"r0": first, "r1": second, "r2": first, "r3": first}
+    assert (gitops.get("TrafficReplay", "r3") or {})["spec"]["load"]["copies"] == 9, "no self-heal: left as edited"
+
+
 def test_other_managers_fields_are_left_alone_and_resyncs_write_nothing(gitops: GitOps) -> None:
     gitops.repo.commit("r", {"r1.yaml": replay_yaml("r1")})
     gitops.reconcile()
