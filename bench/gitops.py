@@ -7,7 +7,7 @@
    (target <= 2x `kubectl apply --server-side` of the same objects: the replays, the policy and the
    workloads' annotations, on a copy of the selected Deployments).
 3. A no-op pass right after, and a poll (fetch, nothing new): write and list calls (target 0 writes,
-   <= 5 list calls).
+   <= 5 list calls); then a commit that changes one file of the 1,000.
 
 Run: .venv/bin/python bench/gitops.py [--replays 1000] [--workloads 5000] [--commits 10]
 """
@@ -174,6 +174,14 @@ def main() -> None:
                 assert not noop.error, noop.error
                 print(f"{what}: {took:.2f} s, {big.writes - writes} write calls, {big.lists - lists} list calls, "
                       f"{len(noop.applied)} applied   (target 0 writes, <= 5 lists)")
+            repo.commit("one replay changed", {"replays/r0000.yaml": replay_yaml("r0000", "http://t0:80", copies=3)})
+            lists, writes = big.lists, big.writes
+            started = time.perf_counter()
+            one = reconciler.reconcile(fetch=True)
+            took = time.perf_counter() - started
+            assert not one.error, one.error
+            print(f"a commit changing one of the {args.replays} files: {took:.2f} s, {len(one.applied)} applied, "
+                  f"{big.writes - writes} write calls, {big.lists - lists} list calls")
             caches.stop()
             beside = pushes(kube, dev, tmp, args, "push-beside", f"beside {args.workloads} workloads")
             print(f"  ratio beside/empty p50: {beside / empty:.2f}")

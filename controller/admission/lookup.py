@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller import logs
+from controller.admission import rules
 from controller.api import ACTIVE_PHASES, API_VERSION, PENDING, TERMINAL_PHASES
 from controller.kube import Kube, KubeError
 
@@ -49,9 +50,10 @@ class ClusterLookup:
         api = WORKLOAD_API.get(kind)
         return bool(api) and self.kube.get(api, kind, name, namespace) is not None  # type: ignore[arg-type]
 
-    def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
+    def active_replays(self, namespace: str, target: str | None = None) -> list[Mapping[str, Any]]:
         items = self.kube.list(API_VERSION, "TrafficReplay", namespace)
-        return [i for i in items if (i.get("status") or {}).get("phase", PENDING) in ACTIVE_PHASES]
+        return rules.on_target([i for i in items if (i.get("status") or {}).get("phase", PENDING) in ACTIVE_PHASES],
+                               target)
 
     def finished_replays(self, namespace: str) -> set[str]:
         return {i["metadata"]["name"] for i in self.kube.list(API_VERSION, "TrafficReplay", namespace)

@@ -51,7 +51,7 @@ class Limits:
 
 class Lookup(Protocol):
     def workload_exists(self, namespace: str, kind: str, name: str) -> bool | None: ...  # None: unknown
-    def active_replays(self, namespace: str) -> list[Mapping[str, Any]]: ...
+    def active_replays(self, namespace: str, target: str | None = None) -> list[Mapping[str, Any]]: ...  # on target
     def finished_replays(self, namespace: str) -> set[str] | None: ...  # names; None: unknown
     def namespace_labels(self, namespace: str) -> Mapping[str, str] | None: ...
     def snapshot_exists(self, name: str) -> bool | None: ...  # None: the store is unreachable
@@ -75,6 +75,11 @@ def target_key(spec: Mapping[str, Any]) -> str:
     target = spec.get("target") or {}
     ref = target.get("workloadRef")
     return f"{ref.get('kind', 'Deployment')}/{ref.get('name')}" if ref else str(target.get("url"))
+
+
+def on_target(replays: list[Mapping[str, Any]], target: str | None) -> list[Mapping[str, Any]]:
+    """The replays on ``target`` (a ``target_key``); None: all of them."""
+    return replays if target is None else [r for r in replays if target_key(r.get("spec") or {}) == target]
 
 
 def _changed(old: Mapping[str, Any] | None, obj: Mapping[str, Any], value: Callable[[Mapping[str, Any]], Any]) -> bool:
@@ -126,9 +131,9 @@ def check_replay(obj: Mapping[str, Any], lookup: Lookup, limits: Limits,
             found.append(Finding(f"spec.load.stages[{i}].targetRPS", f"{stage['targetRPS']} req/s exceeds "
                                  f"the limit of {limits.max_rps:g}", "load-limits"))
     key = target_key(spec)
-    for other in lookup.active_replays(ns):
+    for other in lookup.active_replays(ns, key):
         other_name = (other.get("metadata") or {}).get("name")
-        if other_name != name and target_key(other.get("spec") or {}) == key:
+        if other_name != name:
             found.append(Finding("spec.target", f"replay {ns}/{other_name} is already running against "
                                  f"{key}; one running replay per target", "one-replay-per-target"))
     return found
@@ -259,9 +264,9 @@ class StaticLookup:
     def workload_exists(self, namespace: str, kind: str, name: str) -> bool | None:
         return None if self.workloads is None else (namespace, kind, name) in self.workloads
 
-    def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
-        return [r for r in self.replays.get(namespace, [])
-                if (r.get("status") or {}).get("phase", PENDING) in ACTIVE_PHASES]
+    def active_replays(self, namespace: str, target: str | None = None) -> list[Mapping[str, Any]]:
+        return on_target([r for r in self.replays.get(namespace, [])
+                          if (r.get("status") or {}).get("phase", PENDING) in ACTIVE_PHASES], target)
 
     def finished_replays(self, namespace: str) -> set[str] | None:
         return None if self.finished is None else self.finished.get(namespace, set())
@@ -286,8 +291,8 @@ class RevisionLookup:
     def workload_exists(self, namespace: str, kind: str, name: str) -> bool | None:
         return self.inner.workload_exists(namespace, kind, name)
 
-    def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
-        return self.inner.active_replays(namespace)
+    def active_replays(self, namespace: str, target: str | None = None) -> list[Mapping[str, Any]]:
+        return self.inner.active_replays(namespace, target)
 
     def finished_replays(self, namespace: str) -> set[str] | None:
         return self.inner.finished_replays(namespace)
@@ -318,8 +323,18 @@ class MemoLookup:
     def workload_exists(self, namespace: str, kind: str, name: str) -> bool | None:
         return self._ask("workload_exists", namespace, kind, name)  # type: ignore[no-any-return]
 
-    def active_replays(self, namespace: str) -> list[Mapping[str, Any]]:
-        return self._ask("active_replays", namespace)  # type: ignore[no-any-return]
+    def active_replays(self, namespace: str, target: str | None = None) -> list[Mapping[str, Any]]:
+        """Indexed by target once per namespace: judging a revision of many replays is not quadratic."""
+        replays: list[Mapping[str, Any]] = self._ask("active_replays", namespace)
+        if target is None:
+            return replays
+        key = ("active_replays_by_target", (namespace,))
+        if key not in self._memo:
+            index: dict[str, list[Mapping[str, Any]]] = {}
+            for replay in replays:
+                index.setdefault(target_key(replay.get("spec") or {}), []).append(replay)
+            self._memo[key] = index
+        return list(self._memo[key].get(target, []))
 
     def finished_replays(self, namespace: str) -> set[str] | None:
         return self._ask("finished_replays", namespace)  # type: ignore[no-any-return]

@@ -39,30 +39,30 @@ def template_annotations(workload: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _opted_out(workload: Mapping[str, Any]) -> bool:
-    notes = [workload["metadata"].get("annotations") or {}, workload["metadata"].get("labels") or {},
-             template_annotations(workload)]
-    return any(str(n.get(OPT_OUT, "")).lower() == "false" for n in notes)
+    template = ((workload.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    notes = (workload["metadata"].get("annotations"), workload["metadata"].get("labels"), template.get("annotations"))
+    return any(str(n.get(OPT_OUT, "")).lower() == "false" for n in notes if n)
 
 
 def plan(policies: Iterable[Mapping[str, Any]], workloads: Iterable[Mapping[str, Any]]) -> Plan:
     """What every workload's template should carry, given the (defaulted) CapturePolicies."""
     out = Plan()
     matches: dict[WorkloadKey, list[tuple[str, str]]] = {}
-    pols = sorted(policies, key=lambda p: p["metadata"]["name"])
-    for pol in pols:
-        out.selected[(pol["metadata"]["namespace"], pol["metadata"]["name"])] = []
+    by_namespace: dict[str, list[tuple[str, Mapping[str, Any], str]]] = {}  # ns -> (name, spec, config hash)
+    for pol in sorted(policies, key=lambda p: p["metadata"]["name"]):
+        meta, spec = pol["metadata"], pol["spec"]
+        out.selected[(meta["namespace"], meta["name"])] = []
+        by_namespace.setdefault(meta["namespace"], []).append((meta["name"], spec, config_hash(spec)))
     for wl in workloads:
-        if wl["kind"] not in WORKLOAD_KINDS or _opted_out(wl):
+        candidates = by_namespace.get(wl["metadata"].get("namespace", ""))
+        if not candidates or wl["kind"] not in WORKLOAD_KINDS or _opted_out(wl):
             continue
         labels = ((wl.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
-        for pol in pols:
-            spec = pol["spec"]
-            if pol["metadata"]["namespace"] != wl["metadata"].get("namespace"):
-                continue
+        for name, spec, digest in candidates:
             if wl["kind"] not in spec.get("kinds", WORKLOAD_KINDS):
                 continue
             if selector_matches(spec.get("selector") or {}, labels):
-                matches.setdefault(key(wl), []).append((pol["metadata"]["name"], config_hash(spec)))
+                matches.setdefault(key(wl), []).append((name, digest))
     for wkey, found in matches.items():
         for name, _ in found:
             out.selected[(wkey[0], name)].append(wkey)
@@ -77,6 +77,9 @@ def plan(policies: Iterable[Mapping[str, Any]], workloads: Iterable[Mapping[str,
 def ours(workload: Mapping[str, Any], manager: str) -> dict[str, str]:
     """The capture annotations on a workload's template that ``manager`` set (per managedFields): only
     those are ours to change or remove; ones a user or another tool set are left alone."""
+    present = {k: v for k, v in template_annotations(workload).items() if k in OWNED}
+    if not present:  # nothing of ours can be there (most workloads): no managedFields to read
+        return {}
     owned: set[str] = set()
     for entry in workload["metadata"].get("managedFields") or []:
         if entry.get("manager") != manager:
@@ -84,4 +87,4 @@ def ours(workload: Mapping[str, Any], manager: str) -> dict[str, str]:
         fields = (((entry.get("fieldsV1") or {}).get("f:spec") or {}).get("f:template") or {})
         notes = ((fields.get("f:metadata") or {}).get("f:annotations") or {})
         owned |= {k[2:] for k in notes if k[2:] in OWNED}
-    return {k: v for k, v in template_annotations(workload).items() if k in owned}
+    return {k: v for k, v in present.items() if k in owned}

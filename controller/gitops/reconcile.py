@@ -130,6 +130,7 @@ class Reconciler:
         self._last_error = ""
         self._built: tuple[str, desired.Desired] | None = None
         self._others: dict[tuple[str, str, str, str], str] = {}  # objects of other sources, this pass
+        self._stamped: tuple[str, dict[tuple[str, str, str, str], dict[str, Any]]] = ("", {})
 
     # -- the steps ----------------------------------------------------------------------------
 
@@ -218,8 +219,11 @@ class Reconciler:
     def _apply(self, state: desired.Desired, revision: Revision, live: dict[Any, dict[str, Any]],
                out: Outcome) -> None:
         manager = source_manager(self.options.name)
+        if self._stamped[0] != revision.sha:  # stamped once per revision (a pass over it only compares)
+            self._stamped = (revision.sha, {i.key: desired.stamp(i.obj, self.options.name, revision.sha)
+                                            for i in state.items})
         for item in state.items:
-            want = desired.stamp(item.obj, self.options.name, revision.sha)
+            want = self._stamped[1][item.key]
             have = live.get(item.key)
             if have is None and (other := self._others.get(item.key)):
                 out.conflicts.append(f"{item} ({item.file}:{item.line}): applied by source {other}; left as it is")
@@ -228,7 +232,8 @@ class Reconciler:
             unchanged = have is not None and stamped_with.get(APPLIED_HASH) == want["metadata"]["annotations"][
                 APPLIED_HASH]
             if unchanged:  # git says what it said when the object was applied: it keeps that revision
-                want["metadata"]["annotations"][REVISION] = stamped_with.get(REVISION, revision.sha)
+                notes = {**want["metadata"]["annotations"], REVISION: stamped_with.get(REVISION, revision.sha)}
+                want = {**want, "metadata": {**want["metadata"], "annotations": notes}}
             if have is not None and unchanged and subset(want, have):
                 if self._legacy(have) and not self.options.dry_run:  # in sync: only the manager moves
                     self.applier.apply(want, field_manager=manager)
