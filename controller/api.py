@@ -46,6 +46,7 @@ RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 # On every object applied from git (ownership, for prune)
 MANAGED_BY = "app.kubernetes.io/managed-by"
 SOURCE = "replayops.dev/source"
+CONVERGER_LEASE = "replayops-converger"  # the Lease of the one controller that converges for every source
 REVISION = "replayops.dev/revision"  # the revision that last changed the object (not every later one)
 APPLIED_HASH = "replayops.dev/applied-hash"  # of what git says of it: a change in git, or drift in the cluster
 PRUNE = "replayops.dev/prune"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import re
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def resource(text: str) -> tuple[str, str]:
@@ -11,6 +14,13 @@ def resource(text: str) -> tuple[str, str]:
     if not namespace or not name or "/" in name:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAMESPACE/NAME")
     return namespace, name
+
+
+def dns_label(text: str) -> str:
+    """A namespace (or other DNS-1123 label) name."""
+    if not DNS_LABEL.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a DNS-1123 label (lowercase letters, digits, '-')")
+    return text
 
 
 def repository(text: str) -> str:

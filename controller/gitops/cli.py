@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 
 from controller import __version__, argtypes, logs, paths
 from controller.admission import rules
-from controller.api import APPLIED_HASH, REVISION, SYSTEM_NAMESPACE, source_manager
+from controller.api import APPLIED_HASH, CONVERGER_LEASE, REVISION, SYSTEM_NAMESPACE, source_manager
 from controller.durations import parse_duration
 from controller.gitops import auth, desired
 from controller.gitops.replayjobs import JobConfig, ReplayJobs
@@ -71,6 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--name", default="default", help="this source's name (labels, status ConfigMap)")
     r.add_argument("--namespace", default="default", help="namespace of objects that name none")
     r.add_argument("--status-namespace", default=SYSTEM_NAMESPACE)
+    r.add_argument("--forwarder-namespace", type=argtypes.dns_label, default=None,
+                   help="where the forwarder, its token and the converger's Lease are; every source names the "
+                        "same (default: the status namespace)")
     r.add_argument("--allow-kind", action="append", default=[], metavar="APIVERSION/KIND",
                    help="also apply this kind from git (default: v1/Namespace, v1/ConfigMap)")
     r.add_argument("--kubeconfig", type=Path, default=None)
@@ -208,6 +211,7 @@ def run_controller(args: argparse.Namespace) -> int:
         return 2
     allowed = desired.DEFAULT_ALLOWED_KINDS | frozenset(args.allow_kind)
     options = Options(name=args.name, namespace=args.namespace, status_namespace=args.status_namespace,
+                      forwarder_namespace=args.forwarder_namespace or "",
                       self_heal=args.self_heal, prune=args.prune, dry_run=args.dry_run, allowed_kinds=allowed,
                       allow_empty=args.allow_empty, service_account=args.service_account)
     try:
@@ -229,14 +233,25 @@ def run_controller(args: argparse.Namespace) -> int:
     image = args.replay_image or kube.own_image() or JobConfig.image
     replays = ReplayJobs(kube, JobConfig(namespace=args.replay_namespace, image=image,
                                          store_claim=args.store_claim), dry_run=args.dry_run) if args.replays else None
-    elector = None
+    elector = converger = None
     if args.leader_elect:
-        # its own client: a slow pass never holds up a renewal; every write of the loop's is fenced by it
+        # their own client: a slow pass never holds up a renewal; every write of the loop's is fenced by one
         leases = connect(args.kubeconfig)
         leases.api.user_agent = agent
         elector = LeaderElector(leases, namespace=args.status_namespace, name=f"replayops-controller-{args.name}",
                                 identity=args.identity, timings=timings)
         kube.fence = elector.check
+        # one converger for every source: a leader of its source campaigns for it; its writes (workloads,
+        # policy status, token copies, replay Jobs) are fenced by that lease
+        converger = LeaderElector(leases, namespace=options.forwarder_namespace or options.status_namespace,
+                                  name=CONVERGER_LEASE, identity=f"{args.identity}/{args.name}", timings=timings,
+                                  eligible=elector.leading)
+        cluster = connect(args.kubeconfig)
+        cluster.api.user_agent = agent
+        cluster.fence = converger.check
+        reconciler.cluster, reconciler.converging = cluster, converger.leading
+        if replays:
+            replays.kube = cluster
     loop = Loop(reconciler, interval=args.interval, replays=replays, elector=elector)
     if args.push_port:
         if not args.push_secret_file:
@@ -246,11 +261,17 @@ def run_controller(args: argparse.Namespace) -> int:
     if args.metrics_port:
         _serve(make_wsgi_app(metrics.registry), args.metrics_port)
     caches = watch_caches(kube, loop, allowed, replays=replays is not None, replay_namespace=args.replay_namespace)
+    reconciler.cluster.caches = caches
+    if converger:
+        converger.on_lead = loop.wake  # the new converger passes at once
+        converger.start()
     signal.signal(signal.SIGTERM, loop.stop)
     signal.signal(signal.SIGINT, loop.stop)
     log.info("controller started", extra=logs.fields(repo=source.shown, ref=source.ref, path=args.path,
                                                      identity=args.identity))
     loop.run()
+    if converger:
+        converger.stop()
     caches.stop()
     log.info("controller stopped", extra=logs.fields(identity=args.identity))
     return 0

@@ -7,7 +7,8 @@ the record has not changed for ``lease_duration``. A leader leads only while its
 (timed from before the request was sent) is younger than ``renew_deadline`` (< ``lease_duration``):
 ``check()`` — called by ``Kube`` before every write — refuses once it is older, so a leader that was
 paused, partitioned or slow stops writing before any other candidate can have taken over.
-``release()`` hands the lease over at once.
+``release()`` hands the lease over at once. With ``eligible``, a candidate campaigns only while it says
+so and releases the lease when it stops (the converger's lease is held only by a leader of a source).
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def _fmt(t: dt.datetime) -> str:
 
 class LeaderElector:
     def __init__(self, kube: Kube, *, namespace: str, name: str, identity: str, timings: Timings | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.kube, self.namespace, self.name = kube, namespace, name
+                 clock: Callable[[], float] = time.monotonic, eligible: Callable[[], bool] | None = None) -> None:
+        self.kube, self.namespace, self.name, self.eligible = kube, namespace, name, eligible
+        self.on_lead: Callable[[], None] | None = None  # called each time this candidate becomes the leader
         self.identity, self.timings, self.clock = identity, timings or Timings(), clock
         self.is_leader = False
         self.term = 0  # counts the times this candidate became the leader
@@ -119,7 +121,10 @@ class LeaderElector:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.try_acquire_or_renew()
+                if self.eligible is None or self.eligible():
+                    self.try_acquire_or_renew()
+                else:
+                    self.release()
             except KubeError as exc:
                 log.warning("lease not renewed", extra=logs.fields(identity=self.identity, error=str(exc)))
             except Exception:  # an odd answer must not end the elector: this replica would never lead again
@@ -157,7 +162,9 @@ class LeaderElector:
 
     def _became(self, leader: bool) -> bool:
         if leader != self.is_leader:
-            log.info("leadership changed", extra=logs.fields(identity=self.identity, leader=leader))
+            log.info("leadership changed", extra=logs.fields(identity=self.identity, lease=self.name, leader=leader))
             self.term += leader
+            if leader and self.on_lead:
+                self.on_lead()
         self.is_leader = leader
         return leader

@@ -82,7 +82,7 @@ class Loop:
 
     def _pass(self, fetch: bool) -> Outcome:
         out = self.reconciler.reconcile(fetch=fetch or self.reconciler.last_applied is None)
-        if self.replays:
+        if self.replays and self.reconciler.converging():  # replays are cluster-wide work: the converger's
             try:
                 self.replays.sync()
             except KubeError as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,8 @@ class Options:
     name: str = "default"  # this source's name: labels its objects, names its status ConfigMap
     namespace: str = "default"  # for objects that name none
     status_namespace: str = SYSTEM_NAMESPACE
+    forwarder_namespace: str = ""  # where the forwarder and its token are (every source must name the same);
+    # empty: the status namespace
     self_heal: bool = False
     prune: bool = False
     dry_run: bool = False
@@ -116,8 +118,15 @@ def _now() -> str:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, source: GitSource, options: Options, metrics: Metrics | None = None) -> None:
+    """One source's steps; the cluster-wide ones (converge workloads from every policy, policy status, the
+    forwarder token's copies) only while ``converging()`` — one converger for all sources — and on the
+    ``cluster`` client, fenced by the converger's lease."""
+
+    def __init__(self, kube: Kube, source: GitSource, options: Options, metrics: Metrics | None = None, *,
+                 cluster: Kube | None = None, converging: Callable[[], bool] | None = None) -> None:
         self.kube = kube
+        self.cluster = cluster or kube
+        self.converging = converging or (lambda: True)
         self.source = source
         self.options = options
         # applies and prunes as the source's ServiceAccount (as Flux's serviceAccountName): a team's
@@ -140,8 +149,8 @@ class Reconciler:
         out = Outcome()
         revision: Revision | None = None
         try:
-            if not self.options.dry_run:  # the forwarder's pod needs its token whatever git holds
-                forwardersecrets.share(self.kube, self.options.status_namespace, ())
+            if not self.options.dry_run and self.converging():  # the forwarder's pod needs its token whatever git holds
+                forwardersecrets.share(self.cluster, self._forwarder_namespace, ())
             revision = self.source.fetch() if fetch else self.source.resolve()
             out.revision = str(revision)
             live = self._managed()
@@ -153,9 +162,13 @@ class Reconciler:
             self._apply(state, revision, live, out)
             if self.options.prune:
                 self._prune(state, live, out)
-            self._converge(state, out)
             if not self.options.dry_run:
                 self.last_applied = revision
+            if self.converging():
+                try:
+                    self._converge(state, out)
+                except NotLeader as exc:  # the converger's lease: this source's pass still reports
+                    log.info("converge stopped: leadership lost", extra=logs.fields(error=str(exc)))
         except NotLeader as exc:  # the lease was lost mid-pass: stop quietly, the new leader takes over
             log.info("pass stopped: leadership lost", extra=logs.fields(error=str(exc)))
             return out
@@ -190,6 +203,10 @@ class Reconciler:
                 revision=str(revision), count=len(state.warnings), first=[str(w) for w in state.warnings[:5]]))
         self._built = (revision.sha, state)
         return state
+
+    @property
+    def _forwarder_namespace(self) -> str:
+        return self.options.forwarder_namespace or self.options.status_namespace
 
     def _cluster_scoped(self, api_version: str, kind: str) -> bool:
         """As the cluster's discovery says (a kind it does not serve: as far as known offline)."""
@@ -302,7 +319,7 @@ class Reconciler:
         """Every CapturePolicy in the cluster — applied from git by any source, by Argo CD or by kubectl —
         defaulted; in a dry run, this revision's as they would be applied."""
         found = {(p["metadata"]["namespace"], p["metadata"]["name"]): p
-                 for p in self.kube.list(API_VERSION, "CapturePolicy")}
+                 for p in self.cluster.list(API_VERSION, "CapturePolicy")}
         if self.options.dry_run:
             found.update({(i.obj["metadata"]["namespace"], i.obj["metadata"]["name"]): i.obj
                           for i in state.of_kind("CapturePolicy")})
@@ -314,10 +331,10 @@ class Reconciler:
         policies = self._policies(state)
         blocked: dict[str, str] = {}  # namespaces without the token's copy: their workloads are left as they are
         if not self.options.dry_run:  # before any pod rolls: a sidecar reads the token once, when it starts
-            forwardersecrets.share(self.kube, self.options.status_namespace,
+            forwardersecrets.share(self.cluster, self._forwarder_namespace,
                                    (p["metadata"]["namespace"] for p in policies), failed=blocked)
         workloads = [dict(w, kind=kind) for kind in WORKLOAD_KINDS
-                     for w in self.kube.list(WORKLOAD_API, kind)]
+                     for w in self.cluster.list(WORKLOAD_API, kind)]
         wanted = converge.plan(policies, workloads)
         for wl in workloads:
             wkey = converge.key(wl)
@@ -330,11 +347,11 @@ class Reconciler:
             ns, kind, name = wkey
             body = {"apiVersion": WORKLOAD_API, "kind": kind, "metadata": {"name": name, "namespace": ns},
                     "spec": {"template": {"metadata": {"annotations": want}}}}
-            self.kube.apply(body, dry_run=self.options.dry_run)
+            self.cluster.apply(body, dry_run=self.options.dry_run)
             out.annotated.append(f"{kind} {ns}/{name}")
         pods: dict[str, list[dict[str, Any]]] = {}
         for ns in sorted({w[0] for w in wanted.wanted}):
-            pods[ns] = self.kube.list("v1", "Pod", ns)
+            pods[ns] = self.cluster.list("v1", "Pod", ns)
         stale = {w: self._stale_pods(wl, wanted.wanted[w], pods[w[0]]) for wl in workloads
                  if (w := converge.key(wl)) in wanted.wanted}
         if not self.options.dry_run:
@@ -361,7 +378,7 @@ class Reconciler:
             body = {"apiVersion": WORKLOAD_API, "kind": kind, "metadata": {"name": name, "namespace": ns},
                     "spec": {"template": {"metadata": {"annotations": {**want, ROLLED_FOR: want[CONFIG_HASH],
                                                                         RESTARTED_AT: _now()}}}}}
-            self.kube.apply(body, dry_run=self.options.dry_run)
+            self.cluster.apply(body, dry_run=self.options.dry_run)
             log.info("rolled pods missing the sidecar", extra=logs.fields(workload=f"{kind} {ns}/{name}",
                                                                            pods=len(missing)))
         return stale
@@ -384,7 +401,7 @@ class Reconciler:
         ready = not conflicted
         message = (f"{len(entries)} workloads selected" if ready else
                    "; ".join(f"{e['kind']} {e['name']}: {e['conflict']}" for e in conflicted))
-        live = self.kube.get(API_VERSION, "CapturePolicy", meta["name"], meta["namespace"]) or {}
+        live = self.cluster.get(API_VERSION, "CapturePolicy", meta["name"], meta["namespace"]) or {}
         old = live.get("status") or {}
         condition = {"type": READY, "status": "True" if ready else "False",
                      "reason": SELECTED if ready else CONFLICT, "message": message,
@@ -395,7 +412,7 @@ class Reconciler:
         status = {"observedGeneration": condition["observedGeneration"], "selectedCount": len(entries),
                   "selectedWorkloads": entries, "conditions": [condition]}
         if live and not subset(status, old):
-            self.kube.apply_status({"apiVersion": API_VERSION, "kind": "CapturePolicy", "metadata": meta,
+            self.cluster.apply_status({"apiVersion": API_VERSION, "kind": "CapturePolicy", "metadata": meta,
                                     "status": status})
 
     # -- status ---------------------------------------------------------------------------------
