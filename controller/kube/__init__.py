@@ -103,7 +103,8 @@ class Kube:
         self.lists = 0  # list calls made to the API server (pages; lists a cache answered are not counted)
         self._caches: Caches | None = None
         self._parent: Kube | None = None  # the client this one impersonates through
-        self.fence: Callable[[], None] | None = None  # called before every write; raises to refuse it
+        # called before every write: raises to refuse it, or says how many seconds the write may take
+        self.fence: Callable[[], float | None] | None = None
 
     @property
     def dynamic(self) -> DynamicClient:
@@ -139,10 +140,14 @@ class Kube:
         other.fence = lambda: self.fence() if self.fence else None  # this client's, whenever it is set
         return other
 
-    def _write(self) -> None:
-        if self.fence:
-            self.fence()
+    def _write(self) -> tuple[float, float]:
+        """Count a write past the fence; its timeouts: a fenced write gives up by the fence's deadline (a
+        quarter of what is left for the connect and for the read: with the connect retries, all of it)."""
+        left = self.fence() if self.fence else None
         self.writes += 1
+        if left is None:
+            return REQUEST_TIMEOUT
+        return min(REQUEST_TIMEOUT[0], left / 4), min(REQUEST_TIMEOUT[1], left / 4)
 
     def resource(self, api_version: str, kind: str) -> Any:
         try:
@@ -162,14 +167,15 @@ class Kube:
         ``fieldValidation``); returns the decoded JSON body, raises KubeError."""
         import json
 
+        timeout = REQUEST_TIMEOUT
         if method != "GET" and not any(k == "dryRun" for k, _ in query):
-            self._write()
+            timeout = self._write()
         request = self.api.param_serialize(
             method, path, query_params=list(query),
             header_params={"Accept": "application/json", "Content-Type": content_type},
             body=body, auth_settings=["BearerToken"])
         try:
-            resp = self.api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+            resp = self.api.call_api(*request, _request_timeout=timeout)
             resp.read()
             if not 200 <= resp.status <= 299:
                 self.api.response_deserialize(resp, {})
@@ -270,10 +276,10 @@ class Kube:
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         """Delete the object; False when it was already gone."""
-        self._write()
+        timeout = self._write()
         try:
             self.resource(api_version, kind).delete(name=name, namespace=namespace, propagation_policy="Background",
-                                                    _request_timeout=REQUEST_TIMEOUT)
+                                                    _request_timeout=timeout)
             found = True
         except NotFoundError:
             found = False

@@ -51,11 +51,7 @@ class Cached:
 
 @pytest.fixture
 def cached(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[tuple[GitOps, Cached]]:
-    # the converger reads every policy in the cluster: one of an earlier test's namespace (still being deleted)
-    # would be converged (and written to) too, and its objects' deletion would wake the loop
-    cluster.kube.wait_for("no other test's namespace still being deleted", lambda: not [
-        n for n in cluster.kube.list("v1", "Namespace") if n.get("status", {}).get("phase") == "Terminating"]
-        and not cluster.kube.list("replayops.dev/v1alpha1", "CapturePolicy"), timeout=120)
+    cluster.settle()
     plain = GitOps(cluster, namespace, tmp_path / "plain", self_heal=True, prune=True)
     for i in range(3):
         plain.deployment(f"web{i}", {"app": "checkout", "i": str(i)})

@@ -24,6 +24,7 @@ from controller.devcluster import DevCluster, ensure_binaries, stop_pid
 from controller.kube import KubeError, connect
 from tests.cluster.test_controller_process import wait
 from tests.cluster.test_gitops import replay_yaml
+from tests.conftest import Cluster
 from tests.faultproxy import FaultProxy
 from tests.gitrepo import Repo
 
@@ -210,3 +211,31 @@ def test_a_pass_longer_than_the_lease_keeps_one_writer(scene: Scene) -> None:
     times = [dt.datetime.fromisoformat(t.replace("Z", "+00:00")) for t, _ in order[-30:]]
     assert (times[-1] - times[0]).total_seconds() > 4, "the pass was not longer than the lease: raise the delay"
     assert scene.holder() == "a"
+
+
+def test_a_fenced_write_gives_up_by_the_renew_deadline(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    """A write that the network holds (a partition) times out by the fence's deadline, never after the
+    client's own 60 s read timeout: sent by a leader, it cannot land long after another took over."""
+    proxy = FaultProxy(("127.0.0.1", cluster.dev.ports.apiserver))
+    config = json.loads(json.dumps(_yaml(cluster.kubeconfig)))
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    (tmp_path / "via-proxy.kubeconfig").write_text(json.dumps(config))
+    kube = connect(tmp_path / "via-proxy.kubeconfig")
+    kube.get("v1", "Namespace", namespace)  # connected, discovery read
+    kube.fence = lambda: 0.8  # what LeaderElector.check says: 0.8 s left before the renew deadline
+    proxy.partition()
+    failed: list[KubeError] = []
+
+    def write() -> None:
+        try:
+            kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "held", "namespace": namespace}})
+        except KubeError as exc:
+            failed.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(30)
+    proxy.heal()
+    proxy.close()
+    assert not writer.is_alive(), "the write waited on the partition"
+    assert failed and failed[0].transient and "timeout=0.2" in str(failed[0]), failed

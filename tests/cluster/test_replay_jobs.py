@@ -76,6 +76,7 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture
 def jobs(cluster: Cluster) -> Iterator[ReplayJobs]:
     register.unregister(cluster.kube)  # no webhook from an earlier test refusing our objects
+    cluster.settle()  # a sync reads every replay in the cluster: none of an earlier test's may be going
     ns = f"rj-{uuid.uuid4().hex[:8]}"
     cluster.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     yield ReplayJobs(cluster.kube, JobConfig(namespace=ns))
