@@ -47,6 +47,7 @@ RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 SOURCE = "replayops.dev/source"
 CONVERGER_LEASE = "replayops-converger"  # the Lease of the one controller that converges for every source
+REPLAYS_LEASE = "replayops-replays"  # the Lease of the one that runs every replay's and snapshot's Job
 REVISION = "replayops.dev/revision"  # the revision that last changed the object (not every later one)
 APPLIED_HASH = "replayops.dev/applied-hash"  # of what git says of it: a change in git, or drift in the cluster
 PRUNE = "replayops.dev/prune"

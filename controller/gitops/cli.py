@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ from ruamel.yaml import YAML
 
 from controller import __version__, argtypes, logs, paths
 from controller.admission import rules
-from controller.api import APPLIED_HASH, CONVERGER_LEASE, REVISION, SYSTEM_NAMESPACE, source_manager
+from controller.api import APPLIED_HASH, CONVERGER_LEASE, REPLAYS_LEASE, REVISION, SYSTEM_NAMESPACE, source_manager
 from controller.durations import parse_duration
 from controller.gitops import auth, desired
 from controller.gitops.replayjobs import JobConfig, ReplayJobs
@@ -201,7 +202,7 @@ def run_controller(args: argparse.Namespace) -> int:
     from controller.gitops.loop import Loop, watch_caches
     from controller.gitops.reconcile import Metrics, Options, Reconciler
     from controller.gitops.source import GitSource
-    from controller.kube import connect
+    from controller.kube import Kube, connect
 
     logs.setup()
     try:
@@ -233,26 +234,30 @@ def run_controller(args: argparse.Namespace) -> int:
     image = args.replay_image or kube.own_image() or JobConfig.image
     replays = ReplayJobs(kube, JobConfig(namespace=args.replay_namespace, image=image,
                                          store_claim=args.store_claim), dry_run=args.dry_run) if args.replays else None
-    elector = converger = None
+    elector = converger = runner = None
     if args.leader_elect:
-        # their own client: a slow pass never holds up a renewal; every write of the loop's is fenced by one
-        leases = connect(args.kubeconfig)
-        leases.api.user_agent = agent
+        def client(fence: LeaderElector | None = None) -> Kube:
+            """A client of its own: a slow pass never holds up a renewal; ``fence``'s lease fences its writes."""
+            made = connect(args.kubeconfig)
+            made.api.user_agent, made.fence = agent, fence.check if fence else None
+            return made
+
+        leases = client()
         elector = LeaderElector(leases, namespace=args.status_namespace, name=f"replayops-controller-{args.name}",
                                 identity=args.identity, timings=timings)
         kube.fence = elector.check
-        # one converger for every source: a leader of its source campaigns for it; its writes (workloads,
-        # policy status, token copies, replay Jobs) are fenced by that lease
-        converger = LeaderElector(leases, namespace=options.forwarder_namespace or options.status_namespace,
-                                  name=CONVERGER_LEASE, identity=f"{args.identity}/{args.name}", timings=timings,
-                                  eligible=elector.leading)
-        cluster = connect(args.kubeconfig)
-        cluster.api.user_agent = agent
-        cluster.fence = converger.check
-        reconciler.cluster, reconciler.converging = cluster, converger.leading
+        # one converger and one replay runner for every source: a leader of its source campaigns for them (in
+        # the forwarder's namespace, which every source names the same); their writes are fenced by them
+        shared = functools.partial(LeaderElector, leases, namespace=options.forwarder_namespace or
+                                   options.status_namespace, identity=f"{args.identity}/{args.name}",
+                                   timings=timings, eligible=elector.leading)
+        converger = shared(name=CONVERGER_LEASE)
+        reconciler.cluster, reconciler.converging = client(converger), converger.leading
         if replays:
-            replays.kube = cluster
-    loop = Loop(reconciler, interval=args.interval, replays=replays, elector=elector)
+            runner = shared(name=REPLAYS_LEASE)
+            replays.kube = client(runner)
+    loop = Loop(reconciler, interval=args.interval, replays=replays, elector=elector,
+                replaying=runner.leading if runner else None)
     if args.push_port:
         if not args.push_secret_file:
             print("replayops controller run: --push-port needs --push-secret-file", file=sys.stderr)
@@ -261,17 +266,21 @@ def run_controller(args: argparse.Namespace) -> int:
     if args.metrics_port:
         _serve(make_wsgi_app(metrics.registry), args.metrics_port)
     caches = watch_caches(kube, loop, allowed, replays=replays is not None, replay_namespace=args.replay_namespace)
-    reconciler.cluster.caches = caches
-    if converger:
-        converger.on_lead = loop.wake  # the new converger passes at once
-        converger.start()
+    for other in (reconciler.cluster, replays.kube if replays else None):
+        if other is not None:
+            other.caches = caches
+    for lease in (converger, runner):  # a new converger, a new replay runner: it passes at once
+        if lease:
+            lease.on_lead = loop.wake
+            lease.start()
     signal.signal(signal.SIGTERM, loop.stop)
     signal.signal(signal.SIGINT, loop.stop)
     log.info("controller started", extra=logs.fields(repo=source.shown, ref=source.ref, path=args.path,
                                                      identity=args.identity))
     loop.run()
-    if converger:
-        converger.stop()
+    for lease in (converger, runner):
+        if lease:
+            lease.stop()
     caches.stop()
     log.info("controller stopped", extra=logs.fields(identity=args.identity))
     return 0

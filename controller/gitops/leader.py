@@ -167,7 +167,7 @@ class LeaderElector:
         if leader != self.is_leader:
             log.info("leadership changed", extra=logs.fields(identity=self.identity, lease=self.name, leader=leader))
             self.term += leader
-            if leader and self.on_lead:
-                self.on_lead()
-        self.is_leader = leader
+        was, self.is_leader = self.is_leader, leader
+        if leader and not was and self.on_lead:
+            self.on_lead()
         return leader

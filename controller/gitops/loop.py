@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from controller import logs
 from controller.api import API_VERSION, JOB_MANAGER, KINDS, MANAGED_BY, WORKLOAD_API, WORKLOAD_KINDS
-from controller.gitops.leader import LeaderElector
+from controller.gitops.leader import LeaderElector, NotLeader
 from controller.gitops.reconcile import Outcome, Reconciler
 from controller.gitops.replayjobs import ReplayJobs
 from controller.kube import Kube, KubeError
@@ -31,8 +31,9 @@ class Loop:
 
     def __init__(self, reconciler: Reconciler, *, interval: float, replays: ReplayJobs | None = None,
                  elector: LeaderElector | None = None, backoff: Backoff | None = None, settle: float = 0.05,
-                 settle_max: float = 1.0) -> None:
+                 settle_max: float = 1.0, replaying: Callable[[], bool] | None = None) -> None:
         self.reconciler, self.replays, self.elector = reconciler, replays, elector
+        self.replaying = replaying or (lambda: True)  # one replay runner for every source (its Lease)
         self.interval, self.settle, self.settle_max = interval, settle, settle_max
         self.passes = 0
         # the leader passes every interval (watches and pushes wake it sooner); a standby looks again
@@ -50,6 +51,12 @@ class Loop:
     def changed(self, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         """A cache's watch event: a pass soon, unless only status or bookkeeping changed."""
         if spec_changed(old, new):
+            self._wake.set()
+
+    def workload_changed(self, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """A workload's watch event: a pass soon when what the converger reads of it changed (its labels,
+        annotations, selector, pod template), not for a scale (an autoscaler's) or a rollout's status."""
+        if old is None or new is None or _workload_view(old) != _workload_view(new):
             self._wake.set()
 
     def _coalesce(self) -> None:
@@ -82,9 +89,11 @@ class Loop:
 
     def _pass(self, fetch: bool) -> Outcome:
         out = self.reconciler.reconcile(fetch=fetch or self.reconciler.last_applied is None)
-        if self.replays and self.reconciler.converging():  # replays are cluster-wide work: the converger's
+        if self.replays and self.replaying():
             try:
                 self.replays.sync()
+            except NotLeader as exc:
+                log.info("replays stopped: leadership lost", extra=logs.fields(error=str(exc)))
             except KubeError as exc:
                 log.error("replays not synced", extra=logs.fields(error=str(exc)))
                 out.transient = out.transient or exc.transient
@@ -139,6 +148,11 @@ class Loop:
             self.elector.stop()
 
 
+def _workload_view(obj: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    meta, spec = obj["metadata"], obj.get("spec") or {}
+    return meta.get("labels"), meta.get("annotations"), spec.get("selector"), spec.get("template")
+
+
 def watch_caches(kube: Kube, loop: Loop, allowed: Iterable[str], *, replays: bool, replay_namespace: str,
                  wait: float = 30.0) -> Caches:
     """The watch-backed caches the loop reads through (``kube.caches``) and is woken by: every object of
@@ -151,7 +165,7 @@ def watch_caches(kube: Kube, loop: Loop, allowed: Iterable[str], *, replays: boo
         everything = kind == "CapturePolicy" or (replays and kind in KINDS)
         caches.add(api, kind, label_selector=None if everything else ours, on_change=loop.changed)
     for kind in WORKLOAD_KINDS:
-        caches.add(WORKLOAD_API, kind, on_change=loop.changed)
+        caches.add(WORKLOAD_API, kind, on_change=loop.workload_changed)
     caches.add("v1", "Pod", transform=metadata_only)  # read each pass (stale pods); their churn wakes nobody
     if replays:  # a Job's status is what the replay's follows: every change of one wakes the loop
         caches.add("batch/v1", "Job", label_selector=f"{MANAGED_BY}={JOB_MANAGER}", namespace=replay_namespace,

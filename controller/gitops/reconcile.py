@@ -144,31 +144,13 @@ class Reconciler:
     # -- the steps ----------------------------------------------------------------------------
 
     def reconcile(self, *, fetch: bool = True) -> Outcome:
-        """One pass; never raises for bad git content or API errors (they land in status)."""
+        """One pass; never raises for bad git content or API errors (they land in status). The cluster-wide
+        steps run whatever this source's revision did: one broken repository never stops the converger."""
         started = time.perf_counter()
         out = Outcome()
-        revision: Revision | None = None
+        state: desired.Desired | None = None
         try:
-            if not self.options.dry_run and self.converging():  # the forwarder's pod needs its token whatever git holds
-                forwardersecrets.share(self.cluster, self._forwarder_namespace, ())
-            revision = self.source.fetch() if fetch else self.source.resolve()
-            out.revision = str(revision)
-            live = self._managed()
-            state = self._desired(revision, live)
-            if self.options.prune and not state.items and live and not self.options.allow_empty:
-                raise desired.InvalidRevision([desired.Problem(
-                    self.source.path or ".", 0, f"no objects: applying it would prune all {len(live)} objects "
-                    f"source {self.options.name} applied (an empty or wrong --path?); --allow-empty allows it")])
-            self._apply(state, revision, live, out)
-            if self.options.prune:
-                self._prune(state, live, out)
-            if not self.options.dry_run:
-                self.last_applied = revision
-            if self.converging():
-                try:
-                    self._converge(state, out)
-                except NotLeader as exc:  # the converger's lease: this source's pass still reports
-                    log.info("converge stopped: leadership lost", extra=logs.fields(error=str(exc)))
+            state = self._source(fetch, out)
         except NotLeader as exc:  # the lease was lost mid-pass: stop quietly, the new leader takes over
             log.info("pass stopped: leadership lost", extra=logs.fields(error=str(exc)))
             return out
@@ -183,10 +165,43 @@ class Reconciler:
             self.metrics.revisions.labels("failed").inc()
         else:
             self.metrics.revisions.labels("applied").inc()
-        finally:
-            self.metrics.duration.observe(time.perf_counter() - started)
+        if self.converging():
+            self._cluster_wide(state, out)
+        self.metrics.duration.observe(time.perf_counter() - started)
         self._report(out)
         return out
+
+    def _source(self, fetch: bool, out: Outcome) -> desired.Desired:
+        """This source's steps: fetch, build, apply, prune."""
+        revision = self.source.fetch() if fetch else self.source.resolve()
+        out.revision = str(revision)
+        live = self._managed()
+        state = self._desired(revision, live)
+        if self.options.prune and not state.items and live and not self.options.allow_empty:
+            raise desired.InvalidRevision([desired.Problem(
+                self.source.path or ".", 0, f"no objects: applying it would prune all {len(live)} objects "
+                f"source {self.options.name} applied (an empty or wrong --path?); --allow-empty allows it")])
+        self._apply(state, revision, live, out)
+        if self.options.prune:
+            self._prune(state, live, out)
+        if not self.options.dry_run:
+            self.last_applied = revision
+        return state
+
+    def _cluster_wide(self, state: desired.Desired | None, out: Outcome) -> None:
+        """The converger's steps; a failure is this pass's (retried), never a reason to skip status."""
+        try:
+            self._converge(state, out)
+        except NotLeader as exc:  # the converger's lease: this source's pass still reports
+            log.info("converge stopped: leadership lost", extra=logs.fields(error=str(exc)))
+        except KubeError as exc:
+            log.error("converge failed", extra=logs.fields(error=str(exc)))
+            if out.error:
+                out.warnings.append(f"converge failed: {exc}")
+            else:
+                out.error = f"converge failed: {exc}"
+            out.transient = out.transient or exc.transient
+            out.retry_after = max(out.retry_after or 0.0, exc.retry_after or 0.0) or None
 
     def _desired(self, revision: Revision, live: Mapping[tuple[str, str, str, str], Mapping[str, Any]]
                  ) -> desired.Desired:
@@ -246,10 +261,15 @@ class Reconciler:
                 out.conflicts.append(f"{item} ({item.file}:{item.line}): applied by source {other}; left as it is")
                 continue
             stamped_with = (have or {}).get("metadata", {}).get("annotations") or {}
-            unchanged = have is not None and stamped_with.get(APPLIED_HASH) == want["metadata"]["annotations"][
-                APPLIED_HASH]
-            if unchanged:  # git says what it said when the object was applied: it keeps that revision
+            digest = want["metadata"]["annotations"][APPLIED_HASH]
+            # git says what it said when the object was applied (an object an earlier version applied has no
+            # hash: it is unchanged when it carries this revision, as then): it keeps that revision
+            unchanged = have is not None and (stamped_with.get(APPLIED_HASH) == digest or (
+                APPLIED_HASH not in stamped_with and stamped_with.get(REVISION) == revision.sha))
+            if unchanged:
                 notes = {**want["metadata"]["annotations"], REVISION: stamped_with.get(REVISION, revision.sha)}
+                if APPLIED_HASH not in stamped_with:  # in sync without it: no write only to add it
+                    del notes[APPLIED_HASH]
                 want = {**want, "metadata": {**want["metadata"], "annotations": notes}}
             if have is not None and unchanged and subset(want, have):
                 if self._legacy(have) and not self.options.dry_run:  # in sync: only the manager moves
@@ -315,17 +335,17 @@ class Reconciler:
             out.pruned.append(f"{kind} {ns}/{name}" if ns else f"{kind} {name}")
             self.metrics.pruned.inc()
 
-    def _policies(self, state: desired.Desired) -> list[dict[str, Any]]:
+    def _policies(self, state: desired.Desired | None) -> list[dict[str, Any]]:
         """Every CapturePolicy in the cluster — applied from git by any source, by Argo CD or by kubectl —
         defaulted; in a dry run, this revision's as they would be applied."""
         found = {(p["metadata"]["namespace"], p["metadata"]["name"]): p
                  for p in self.cluster.list(API_VERSION, "CapturePolicy")}
-        if self.options.dry_run:
+        if self.options.dry_run and state is not None:
             found.update({(i.obj["metadata"]["namespace"], i.obj["metadata"]["name"]): i.obj
                           for i in state.of_kind("CapturePolicy")})
         return [defaults.default_policy(p) for _, p in sorted(found.items())]
 
-    def _converge(self, state: desired.Desired, out: Outcome) -> None:
+    def _converge(self, state: desired.Desired | None, out: Outcome) -> None:
         """Capture annotations on selected workloads' templates, from every CapturePolicy in the cluster;
         policy status lists them."""
         policies = self._policies(state)

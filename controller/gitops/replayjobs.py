@@ -36,6 +36,7 @@ from controller.api import (
     UID_LABEL,
 )
 from controller.durations import parse_duration
+from controller.gitops.leader import NotLeader
 from controller.kube import Kube, KubeError
 
 log = logs.get("replayjobs")
@@ -248,6 +249,8 @@ class ReplayJobs:
                 else:
                     snap = by_ref.get((meta["namespace"], str((obj.get("spec") or {}).get("snapshot"))))
                     done += self._replay(obj, jobs.get(name), snap)
+            except NotLeader:  # the lease is gone: nothing more of this pass (not an error per replay)
+                raise
             except KubeError as exc:
                 log.error(f"{obj['kind']} not run", extra=logs.fields(
                     resource=f"{meta['namespace']}/{meta['name']}", error=str(exc)))

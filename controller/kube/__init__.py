@@ -276,10 +276,10 @@ class Kube:
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         """Delete the object; False when it was already gone."""
+        res = self.resource(api_version, kind)  # discovery first: the fence's time is the request's
         timeout = self._write()
         try:
-            self.resource(api_version, kind).delete(name=name, namespace=namespace, propagation_policy="Background",
-                                                    _request_timeout=timeout)
+            res.delete(name=name, namespace=namespace, propagation_policy="Background", _request_timeout=timeout)
             found = True
         except NotFoundError:
             found = False

@@ -65,8 +65,14 @@ def metadata_only(obj: Obj) -> Obj:
             "metadata": {k: meta[k] for k in keep if k in meta}}
 
 
+def _later(a: str, b: str) -> bool:
+    """Whether resourceVersion ``a`` is strictly later than ``b`` (they are opaque; etcd's are integers: a
+    version that is not says nothing)."""
+    return a.isdigit() and b.isdigit() and int(a) > int(b)
+
+
 def _newer(new: Obj, old: Obj | None) -> bool:
-    """Whether ``new`` is a later version than ``old`` (resourceVersions are opaque; etcd's are integers)."""
+    """Whether ``new`` is the same or a later version than ``old``."""
     if old is None:
         return True
     a, b = new["metadata"].get("resourceVersion", ""), old["metadata"].get("resourceVersion", "")
@@ -89,8 +95,10 @@ class Cache:
         self._synced = threading.Event()
         self._settled = threading.Event()  # listed or failed once: waiting longer tells nothing
         self.stop = threading.Event()
+        self._gone: dict[tuple[str, str], str] = {}  # deleted since the last list: key -> resourceVersion
         self.watcher = Watcher(kube, api_version, kind, self._on_event, self.stop, namespace=namespace,
-                               label_selector=label_selector, on_list=self._on_list, on_error=self._on_error)
+                               label_selector=label_selector, on_list=self._on_list, on_error=self._on_error,
+                               keep=self._keep)
         self.error = "not listed yet"
 
     def start(self, wait: float = 0) -> Cache:
@@ -117,10 +125,15 @@ class Cache:
         obj = {**obj, "apiVersion": self.api_version, "kind": self.kind}  # a list's items may name neither
         return self.transform(obj) if self.transform else obj
 
-    def _on_list(self, items: list[Obj]) -> None:
-        fresh = {self._key(o): self._keep(o) for o in items}
+    def _on_list(self, items: list[Obj], version: str = "") -> None:
+        """A (re)list, as of ``version``: it replaces what was known, but for what this client wrote since."""
+        fresh = {self._key(o): o for o in items}
         with self._lock:
-            old, self._items = self._items, fresh
+            old = self._items
+            for key, obj in old.items():  # recorded after the list's snapshot: newer than it
+                if _later(obj["metadata"].get("resourceVersion", ""), version):
+                    fresh[key] = obj
+            self._items, self._gone = fresh, {}
         self.error = ""
         self._synced.set()
         self._settled.set()
@@ -132,13 +145,18 @@ class Cache:
 
     def _on_event(self, kind: str, obj: Obj) -> None:
         obj = self._keep(obj)
-        key = self._key(obj)
+        key, version = self._key(obj), obj["metadata"].get("resourceVersion", "")
         with self._lock:
             old = self._items.get(key)
             if kind == "DELETED":
-                self._items.pop(key, None)
+                if old is not None and _later(old["metadata"].get("resourceVersion", ""), version):
+                    old = obj = self._items[key]  # an object recreated (and recorded) since: it stays
+                else:
+                    self._items.pop(key, None)
+                    self._gone[key] = version
             elif _newer(obj, old):
                 self._items[key] = obj
+                self._gone.pop(key, None)
             else:  # what this client wrote is already here
                 old = obj = self._items[key]
         if self.error:  # a watch that delivers again has recovered
@@ -172,9 +190,13 @@ class Cache:
         if not self.covers(obj["metadata"].get("namespace"), (obj["metadata"].get("labels") or {})):
             return self.forget(obj["metadata"].get("namespace") or "", obj["metadata"]["name"])
         obj = self._keep(obj)
+        key, version = self._key(obj), obj["metadata"].get("resourceVersion", "")
         with self._lock:
-            if _newer(obj, self._items.get(self._key(obj))):
-                self._items[self._key(obj)] = obj
+            deleted = self._gone.get(key)
+            if deleted is not None and not _later(version, deleted):
+                return None  # the watch saw it deleted after this write: no ghost
+            if _newer(obj, self._items.get(key)):
+                self._items[key] = obj
         return None
 
     def forget(self, namespace: str, name: str) -> None:

@@ -22,15 +22,17 @@ class Watcher(threading.Thread):
     def __init__(self, kube: Kube, api_version: str, kind: str, on_event: Callable[[str, dict[str, Any]], None],
                  stop: threading.Event, *, label_selector: str | None = None, namespace: str | None = None,
                  timeout: int = 60, resource_version: str | None = None,
-                 on_list: Callable[[list[dict[str, Any]]], None] | None = None,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_list: Callable[[list[dict[str, Any]], str], None] | None = None,
+                 on_error: Callable[[str], None] | None = None,
+                 keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         super().__init__(name=f"watch-{kind}", daemon=True)
         self.kube, self.api_version, self.kind = kube, api_version, kind
         self.on_event, self.stop_event = on_event, stop
         self.label_selector, self.namespace, self.timeout = label_selector, namespace, timeout
         self.relists = 0
         self.resume_from = resource_version  # resume a watch from here instead of listing first
-        self.on_list, self.on_error = on_list, on_error  # every (re)list's objects; every failure
+        self.on_list, self.on_error = on_list, on_error  # every (re)list's objects and version; every failure
+        self.keep = keep  # what of each listed object to keep, page by page (a big list is never held whole)
         self.backoff = Backoff(base=1.0, cap=30.0)  # after failures in a row; reset by the next event
 
     def _list(self) -> str:
@@ -38,11 +40,11 @@ class Watcher(threading.Thread):
         items: list[dict[str, Any]] = []
         rv = ""
         for page in self.kube.pages(self.api_version, self.kind, self.namespace, self.label_selector):
-            items += page["items"]
+            items += map(self.keep, page["items"]) if self.keep else page["items"]
             rv = str((page.get("metadata") or {}).get("resourceVersion") or rv)
         self.relists += 1
         if self.on_list:
-            self.on_list(items)
+            self.on_list(items, rv)
         return rv
 
     def run(self) -> None:

@@ -413,6 +413,35 @@ def test_a_policy_applied_by_kubectl_is_converged_too(gitops: GitOps) -> None:
     assert CAPTURE not in (web["spec"]["template"]["metadata"].get("annotations") or {})
 
 
+def test_a_rejected_revision_does_not_stop_the_converger(gitops: GitOps) -> None:
+    """The converger's own source may be broken: policies applied by others are converged all the same."""
+    gitops.deployment("web", {"app": "checkout"})
+    gitops.repo.commit("broken", {"bad.yaml": "kind: [\n"})
+    applied = gitops.cluster.kubectl("apply", "-n", gitops.ns, "-f", "-", input=POLICY.replace("{sampling}", "0.5"))
+    assert applied.returncode == 0, applied.stderr
+    out = gitops.reconcile()
+    assert out.stalled and "bad.yaml" in out.error, out
+    web = gitops.get("Deployment", "web", "apps/v1") or {}
+    assert web["spec"]["template"]["metadata"]["annotations"][CAPTURE] == "checkout"
+    assert (gitops.get("CapturePolicy", "checkout") or {})["status"]["selectedCount"] == 1
+    gitops.cluster.kubectl("delete", "-n", gitops.ns, "capturepolicy", "checkout", check=True)
+
+
+def test_an_object_an_earlier_version_applied_without_a_hash_is_neither_rewritten_nor_drift(gitops: GitOps) -> None:
+    from controller.api import APPLIED_HASH
+    from controller.gitops import desired
+
+    sha = gitops.repo.commit("r1", {"r1.yaml": replay_yaml("r1"), "settings.yaml": SETTINGS})
+    old = desired.stamp({**YAML(typ="safe").load(replay_yaml("r1")), "metadata": {
+        "name": "r1", "namespace": gitops.ns}}, gitops.ns, sha)
+    del old["metadata"]["annotations"][APPLIED_HASH]  # as an earlier version stamped it
+    gitops.cluster.kube.apply(old, field_manager=f"replayops-source-{gitops.ns}")
+    before = (gitops.get("TrafficReplay", "r1") or {})["metadata"]["resourceVersion"]
+    out = gitops.reconcile()
+    assert f"TrafficReplay {gitops.ns}/r1" not in out.applied + out.drifted, out
+    assert (gitops.get("TrafficReplay", "r1") or {})["metadata"]["resourceVersion"] == before
+
+
 def test_no_workload_is_annotated_before_its_namespace_has_the_forwarder_token(gitops: GitOps) -> None:
     """A sidecar reads the token once, when it starts: the copy must exist before any pod rolls. Here the
     copy cannot be written (a Secret of that name and another type is in the way): the pass fails and

@@ -11,7 +11,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from controller import paths
-from controller.api import CAPTURE, CONVERGER_LEASE, FIELD_MANAGER
+from controller.api import CAPTURE, CONVERGER_LEASE, FIELD_MANAGER, REPLAYS_LEASE
 from controller.devcluster import stop_pid
 from tests.cluster.test_controller_process import Controllers, wait
 from tests.conftest import Cluster
@@ -56,6 +56,7 @@ def _annotation_managers(obj: dict[str, Any]) -> set[str]:
 def test_two_sources_and_an_argo_style_applier_for_a_minute_nothing_flaps(
         cluster: Cluster, namespace: str, tmp_path: Path) -> None:
     kube, ns = cluster.kube, namespace
+    cluster.settle()  # the converger and the replay runner read the whole cluster
     controllers = Controllers(cluster, namespace, tmp_path)
     argo_policy = YAML(typ="safe").load(policy("jobs", {"app": "jobs"}))
     argo_policy["metadata"].update(namespace=ns, labels={"app.kubernetes.io/instance": "shop"})
@@ -73,10 +74,10 @@ def test_two_sources_and_an_argo_style_applier_for_a_minute_nothing_flaps(
     a.commit("a", {"web.yaml": policy("web", {"tier": "web"}), "shared.yaml": shared("a")})
     b.commit("b", {"api.yaml": policy("api", {"tier": "api"}), "shared.yaml": shared("b")})
     common = ("--interval", "1s", "--leader-elect", "--lease-seconds", "6", "--renew-deadline", "4",
-              "--retry-period", "0.5", "--self-heal", "--prune", "--no-replays", "--forwarder-namespace", ns)
-    try:
-        controllers.start(a.url, *common, "--identity", "ctl-a", name=f"{ns}-a")
-        controllers.start(b.url, *common, "--identity", "ctl-b", name=f"{ns}-b")
+              "--retry-period", "0.5", "--self-heal", "--prune", "--forwarder-namespace", ns)
+    try:  # a runs the replays (its Jobs in this namespace), b runs none
+        controllers.start(a.url, *common, "--replay-namespace", ns, "--identity", "ctl-a", name=f"{ns}-a")
+        controllers.start(b.url, *common, "--no-replays", "--identity", "ctl-b", name=f"{ns}-b")
 
         def annotations() -> dict[str, str | None]:
             out = {}
@@ -111,6 +112,8 @@ def test_two_sources_and_an_argo_style_applier_for_a_minute_nothing_flaps(
         holder = lease.get("spec", {}).get("holderIdentity")
         assert holder in (f"ctl-a/{ns}-a", f"ctl-b/{ns}-b") and lease["spec"]["leaseTransitions"] == 0, \
             "one converger for both sources, the whole minute"
+        runner = kube.get("coordination.k8s.io/v1", "Lease", REPLAYS_LEASE, ns) or {}
+        assert runner.get("spec", {}).get("holderIdentity") == f"ctl-a/{ns}-a", "the one source that runs replays"
         other = 1 if holder.startswith("ctl-a") else 0
         assert "replayops-converger" not in "".join(
             line for line in controllers.log(other).splitlines() if '"leader": true' in line), \

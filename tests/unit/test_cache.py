@@ -46,6 +46,26 @@ def test_a_write_is_kept_until_the_watch_brings_a_later_version() -> None:
     assert cache.get("shop", "web") is None
 
 
+def test_a_late_delete_a_ghost_write_and_an_old_relist_never_undo_what_is_known() -> None:
+    cache = Cache(None, "apps/v1", "Deployment")  # type: ignore[arg-type]
+    cache._on_list([_obj("5")], "5")
+    cache.record(_obj("9", spec={"replicas": 1}))  # replaced: deleted at 8 and recreated at 9 by this client
+    cache._on_event("DELETED", _obj("8"))  # the old object's delete arrives after the new one was recorded
+    assert (cache.get("shop", "web") or {})["spec"] == {"replicas": 1}, "the recreated object stays"
+
+    other = Cache(None, "apps/v1", "Deployment")  # type: ignore[arg-type]
+    other._on_list([], "5")
+    other._on_event("ADDED", _obj("6"))
+    other._on_event("DELETED", _obj("7"))  # someone deleted it ...
+    other.record(_obj("6", spec={"replicas": 2}))  # ... before this client's write of version 6 was recorded
+    assert other.get("shop", "web") is None, "no ghost of a deleted object"
+
+    cache._on_list([_obj("7", spec={"replicas": 0})], "7")  # a relist older than the recorded write
+    assert (cache.get("shop", "web") or {})["spec"] == {"replicas": 1}
+    cache._on_list([_obj("10", spec={"replicas": 5})], "10")
+    assert (cache.get("shop", "web") or {})["spec"] == {"replicas": 5}
+
+
 def test_a_selected_cache_lists_what_it_covers_and_drops_an_object_that_left_its_selector() -> None:
     cache = Cache(None, "apps/v1", "Deployment", label_selector="app=web")  # type: ignore[arg-type]
     cache._on_list([_obj("1"), _obj("1", meta={"name": "api", "namespace": "other"})])
