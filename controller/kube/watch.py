@@ -73,10 +73,14 @@ class Watcher(threading.Thread):
                 if exc.status == 410:
                     rv = None
                     continue
+                if self.stop_event.is_set():  # stopped (the server may be going too): nothing to report
+                    return
                 log.warning("watch failed; retrying", extra=logs.fields(kind=self.kind, error=str(exc)))
                 self._failed(f"HTTP {exc.status}: {exc.reason}")
                 rv = None  # what happened meanwhile is unknown: relist
             except Exception as exc:  # network errors: keep watching
+                if self.stop_event.is_set():
+                    return
                 log.warning("watch interrupted; retrying", extra=logs.fields(kind=self.kind, error=str(exc)))
                 self._failed(str(exc))
                 rv = None
