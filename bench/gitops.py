@@ -166,22 +166,19 @@ def main() -> None:
             print(f"full apply: {len(outcome.applied)} objects applied, {len(outcome.annotated)} of "
                   f"{args.workloads} workloads annotated in {full:.1f} s;  kubectl apply --server-side of the "
                   f"same: {baseline:.1f} s;  ratio ours/kubectl {full / baseline:.2f}   (target <= 2)")
-            for what, fetch in (("no-op pass", False), ("poll, nothing new", True)):
+            def measured(what: str, fetch: bool, target: str = "") -> None:
                 lists, writes = big.lists, big.writes
                 started = time.perf_counter()
-                noop = reconciler.reconcile(fetch=fetch)
+                out = reconciler.reconcile(fetch=fetch)
                 took = time.perf_counter() - started
-                assert not noop.error, noop.error
+                assert not out.error, out.error
                 print(f"{what}: {took:.2f} s, {big.writes - writes} write calls, {big.lists - lists} list calls, "
-                      f"{len(noop.applied)} applied   (target 0 writes, <= 5 lists)")
+                      f"{len(out.applied)} applied{target}")
+
+            measured("no-op pass", False, "   (target 0 writes, <= 5 lists)")
+            measured("poll, nothing new", True, "   (target 0 writes, <= 5 lists)")
             repo.commit("one replay changed", {"replays/r0000.yaml": replay_yaml("r0000", "http://t0:80", copies=3)})
-            lists, writes = big.lists, big.writes
-            started = time.perf_counter()
-            one = reconciler.reconcile(fetch=True)
-            took = time.perf_counter() - started
-            assert not one.error, one.error
-            print(f"a commit changing one of the {args.replays} files: {took:.2f} s, {len(one.applied)} applied, "
-                  f"{big.writes - writes} write calls, {big.lists - lists} list calls")
+            measured(f"a commit changing one of the {args.replays} files", True)
             caches.stop()
             beside = pushes(kube, dev, tmp, args, "push-beside", f"beside {args.workloads} workloads")
             print(f"  ratio beside/empty p50: {beside / empty:.2f}")
