@@ -60,7 +60,7 @@ def commit_to_converged(kube, kubeconfig: Path, tmp: Path, ns: str, commits: int
     port, secret = free_port(), b"bench"
     (tmp / "secret").write_bytes(secret)
     argv = [sys.executable, "-m", "controller.cli", "controller", "run", "--no-replays", "--repo", repo.url,
-            "--namespace", ns,
+            "--namespace", ns, "--forwarder-namespace", ns,
             "--status-namespace", ns, "--name", ns, "--kubeconfig", str(kubeconfig), "--interval", interval,
             "--cache", str(tmp / f"cache-{ns}")]
     if push:

@@ -72,9 +72,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--name", default="default", help="this source's name (labels, status ConfigMap)")
     r.add_argument("--namespace", default="default", help="namespace of objects that name none")
     r.add_argument("--status-namespace", default=SYSTEM_NAMESPACE)
-    r.add_argument("--forwarder-namespace", type=argtypes.dns_label, default=None,
-                   help="where the forwarder, its token and the converger's Lease are; every source names the "
-                        "same (default: the status namespace)")
+    r.add_argument("--forwarder-namespace", type=argtypes.dns_label, default=SYSTEM_NAMESPACE,
+                   help="where the forwarder, its token and the converger's and replay runner's Leases are; every "
+                        f"source names the same (default {SYSTEM_NAMESPACE})")
     r.add_argument("--allow-kind", action="append", default=[], metavar="APIVERSION/KIND",
                    help="also apply this kind from git (default: v1/Namespace, v1/ConfigMap)")
     r.add_argument("--kubeconfig", type=Path, default=None)
@@ -212,7 +212,7 @@ def run_controller(args: argparse.Namespace) -> int:
         return 2
     allowed = desired.DEFAULT_ALLOWED_KINDS | frozenset(args.allow_kind)
     options = Options(name=args.name, namespace=args.namespace, status_namespace=args.status_namespace,
-                      forwarder_namespace=args.forwarder_namespace or "",
+                      forwarder_namespace=args.forwarder_namespace,
                       self_heal=args.self_heal, prune=args.prune, dry_run=args.dry_run, allowed_kinds=allowed,
                       allow_empty=args.allow_empty, service_account=args.service_account)
     try:
@@ -234,23 +234,23 @@ def run_controller(args: argparse.Namespace) -> int:
     image = args.replay_image or kube.own_image() or JobConfig.image
     replays = ReplayJobs(kube, JobConfig(namespace=args.replay_namespace, image=image,
                                          store_claim=args.store_claim), dry_run=args.dry_run) if args.replays else None
+    def client(fence: LeaderElector | None = None) -> Kube:
+        """A client of its own: a slow pass never holds up a renewal; ``fence``'s lease fences its writes."""
+        made = connect(args.kubeconfig)
+        made.api.user_agent, made.fence = agent, fence.check if fence else None
+        return made
+
     elector = converger = runner = None
     if args.leader_elect:
-        def client(fence: LeaderElector | None = None) -> Kube:
-            """A client of its own: a slow pass never holds up a renewal; ``fence``'s lease fences its writes."""
-            made = connect(args.kubeconfig)
-            made.api.user_agent, made.fence = agent, fence.check if fence else None
-            return made
-
-        leases = client()
-        elector = LeaderElector(leases, namespace=args.status_namespace, name=f"replayops-controller-{args.name}",
+        elector = LeaderElector(client(), namespace=args.status_namespace, name=f"replayops-controller-{args.name}",
                                 identity=args.identity, timings=timings)
         kube.fence = elector.check
+    if elector and not args.dry_run:  # a preview never holds the cluster-wide work
         # one converger and one replay runner for every source: a leader of its source campaigns for them (in
         # the forwarder's namespace, which every source names the same); their writes are fenced by them
-        shared = functools.partial(LeaderElector, leases, namespace=options.forwarder_namespace or
-                                   options.status_namespace, identity=f"{args.identity}/{args.name}",
-                                   timings=timings, eligible=elector.leading)
+        shared = functools.partial(LeaderElector, client(), namespace=options.forwarder_namespace,
+                                   identity=f"{args.identity}/{args.name}", timings=timings,
+                                   eligible=elector.leading)
         converger = shared(name=CONVERGER_LEASE)
         reconciler.cluster, reconciler.converging = client(converger), converger.leading
         if replays:

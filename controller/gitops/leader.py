@@ -8,7 +8,8 @@ the record has not changed for ``lease_duration``. A leader leads only while its
 ``check()`` — called by ``Kube`` before every write — refuses once it is older, so a leader that was
 paused, partitioned or slow stops writing before any other candidate can have taken over.
 ``release()`` hands the lease over at once. With ``eligible``, a candidate campaigns only while it says
-so and releases the lease when it stops (the converger's lease is held only by a leader of a source).
+so, and stops leading (letting the lease lapse) when it does not (the converger's lease is held only by a
+leader of a source).
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ class LeaderElector:
             try:
                 if self.eligible is None or self.eligible():
                     self.try_acquire_or_renew()
-                else:
-                    self.release()
+                elif self.is_leader:  # no more writes, and no release: the lease lapses, so that a write still
+                    self._became(False)  # in flight (it gives up by the renew deadline) lands before another leads
             except KubeError as exc:
                 log.warning("lease not renewed", extra=logs.fields(identity=self.identity, error=str(exc)))
             except Exception:  # an odd answer must not end the elector: this replica would never lead again

@@ -153,6 +153,7 @@ class Reconciler:
             state = self._source(fetch, out)
         except NotLeader as exc:  # the lease was lost mid-pass: stop quietly, the new leader takes over
             log.info("pass stopped: leadership lost", extra=logs.fields(error=str(exc)))
+            self.metrics.duration.observe(time.perf_counter() - started)
             return out
         except desired.InvalidRevision as exc:
             out.error, out.stalled = f"revision {out.revision} rejected:\n{exc}", True
@@ -348,7 +349,12 @@ class Reconciler:
     def _converge(self, state: desired.Desired | None, out: Outcome) -> None:
         """Capture annotations on selected workloads' templates, from every CapturePolicy in the cluster;
         policy status lists them."""
-        policies = self._policies(state)
+        try:
+            policies = self._policies(state)
+        except KubeError:
+            if not self.options.dry_run:  # the forwarder's pod needs its token and key all the same
+                forwardersecrets.share(self.cluster, self._forwarder_namespace, ())
+            raise
         blocked: dict[str, str] = {}  # namespaces without the token's copy: their workloads are left as they are
         if not self.options.dry_run:  # before any pod rolls: a sidecar reads the token once, when it starts
             forwardersecrets.share(self.cluster, self._forwarder_namespace,

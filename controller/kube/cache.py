@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 Obj = dict[str, Any]
 OnChange = Callable[[Obj | None, Obj | None], None]  # (old, new): None for an add's old, a delete's new
 BOOKKEEPING = ("resourceVersion", "managedFields", "generation")
+TOMBSTONE_SECONDS = 60.0
 
 
 def parse_selector(selector: str | None) -> dict[str, str] | None:
@@ -95,7 +97,9 @@ class Cache:
         self._synced = threading.Event()
         self._settled = threading.Event()  # listed or failed once: waiting longer tells nothing
         self.stop = threading.Event()
-        self._gone: dict[tuple[str, str], str] = {}  # deleted since the last list: key -> resourceVersion
+        # deleted lately (key -> resourceVersion, when): a write recorded after its delete is not brought back
+        self._gone: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        self._listed_at = ""  # the resourceVersion of the last list
         self.watcher = Watcher(kube, api_version, kind, self._on_event, self.stop, namespace=namespace,
                                label_selector=label_selector, on_list=self._on_list, on_error=self._on_error,
                                keep=self._keep)
@@ -133,7 +137,7 @@ class Cache:
             for key, obj in old.items():  # recorded after the list's snapshot: newer than it
                 if _later(obj["metadata"].get("resourceVersion", ""), version):
                     fresh[key] = obj
-            self._items, self._gone = fresh, {}
+            self._items, self._gone, self._listed_at = fresh, OrderedDict(), version
         self.error = ""
         self._synced.set()
         self._settled.set()
@@ -153,7 +157,7 @@ class Cache:
                     old = obj = self._items[key]  # an object recreated (and recorded) since: it stays
                 else:
                     self._items.pop(key, None)
-                    self._gone[key] = version
+                    self._tombstone(key, version)
             elif _newer(obj, old):
                 self._items[key] = obj
                 self._gone.pop(key, None)
@@ -164,6 +168,14 @@ class Cache:
             self._synced.set()
         if self.on_change and old is not obj:
             self.on_change(old, None if kind == "DELETED" else obj)
+
+    def _tombstone(self, key: tuple[str, str], version: str) -> None:
+        """Remember a delete for a minute (a write's record follows it by milliseconds), never longer."""
+        now = time.monotonic()
+        self._gone[key] = (version, now)
+        self._gone.move_to_end(key)
+        while self._gone and next(iter(self._gone.values()))[1] < now - TOMBSTONE_SECONDS:
+            self._gone.popitem(last=False)
 
     def _on_error(self, error: str) -> None:
         self.error = error
@@ -192,9 +204,9 @@ class Cache:
         obj = self._keep(obj)
         key, version = self._key(obj), obj["metadata"].get("resourceVersion", "")
         with self._lock:
-            deleted = self._gone.get(key)
-            if deleted is not None and not _later(version, deleted):
-                return None  # the watch saw it deleted after this write: no ghost
+            deleted = self._gone.get(key, (self._listed_at if key not in self._items else "", 0.0))[0]
+            if deleted and not _later(version, deleted):
+                return None  # deleted after this write (the watch saw it, or a later list lacks it): no ghost
             if _newer(obj, self._items.get(key)):
                 self._items[key] = obj
         return None

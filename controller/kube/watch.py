@@ -81,6 +81,9 @@ class Watcher(threading.Thread):
             except Exception as exc:  # network errors: keep watching
                 if self.stop_event.is_set():
                     return
+                if getattr(exc, "status", 0) == 410:  # a list's continue token expired: list again, now
+                    rv = None
+                    continue
                 log.warning("watch interrupted; retrying", extra=logs.fields(kind=self.kind, error=str(exc)))
                 self._failed(str(exc))
                 rv = None

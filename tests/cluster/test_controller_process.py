@@ -47,7 +47,8 @@ class Controllers:
         log = open(self.tmp / f"controller-{n}.log", "ab")  # noqa: SIM115 - closed with the process
         argv = [sys.executable, "-m", "controller.cli", "controller", "run", "--repo", repo_url,
                 "--branch", "main", "--namespace", self.ns, "--status-namespace", self.ns,
-                "--name", name or self.ns, "--kubeconfig", str(self.cluster.kubeconfig),
+                "--name", name or self.ns, "--forwarder-namespace", self.ns, "--kubeconfig",
+                str(self.cluster.kubeconfig),
                 "--cache", str(self.tmp / f"cache-{n}"), *extra]
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
@@ -193,6 +194,43 @@ def test_expiry_never_compares_clocks_across_candidates(cluster: Cluster, namesp
     assert not b.try_acquire_or_renew()
     cb.now += 15
     assert b.try_acquire_or_renew(), "once a stops renewing, b takes over after one lease duration"
+
+
+def test_a_candidate_no_longer_eligible_stops_leading_and_lets_the_lease_lapse(cluster: Cluster,
+                                                                              namespace: str) -> None:
+    """The converger's lease, when its holder stops leading its source: it writes nothing more at once, and
+    does not hand the lease over (a write of its still in flight lands before another can lead)."""
+    eligible = [True]
+    converger = LeaderElector(cluster.kube, namespace=namespace, name="converger", identity="a",
+                              timings=Timings(lease_duration=3, renew_deadline=2, retry_period=0.1),
+                              eligible=lambda: eligible[0])
+    converger.start()
+    try:
+        wait("a leads", converger.leading, timeout=10)
+        eligible[0] = False
+        wait("a stops leading", lambda: not converger.leading(), timeout=10)
+        with pytest.raises(NotLeader):
+            converger.check()
+        lease = cluster.kube.get("coordination.k8s.io/v1", "Lease", "converger", namespace) or {}
+        assert lease["spec"]["holderIdentity"] == "a", "not released: it lapses"
+        eligible[0] = True
+        wait("a leads again", converger.leading, timeout=10)
+    finally:
+        converger.stop()
+
+
+def test_a_dry_run_never_takes_the_cluster_wide_leases(cluster: Cluster, namespace: str,
+                                                       controllers: Controllers, tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "repo")
+    repo.commit("r", {"r1.yaml": replay_yaml("r1", copies=1)})
+    controllers.start(repo.url, "--dry-run", "--leader-elect", "--lease-seconds", "3", "--renew-deadline", "2",
+                      "--retry-period", "0.2", "--forwarder-namespace", namespace, "--identity", "preview")
+    lease = ("coordination.k8s.io/v1", "Lease")
+    wait("its source's lease", lambda: cluster.kube.get(*lease, f"replayops-controller-{namespace}", namespace))
+    wait("a few dry-run passes", lambda: "reconciled" in controllers.log() or "revision" in controllers.log())
+    time.sleep(2)  # ten retry periods as the source's leader
+    assert cluster.kube.get(*lease, "replayops-converger", namespace) is None
+    assert cluster.kube.get(*lease, "replayops-replays", namespace) is None
 
 
 def test_leader_election_timings_are_checked(tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ def test_the_loop_outlives_an_api_server_and_a_git_server_that_stop_and_come_bac
         proc = subprocess.Popen(
             [sys.executable, "-m", "controller.cli", "controller", "run", "--repo",
              f"git://127.0.0.1:{git_port}/team.git", "--branch", "main", "--namespace", NS, "--status-namespace",
-             NS, "--name", NS, "--kubeconfig", str(own.kubeconfig), "--cache", str(tmp_path / "cache"),
+             NS, "--forwarder-namespace", NS, "--name", NS, "--kubeconfig", str(own.kubeconfig), "--cache",
+             str(tmp_path / "cache"),
              "--interval", "1s", "--git-timeout", "5s", "--no-replays", "--metrics-port", str(metrics_port)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -94,7 +94,8 @@ class Scene:
         log = open(self.tmp / f"{identity}.log", "ab")  # noqa: SIM115 - closed with the process
         self.procs[identity] = subprocess.Popen(
             [sys.executable, "-m", "controller.cli", "controller", "run", "--repo", self.repo.url, "--branch",
-             "main", "--namespace", self.ns, "--status-namespace", self.ns, "--name", self.ns, "--kubeconfig",
+             "main", "--namespace", self.ns, "--status-namespace", self.ns, "--forwarder-namespace", self.ns,
+             "--name", self.ns, "--kubeconfig",
              str(kubeconfig), "--cache", str(self.tmp / f"cache-{identity}"), "--interval", "1s", "--self-heal",
              "--no-replays", "--leader-elect", *TIMINGS, "--identity", identity],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

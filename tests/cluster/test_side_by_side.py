@@ -74,7 +74,7 @@ def test_two_sources_and_an_argo_style_applier_for_a_minute_nothing_flaps(
     a.commit("a", {"web.yaml": policy("web", {"tier": "web"}), "shared.yaml": shared("a")})
     b.commit("b", {"api.yaml": policy("api", {"tier": "api"}), "shared.yaml": shared("b")})
     common = ("--interval", "1s", "--leader-elect", "--lease-seconds", "6", "--renew-deadline", "4",
-              "--retry-period", "0.5", "--self-heal", "--prune", "--forwarder-namespace", ns)
+              "--retry-period", "0.5", "--self-heal", "--prune")  # the forwarder namespace: this one (Controllers)
     try:  # a runs the replays (its Jobs in this namespace), b runs none
         controllers.start(a.url, *common, "--replay-namespace", ns, "--identity", "ctl-a", name=f"{ns}-a")
         controllers.start(b.url, *common, "--no-replays", "--identity", "ctl-b", name=f"{ns}-b")

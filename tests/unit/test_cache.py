@@ -66,6 +66,23 @@ def test_a_late_delete_a_ghost_write_and_an_old_relist_never_undo_what_is_known(
     assert (cache.get("shop", "web") or {})["spec"] == {"replicas": 5}
 
 
+def test_a_write_recorded_after_a_relist_that_no_longer_has_it_is_no_ghost(monkeypatch: Any) -> None:
+    import controller.kube.cache as cache_module
+
+    cache = Cache(None, "apps/v1", "Deployment")  # type: ignore[arg-type]
+    cache._on_list([_obj("5")], "5")
+    cache._on_list([], "9")  # deleted at 8 while the watch was away; the relist lacks it
+    cache.record(_obj("7"))  # this client's write of 7, recorded late
+    assert cache.get("shop", "web") is None
+    cache.record(_obj("10", meta={"name": "new"}))  # made after the list: kept
+    assert cache.get("shop", "new") is not None
+
+    monkeypatch.setattr(cache_module, "TOMBSTONE_SECONDS", -1.0)  # every tombstone is old at once
+    for i in range(100):
+        cache._on_event("DELETED", _obj(str(20 + i), meta={"name": f"pod-{i}"}))
+    assert len(cache._gone) <= 1, "deletes are remembered for a while, not for the life of the controller"
+
+
 def test_a_selected_cache_lists_what_it_covers_and_drops_an_object_that_left_its_selector() -> None:
     cache = Cache(None, "apps/v1", "Deployment", label_selector="app=web")  # type: ignore[arg-type]
     cache._on_list([_obj("1"), _obj("1", meta={"name": "api", "namespace": "other"})])
