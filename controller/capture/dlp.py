@@ -5,24 +5,39 @@ form field and JSON key names — defaults: authorization, cookie, set-cookie,
 password, token, secret — matched case-insensitively as substrings, so
 ``access_token`` and ``X-Client-Secret`` are caught) and by **value pattern**
 anywhere in text (credit-card numbers that pass the Luhn check, emails, bearer
-tokens and JWTs, AWS access keys, custom regexes). A redacted value becomes
-``[redacted:<kind>:<tag>]`` where the tag is a keyed hash (HMAC-SHA256) of the
-value: the same secret maps to the same tag, so replays still correlate, and
-the tag reveals nothing without the key.
+tokens and JWTs, AWS access keys, custom regexes — a policy's add to these unless it
+says ``replacePatterns``). A redacted value becomes ``[redacted:<kind>:<tag>]``
+where the tag is a keyed hash (HMAC-SHA256) of the value: the same secret maps to
+the same tag, so replays still correlate, and the tag reveals nothing without the key.
+
+Every place a pair carries text is scanned: headers, cookies, query, URL path
+segments, bodies (JSON, forms, multipart parts, plain text), WebSocket messages
+in both directions. Binary bodies (base64 in the record: protobuf, gRPC frames)
+have matches masked in place with as many bytes (a keyed digest), so the message
+still parses and replays; bodies the app compressed (gzip, deflate, zstd, br, and
+gRPC's per-message ``grpc-encoding``) are decompressed (at most ``MAX_SCAN``
+bytes), redacted and compressed again.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
+import gzip
 import hashlib
 import hmac
 import json
 import re
+import struct
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+import brotli
+import zstandard
 
 from controller.store import rrpair
 
@@ -34,7 +49,52 @@ PATTERNS: dict[str, str] = {
     "bearerToken": r"(?i:bearer)\s+[A-Za-z0-9\-._~+/]{8,}=*|eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",
     "awsKey": r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}(?![A-Z0-9])",
 }
-TAG = re.compile(r"\[redacted:[A-Za-z]+:[0-9a-f]{12}\]")
+TAG = re.compile(r"\[redacted:[A-Za-z0-9]+:[0-9a-f]{12}\]")
+MAX_SCAN = 16 << 20  # a compressed body is decompressed for scanning up to this (a bomb costs no more)
+PATH_SAFE = "!$&'()*+,;=:@-._~"  # what a path segment keeps unquoted
+
+
+class TooLarge(ValueError):
+    """A compressed body that decompresses to more than ``MAX_SCAN``: it is not kept (it cannot be scanned)."""
+
+
+def _decompress(data: bytes, codec: str) -> bytes:
+    """``data`` decompressed by ``codec`` (gzip, deflate, zstd, br), at most ``MAX_SCAN`` bytes."""
+    if codec == "zstd":
+        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+            out = reader.read(MAX_SCAN + 1)
+    elif codec == "br":
+        out = brotli.Decompressor().process(data)  # no output bound in its API: checked after
+    else:
+        inflater = zlib.decompressobj(31 if codec == "gzip" else 15)
+        out = inflater.decompress(data, MAX_SCAN + 1)
+    if len(out) > MAX_SCAN:
+        raise TooLarge(f"decompresses to more than {MAX_SCAN} bytes")
+    return out
+
+
+def _compress(data: bytes, codec: str) -> bytes:
+    if codec == "zstd":
+        return zstandard.ZstdCompressor().compress(data)
+    if codec == "br":
+        return bytes(brotli.compress(data))
+    return gzip.compress(data, mtime=0) if codec == "gzip" else zlib.compress(data)
+
+
+def _codec(data: bytes, declared: str = "") -> str | None:
+    """The compression of ``data``: as declared (Content-Encoding, grpc-encoding), else by its magic."""
+    declared = declared.strip().lower()
+    if declared in ("gzip", "x-gzip"):
+        return "gzip"
+    if declared in ("deflate", "zstd", "br"):
+        return declared
+    if data[:2] == b"\x1f\x8b":
+        return "gzip"
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    if len(data) > 2 and data[0] == 0x78 and (data[0] << 8 | data[1]) % 31 == 0:
+        return "deflate"
+    return None
 
 
 def luhn(digits: str) -> bool:
@@ -65,7 +125,7 @@ class Rules:
         """Rules from a CapturePolicy's ``spec.dlp`` (the defaults when absent)."""
         dlp = dlp or {}
         keys = dlp.get("redactKeys") or {}
-        patterns: dict[str, str] = {}
+        patterns: dict[str, str] = {} if dlp.get("replacePatterns") else dict(PATTERNS)  # a policy's add to them
         for i, pattern in enumerate(dlp.get("patterns") or []):
             kind = pattern["type"]
             if kind == "custom":
@@ -74,8 +134,7 @@ class Rules:
                 patterns[kind] = PATTERNS[kind]
         return cls({k.lower() for k in keys.get("headers", [])}, {k.lower() for k in keys.get("cookies", [])},
                    {k.lower() for k in keys.get("query", [])}, {k.lower() for k in keys.get("form", [])},
-                   {k.lower() for k in keys.get("json", [])}, patterns or dict(PATTERNS),
-                   bool(dlp.get("defaults", True)))
+                   {k.lower() for k in keys.get("json", [])}, patterns, bool(dlp.get("defaults", True)))
 
 
 class Redactor:
@@ -96,18 +155,26 @@ class Redactor:
         lowered = name.lower()
         return lowered in place or (self.rules.defaults and any(k in lowered for k in DEFAULT_KEYS))
 
-    def text(self, value: str) -> str:
-        """``value`` with every pattern match replaced by its tag."""
+    def _replace(self, value: str, mask: bool) -> str:
+        """``value`` with every pattern match replaced: by its tag, or (``mask``) by as many characters."""
         for name, rx in self._patterns:
             def sub(m: re.Match[str], name: str = name) -> str:
                 found = m.group(0)
-                if TAG.fullmatch(found):
+                if TAG.fullmatch(found) or (name == "creditCard" and not luhn(re.sub(r"\D", "", found))):
                     return found
-                if name == "creditCard" and not luhn(re.sub(r"\D", "", found)):
-                    return found
-                return self.tag(name, found)
+                tag = self.tag(name, found)
+                return (tag[-13:-1] * (len(found) // 12 + 1))[:len(found)] if mask else tag
             value = rx.sub(sub, value)
         return value
+
+    def text(self, value: str) -> str:
+        """``value`` with every pattern match replaced by its tag."""
+        return self._replace(value, mask=False)
+
+    def binary(self, data: bytes) -> bytes:
+        """``data`` with every pattern match (read as bytes) masked in place by as many bytes of its keyed
+        digest: lengths and framing stay, so a protobuf still parses and replays."""
+        return self._replace(data.decode("latin-1"), mask=True).encode("latin-1")
 
     def _json(self, node: Any, key: str = "") -> Any:
         if isinstance(node, dict):
@@ -155,31 +222,123 @@ class Redactor:
         head = f"{name}={self.tag('cookie', val)}" if eq else first
         return head + (";" + attrs if attrs else "")
 
-    def _body(self, message: dict[str, Any]) -> None:
-        if message.get("body") is None or message.get("bodyEncoding") == "base64":
-            return
-        body = str(message["body"])
-        ctype = (rrpair.header(message, "content-type") or "").lower()
-        if "json" in ctype or body.lstrip()[:1] in ("{", "["):
+    def _text_body(self, body: str, ctype: str) -> str:
+        """A text body redacted as what it is (``ctype``: its Content-Type): JSON, a form, multipart parts, or
+        plain text."""
+        low = ctype.lower()
+        if "json" in low or body.lstrip()[:1] in ("{", "["):
             try:
-                message["body"] = json.dumps(self._json(json.loads(body)), separators=(",", ":"))
-                return
+                return json.dumps(self._json(json.loads(body)), separators=(",", ":"))
             except ValueError:
                 pass
-        if "x-www-form-urlencoded" in ctype:
-            message["body"] = urlencode(self._pairs(parse_qsl(body, keep_blank_values=True), self.rules.form))
+        if "x-www-form-urlencoded" in low:
+            return urlencode(self._pairs(parse_qsl(body, keep_blank_values=True), self.rules.form))
+        if "multipart/" in low:
+            return self._multipart(body.encode("utf-8", "surrogateescape"), ctype).decode("utf-8", "surrogateescape")
+        return self.text(body)
+
+    def _bytes_body(self, data: bytes, ctype: str, encoding: str = "") -> bytes:
+        """A body kept as bytes: decompressed and compressed again, gRPC frame by frame, text-like content as
+        text, the rest masked in place."""
+        if ctype.lower().startswith("application/grpc"):
+            return self._grpc(data, encoding)
+        codec = _codec(data, encoding)
+        if codec:
+            try:
+                inner = _decompress(data, codec)
+            except (zlib.error, zstandard.ZstdError, brotli.error, EOFError):
+                return self.binary(data)  # not what it looked like: bytes as they are
+            return _compress(self._bytes_body(inner, ctype), codec)
+        if "multipart/" in ctype.lower():
+            return self._multipart(data, ctype)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.binary(data)
+        return self._text_body(text, ctype).encode("utf-8")
+
+    def _multipart(self, data: bytes, ctype: str) -> bytes:
+        """Each part of a multipart body: a sensitive field's value tagged, text redacted, binary masked."""
+        found = re.search(r'(?i)boundary="?([^";]+)"?', ctype)
+        if not found:
+            return self.binary(data)
+        delimiter = b"--" + found.group(1).encode("latin-1")
+        pieces = data.split(delimiter)
+        out = [pieces[0]]
+        for piece in pieces[1:]:
+            head, sep, content = piece.partition(b"\r\n\r\n")
+            if not sep:
+                out.append(piece)
+                continue
+            tail = b"\r\n" if content.endswith(b"\r\n") else b""
+            content = content[:len(content) - len(tail)]
+            headers = head.decode("latin-1")
+            name = re.search(r'name="([^"]*)"', headers)
+            declared = re.search(r"(?im)^content-type:\s*(.+)$", headers)
+            part_type = declared.group(1).strip() if declared else ""
+            if name and self._sensitive(name.group(1), self.rules.form):
+                content = self.tag("key", content.decode("latin-1")).encode("latin-1")
+            else:
+                content = self._bytes_body(content, part_type)
+            out.append(self.text(headers).encode("latin-1") + sep + content + tail)
+        return delimiter.join(out)
+
+    def _grpc(self, data: bytes, encoding: str) -> bytes:
+        """gRPC's length-prefixed messages, each decompressed (``grpc-encoding``) when flagged, masked in
+        place, compressed again, framed with its new length."""
+        out, at = [], 0
+        while at + 5 <= len(data):
+            flag, size = data[at], struct.unpack(">I", data[at + 1:at + 5])[0]
+            payload = data[at + 5:at + 5 + size]
+            if flag & 1 and (codec := _codec(payload, encoding)):
+                payload = _compress(self.binary(_decompress(payload, codec)), codec)
+            else:
+                payload = self.binary(payload)
+            out.append(bytes([flag]) + struct.pack(">I", len(payload)) + payload)
+            at += 5 + size
+        return b"".join(out) + self.binary(data[at:])
+
+    def _body(self, message: dict[str, Any]) -> None:
+        if message.get("body") is None:
             return
-        message["body"] = self.text(body)
+        ctype = rrpair.header(message, "content-type") or ""
+        try:
+            if message.get("bodyEncoding") == "base64":
+                encoding = rrpair.header(message, "grpc-encoding") or rrpair.header(message, "content-encoding") or ""
+                data = self._bytes_body(base64.b64decode(message["body"]), ctype, encoding)
+                message["body"] = base64.b64encode(data).decode("ascii")
+                return
+            message["body"] = self._text_body(str(message["body"]), ctype)
+        except TooLarge as exc:  # what cannot be scanned is not kept
+            message["body"], message["bodyEncoding"] = f"[not recorded: {exc}]", "text"
+            self.counts["unscanned"] += 1
+
+    def _path(self, path: str) -> str:
+        """Each segment of a URL path with its matches tagged (``/users/jane@example.com/orders``)."""
+        return "/".join(quote(self.text(unquote(seg)), safe=PATH_SAFE) if seg else seg for seg in path.split("/"))
+
+    def _websocket(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:  # both directions
+            try:
+                if message.get("type") == "binary":
+                    data = self._bytes_body(base64.b64decode(message["data"]), "")
+                    message["data"] = base64.b64encode(data).decode()
+                else:
+                    message["data"] = self._text_body(str(message.get("data", "")), "")
+            except TooLarge as exc:
+                message["type"], message["data"] = "text", f"[not recorded: {exc}]"
+                self.counts["unscanned"] += 1
 
     def record(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """A redacted copy of ``record``."""
         out = copy.deepcopy(dict(record))
         req, resp = out["request"], out["response"]
         parts = urlsplit(req["url"])
-        if parts.query:
-            query = urlencode(self._pairs(parse_qsl(parts.query, keep_blank_values=True), self.rules.query))
-            req["url"] = urlunsplit(parts._replace(query=query))
+        query = urlencode(self._pairs(parse_qsl(parts.query, keep_blank_values=True), self.rules.query))
+        req["url"] = urlunsplit(parts._replace(path=self._path(parts.path), query=query if parts.query else ""))
         for message in (req, resp):
             message["headers"] = self._headers(message.get("headers") or [])
             self._body(message)
+        if out.get("websocket"):
+            self._websocket(out["websocket"])
         return out

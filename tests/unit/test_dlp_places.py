@@ -1,0 +1,139 @@
+"""DLP finds a corpus of secrets in every place a pair carries them: path, query, headers, cookies, bodies
+(JSON, form, multipart, text, binary, compressed, gRPC frames) and WebSocket messages both ways."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import struct
+import zlib
+from typing import Any
+
+import brotli
+import pytest
+import zstandard
+
+from controller.capture import dlp
+from controller.store import rrpair
+
+CARD, EMAIL, AWS = "4111 1111 1111 1111", "jane.doe@example.com", "AKIAIOSFODNN7EXAMPLE"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+CUSTOM = "EMP-123456"
+SECRETS = [CARD, EMAIL, AWS, JWT, CUSTOM, CARD.replace(" ", "")]
+TEXT = f"card {CARD} mail {EMAIL} key {AWS} jwt {JWT} employee {CUSTOM}"
+POLICY = {"patterns": [{"type": "custom", "name": "employee", "regex": r"EMP-\d{6}"}]}
+
+
+def redactor() -> dlp.Redactor:
+    return dlp.Redactor(dlp.Rules.from_policy(POLICY), b"k" * 32)
+
+
+def pair(*, url: str = "http://svc/api", headers: list[list[str]] | None = None, body: bytes | None = None,
+         response: bytes | None = None, response_headers: list[list[str]] | None = None) -> dict[str, Any]:
+    return rrpair.make(method="POST", url=url, request_headers=headers or [], request_body=body, status=200,
+                       response_headers=response_headers or [], response_body=response, started=1.0, finished=2.0,
+                       direction="inbound", service="svc")
+
+
+def leaks(found: bytes | str) -> list[str]:
+    text = found if isinstance(found, str) else found.decode("latin-1")
+    return [s for s in SECRETS if s in text]
+
+
+def body(message: dict[str, Any]) -> bytes:
+    return rrpair.decode_body(message)
+
+
+def test_custom_patterns_add_to_the_built_in_ones_unless_the_policy_replaces_them() -> None:
+    assert set(dlp.Rules.from_policy(POLICY).patterns) == {*dlp.PATTERNS, "employee"}
+    only = dlp.Rules.from_policy({**POLICY, "replacePatterns": True})
+    assert set(only.patterns) == {"employee"}
+
+
+def test_the_path_query_headers_and_cookies() -> None:
+    out = redactor().record(pair(url=f"http://svc/users/{EMAIL}/cards/{CARD.replace(' ', '')}?note={AWS}",
+                                 headers=[["X-Note", JWT], ["Cookie", f"session={CUSTOM}"]]))
+    assert not leaks(json.dumps(out)), out["request"]
+    assert out["request"]["url"].startswith("http://svc/users/%5Bredacted%3Aemail%3A") or \
+        "/users/%5Bredacted:email:" in out["request"]["url"], out["request"]["url"]
+
+
+@pytest.mark.parametrize("ctype,data", [
+    ("application/json", json.dumps({"note": TEXT, "nested": [{"x": TEXT}]}).encode()),
+    ("application/x-www-form-urlencoded", f"note={TEXT}&b=2".encode()),
+    ("text/plain", TEXT.encode()),
+])
+def test_text_bodies(ctype: str, data: bytes) -> None:
+    out = redactor().record(pair(headers=[["Content-Type", ctype]], body=data, response=data,
+                                 response_headers=[["Content-Type", ctype]]))
+    assert not leaks(body(out["request"])) and not leaks(body(out["response"]))
+
+
+def test_multipart_parts_text_and_binary() -> None:
+    boundary = "XyZ"
+    data = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n{TEXT}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\nhunter2\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + b"\xff\x00" + TEXT.encode() + \
+        f"\r\n--{boundary}--\r\n".encode()
+    out = redactor().record(pair(headers=[["Content-Type", f"multipart/form-data; boundary={boundary}"]], body=data))
+    got = body(out["request"])
+    assert not leaks(got) and b"hunter2" not in got
+    assert got.count(f"--{boundary}".encode()) == 4, "the parts and their boundaries stay"
+
+
+def test_a_binary_body_is_masked_in_place_with_the_same_length() -> None:
+    proto = b"\x0a" + bytes([len(EMAIL)]) + EMAIL.encode() + b"\x12" + bytes([len(AWS)]) + AWS.encode() + b"\xff"
+    out = redactor().record(pair(headers=[["Content-Type", "application/x-protobuf"]], body=proto))
+    got = body(out["request"])
+    assert len(got) == len(proto) and got[0] == 0x0A and got[1] == len(EMAIL) and not leaks(got)
+    again = redactor().record(pair(headers=[["Content-Type", "application/x-protobuf"]], body=proto))
+    assert body(again["request"]) == got, "the same secret, the same mask: replays still correlate"
+
+
+@pytest.mark.parametrize("codec", ["gzip", "deflate", "zstd", "br"])
+def test_bodies_the_app_compressed(codec: str) -> None:
+    raw = json.dumps({"note": TEXT}).encode()
+    packed = {"gzip": gzip.compress, "deflate": zlib.compress, "zstd": zstandard.ZstdCompressor().compress,
+              "br": brotli.compress}[codec](raw)
+    headers = [["Content-Type", "application/json"], ["Content-Encoding", codec]]
+    out = redactor().record(pair(headers=headers, body=packed))
+    got = body(out["request"])
+    assert not leaks(got)
+    unpacked = dlp._decompress(got, codec)
+    assert not leaks(unpacked) and json.loads(unpacked)["note"].startswith("card [redacted:creditCard:")
+
+
+def test_grpc_messages_compressed_or_not_are_masked_and_reframed() -> None:
+    message = b"\x0a" + bytes([len(TEXT)]) + TEXT.encode()
+    packed = gzip.compress(message)
+    frames = b"\x00" + struct.pack(">I", len(message)) + message + b"\x01" + struct.pack(">I", len(packed)) + packed
+    headers = [["Content-Type", "application/grpc"], ["grpc-encoding", "gzip"]]
+    out = redactor().record(pair(headers=headers, body=frames))
+    got = body(out["request"])
+    first_len = struct.unpack(">I", got[1:5])[0]
+    first = got[5:5 + first_len]
+    second = got[5 + first_len + 5:]
+    assert first_len == len(message) and first[1] == len(TEXT) and not leaks(first)
+    assert got[5 + first_len] == 1 and not leaks(gzip.decompress(second))
+
+
+def test_websocket_messages_both_ways() -> None:
+    record = pair()
+    record["websocket"] = [
+        {"fromClient": True, "type": "text", "ts": 1.0, "data": json.dumps({"msg": TEXT})},
+        {"fromClient": False, "type": "text", "ts": 1.1, "data": TEXT},
+        {"fromClient": False, "type": "binary", "ts": 1.2, "data": base64.b64encode(b"\x00" + TEXT.encode()).decode()},
+    ]
+    out = redactor().record(record)
+    assert not leaks(json.dumps(out["websocket"]))
+    assert not leaks(base64.b64decode(out["websocket"][2]["data"]))
+
+
+def test_a_decompression_bomb_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dlp, "MAX_SCAN", 1 << 16)
+    bomb = gzip.compress(b"\0" * (1 << 20))
+    red = redactor()
+    out = red.record(pair(headers=[["Content-Encoding", "gzip"]], body=bomb))
+    assert out["request"]["body"].startswith("[not recorded: decompresses to more than") and red.counts["unscanned"]
