@@ -193,6 +193,12 @@ class Redactor:
     def _pairs(self, pairs: Iterable[tuple[str, str]], place: set[str]) -> list[tuple[str, str]]:
         return [(k, self.tag("key", v) if self._sensitive(k, place) else self.text(v)) for k, v in pairs]
 
+    def _form(self, encoded: str, place: set[str]) -> str:
+        """A query string or form body redacted; as it was (its own encoding) when nothing was found."""
+        pairs = parse_qsl(encoded, keep_blank_values=True)
+        redacted = self._pairs(pairs, place)
+        return encoded if redacted == pairs else urlencode(redacted)
+
     def _cookies(self, value: str) -> str:
         """Every cookie value of a Cookie header, tagged; names kept."""
         parts = []
@@ -228,11 +234,13 @@ class Redactor:
         low = ctype.lower()
         if "json" in low or body.lstrip()[:1] in ("{", "["):
             try:
-                return json.dumps(self._json(json.loads(body)), separators=(",", ":"))
+                parsed = json.loads(body)
+                redacted = self._json(parsed)
+                return body if redacted == parsed else json.dumps(redacted, separators=(",", ":"))
             except ValueError:
                 pass
         if "x-www-form-urlencoded" in low:
-            return urlencode(self._pairs(parse_qsl(body, keep_blank_values=True), self.rules.form))
+            return self._form(body, self.rules.form)
         if "multipart/" in low:
             return self._multipart(body.encode("utf-8", "surrogateescape"), ctype).decode("utf-8", "surrogateescape")
         return self.text(body)
@@ -248,7 +256,8 @@ class Redactor:
                 inner = _decompress(data, codec)
             except (zlib.error, zstandard.ZstdError, brotli.error, EOFError):
                 return self.binary(data)  # not what it looked like: bytes as they are
-            return _compress(self._bytes_body(inner, ctype), codec)
+            redacted = self._bytes_body(inner, ctype)
+            return data if redacted == inner else _compress(redacted, codec)  # nothing found: the bytes as sent
         if "multipart/" in ctype.lower():
             return self._multipart(data, ctype)
         try:
@@ -291,7 +300,9 @@ class Redactor:
             flag, size = data[at], struct.unpack(">I", data[at + 1:at + 5])[0]
             payload = data[at + 5:at + 5 + size]
             if flag & 1 and (codec := _codec(payload, encoding)):
-                payload = _compress(self.binary(_decompress(payload, codec)), codec)
+                inner = _decompress(payload, codec)
+                masked = self.binary(inner)
+                payload = payload if masked == inner else _compress(masked, codec)
             else:
                 payload = self.binary(payload)
             out.append(bytes([flag]) + struct.pack(">I", len(payload)) + payload)
@@ -314,8 +325,13 @@ class Redactor:
             self.counts["unscanned"] += 1
 
     def _path(self, path: str) -> str:
-        """Each segment of a URL path with its matches tagged (``/users/jane@example.com/orders``)."""
-        return "/".join(quote(self.text(unquote(seg)), safe=PATH_SAFE) if seg else seg for seg in path.split("/"))
+        """Each segment of a URL path with its matches tagged (``/users/jane@example.com/orders``); a segment
+        without one stays as it was."""
+        def segment(seg: str) -> str:
+            plain = unquote(seg)
+            redacted = self.text(plain)
+            return seg if redacted == plain else quote(redacted, safe=PATH_SAFE)
+        return "/".join(segment(seg) for seg in path.split("/"))
 
     def _websocket(self, messages: list[dict[str, Any]]) -> None:
         for message in messages:  # both directions
@@ -334,8 +350,8 @@ class Redactor:
         out = copy.deepcopy(dict(record))
         req, resp = out["request"], out["response"]
         parts = urlsplit(req["url"])
-        query = urlencode(self._pairs(parse_qsl(parts.query, keep_blank_values=True), self.rules.query))
-        req["url"] = urlunsplit(parts._replace(path=self._path(parts.path), query=query if parts.query else ""))
+        req["url"] = urlunsplit(parts._replace(path=self._path(parts.path), query=self._form(parts.query,
+                                                                                           self.rules.query)))
         for message in (req, resp):
             message["headers"] = self._headers(message.get("headers") or [])
             self._body(message)

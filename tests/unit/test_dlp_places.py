@@ -137,3 +137,9 @@ def test_a_decompression_bomb_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> No
     red = redactor()
     out = red.record(pair(headers=[["Content-Encoding", "gzip"]], body=bomb))
     assert out["request"]["body"].startswith("[not recorded: decompresses to more than") and red.counts["unscanned"]
+
+
+def test_a_compressed_body_without_secrets_keeps_its_bytes() -> None:
+    packed = gzip.compress(b'{"fine": "nothing here"}', mtime=12345)
+    out = redactor().record(pair(headers=[["Content-Encoding", "gzip"]], body=packed))
+    assert body(out["request"]) == packed
