@@ -438,8 +438,12 @@ class Reconciler:
         status = {"observedGeneration": condition["observedGeneration"], "selectedCount": len(entries),
                   "selectedWorkloads": entries, "conditions": [condition]}
         if live and not subset(status, old):
-            self.cluster.apply_status({"apiVersion": API_VERSION, "kind": "CapturePolicy", "metadata": meta,
-                                    "status": status})
+            try:
+                self.cluster.apply_status({"apiVersion": API_VERSION, "kind": "CapturePolicy", "metadata": meta,
+                                           "status": status})
+            except KubeError as exc:
+                if exc.status != 404:  # deleted meanwhile (its namespace going): nothing to report on
+                    raise
 
     # -- status ---------------------------------------------------------------------------------
 

@@ -256,6 +256,7 @@ def test_a_commit_applies_only_what_it_changes_and_drift_elsewhere_stays_drift(c
 
 
 def test_other_managers_fields_are_left_alone_and_resyncs_write_nothing(gitops: GitOps) -> None:
+    gitops.cluster.settle()  # counting writes: no earlier test's policies may be going meanwhile
     gitops.repo.commit("r", {"r1.yaml": replay_yaml("r1")})
     gitops.reconcile()
     gitops.cluster.kubectl("annotate", "tr", "r1", "-n", gitops.ns, "team.example.com/owner=payments", check=True)
