@@ -146,10 +146,13 @@ class Redactor:
         self.counts: Counter[str] = Counter()
         self._patterns = [(name, re.compile(rx)) for name, rx in rules.patterns.items()]
 
-    def tag(self, kind: str, value: str) -> str:
-        digest = hmac.new(self.key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:12]
+    def _digest(self, kind: str, value: str) -> str:
+        """The keyed hash of ``value`` (12 hex digits), counted as one ``kind`` redacted."""
         self.counts[kind] += 1
-        return f"[redacted:{kind}:{digest}]"
+        return hmac.new(self.key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:12]
+
+    def tag(self, kind: str, value: str) -> str:
+        return f"[redacted:{kind}:{self._digest(kind, value)}]"
 
     def _sensitive(self, name: str, place: set[str]) -> bool:
         lowered = name.lower()
@@ -162,8 +165,10 @@ class Redactor:
                 found = m.group(0)
                 if TAG.fullmatch(found) or (name == "creditCard" and not luhn(re.sub(r"\D", "", found))):
                     return found
-                tag = self.tag(name, found)
-                return (tag[-13:-1] * (len(found) // 12 + 1))[:len(found)] if mask else tag
+                if not mask:
+                    return self.tag(name, found)
+                digest = self._digest(name, found)  # repeated to the match's length
+                return (digest * (len(found) // len(digest) + 1))[:len(found)]
             value = rx.sub(sub, value)
         return value
 

@@ -96,8 +96,7 @@ class Loop:
                 log.info("replays stopped: leadership lost", extra=logs.fields(error=str(exc)))
             except KubeError as exc:
                 log.error("replays not synced", extra=logs.fields(error=str(exc)))
-                out.transient = out.transient or exc.transient
-                out.retry_after = max(out.retry_after or 0.0, exc.retry_after or 0.0) or None
+                out.retry_for(exc)
         return out
 
     def _next_wait(self, out: Outcome | None, fetched: bool) -> float:

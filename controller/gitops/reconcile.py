@@ -90,6 +90,11 @@ class Outcome:
     transient: bool = False  # the error may pass (no answer, 429, 5xx, a git fetch): retry with backoff
     retry_after: float | None = None  # the API server's Retry-After
 
+    def retry_for(self, exc: KubeError) -> None:
+        """Fold an API error of a later step into when to retry (transient if either is; the longer wait)."""
+        self.transient = self.transient or exc.transient
+        self.retry_after = max(self.retry_after or 0.0, exc.retry_after or 0.0) or None
+
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -201,8 +206,7 @@ class Reconciler:
                 out.warnings.append(f"converge failed: {exc}")
             else:
                 out.error = f"converge failed: {exc}"
-            out.transient = out.transient or exc.transient
-            out.retry_after = max(out.retry_after or 0.0, exc.retry_after or 0.0) or None
+            out.retry_for(exc)
 
     def _desired(self, revision: Revision, live: Mapping[tuple[str, str, str, str], Mapping[str, Any]]
                  ) -> desired.Desired:

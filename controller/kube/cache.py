@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from controller.kube.watch import Watcher
@@ -75,10 +75,8 @@ def _later(a: str, b: str) -> bool:
 
 def _newer(new: Obj, old: Obj | None) -> bool:
     """Whether ``new`` is the same or a later version than ``old``."""
-    if old is None:
-        return True
-    a, b = new["metadata"].get("resourceVersion", ""), old["metadata"].get("resourceVersion", "")
-    return not (a.isdigit() and b.isdigit()) or int(a) >= int(b)
+    return old is None or not _later(old["metadata"].get("resourceVersion", ""),
+                                     new["metadata"].get("resourceVersion", ""))
 
 
 class Cache:
@@ -262,6 +260,3 @@ class Caches:
     def forget(self, api_version: str, kind: str, name: str, namespace: str | None) -> None:
         for cache in self._by_kind.get((api_version, kind), ()):
             cache.forget(namespace or "", name)
-
-    def kinds(self) -> Iterable[tuple[str, str]]:
-        return self._by_kind.keys()
