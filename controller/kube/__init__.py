@@ -7,9 +7,10 @@ dicts, and translates API errors into ``KubeError`` with the server's message.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
 
 from controller.api import FIELD_MANAGER
+from controller.kube import fence
 
 if TYPE_CHECKING:
     from controller.kube.cache import Caches
@@ -98,6 +100,7 @@ class Kube:
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
+        fence.install(api.rest_client.pool_manager)
         self._dynamic: DynamicClient | None = None
         self.writes = 0  # write calls made (a no-op reconcile must make none)
         self.lists = 0  # list calls made to the API server (pages; lists a cache answered are not counted)
@@ -140,14 +143,19 @@ class Kube:
         other.fence = lambda: self.fence() if self.fence else None  # this client's, whenever it is set
         return other
 
-    def _write(self) -> tuple[float, float]:
-        """Count a write past the fence; its timeouts: a fenced write gives up by the fence's deadline (a
-        quarter of what is left for the connect and for the read: with the connect retries, all of it)."""
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[tuple[float, float]]:
+        """A write, counted: refused by the fence now and again right before its bytes leave (fence.py);
+        its timeouts: a fenced write gives up by the fence's deadline (a quarter of what is left for the
+        connect and for the read: with the connect retries, all of it)."""
         left = self.fence() if self.fence else None
         self.writes += 1
-        if left is None:
-            return REQUEST_TIMEOUT
-        return min(REQUEST_TIMEOUT[0], left / 4), min(REQUEST_TIMEOUT[1], left / 4)
+        token = fence.current.set(self.fence)
+        try:
+            yield REQUEST_TIMEOUT if left is None else (min(REQUEST_TIMEOUT[0], left / 4),
+                                                        min(REQUEST_TIMEOUT[1], left / 4))
+        finally:
+            fence.current.reset(token)
 
     def resource(self, api_version: str, kind: str) -> Any:
         try:
@@ -167,20 +175,19 @@ class Kube:
         ``fieldValidation``); returns the decoded JSON body, raises KubeError."""
         import json
 
-        timeout = REQUEST_TIMEOUT
-        if method != "GET" and not any(k == "dryRun" for k, _ in query):
-            timeout = self._write()
-        request = self.api.param_serialize(
-            method, path, query_params=list(query),
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body, auth_settings=["BearerToken"])
-        try:
-            resp = self.api.call_api(*request, _request_timeout=timeout)
-            resp.read()
-            if not 200 <= resp.status <= 299:
-                self.api.response_deserialize(resp, {})
-        except (ApiException, urllib3.exceptions.HTTPError) as exc:
-            raise _translate(exc, what or f"{method} {path}") from exc
+        write = method != "GET" and not any(k == "dryRun" for k, _ in query)
+        with self._writing() if write else contextlib.nullcontext(REQUEST_TIMEOUT) as timeout:
+            request = self.api.param_serialize(
+                method, path, query_params=list(query),
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body, auth_settings=["BearerToken"])
+            try:
+                resp = self.api.call_api(*request, _request_timeout=timeout)
+                resp.read()
+                if not 200 <= resp.status <= 299:
+                    self.api.response_deserialize(resp, {})
+            except (ApiException, urllib3.exceptions.HTTPError) as exc:
+                raise _translate(exc, what or f"{method} {path}") from exc
         return json.loads(resp.data or b"{}")  # type: ignore[no-any-return]
 
     def apply(self, obj: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER, force: bool = True,
@@ -277,9 +284,10 @@ class Kube:
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         """Delete the object; False when it was already gone."""
         res = self.resource(api_version, kind)  # discovery first: the fence's time is the request's
-        timeout = self._write()
         try:
-            res.delete(name=name, namespace=namespace, propagation_policy="Background", _request_timeout=timeout)
+            with self._writing() as timeout:
+                res.delete(name=name, namespace=namespace, propagation_policy="Background",
+                           _request_timeout=timeout)
             found = True
         except NotFoundError:
             found = False

@@ -240,3 +240,36 @@ def test_a_fenced_write_gives_up_by_the_renew_deadline(cluster: Cluster, namespa
     proxy.close()
     assert not writer.is_alive(), "the write waited on the partition"
     assert failed and failed[0].transient and "timeout=0.2" in str(failed[0]), failed
+
+
+@pytest.mark.parametrize("verb", ["apply", "delete"])
+def test_a_fence_that_lapses_after_the_write_began_stops_it_before_it_is_sent(
+        cluster: Cluster, namespace: str, verb: str) -> None:
+    """A leader paused after its write passed the fence, and woken after the renew deadline, sends
+    nothing: the fence is asked again right before the request's bytes leave, and then refuses."""
+    from controller.gitops.leader import NotLeader
+
+    kube = connect(cluster.kubeconfig)
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late", "namespace": namespace}}
+    if verb == "delete":
+        kube.apply(cm)
+    asked: list[str] = []
+
+    def fence() -> float:  # leading when the write starts; past the renew deadline when it goes out
+        asked.append("ask")
+        if len(asked) > 1:
+            raise NotLeader("not the leader (paused past the renew deadline)", reason="NotLeader")
+        return 5.0
+
+    kube.fence = fence
+    with pytest.raises(NotLeader):
+        if verb == "apply":
+            kube.apply({**cm, "data": {"late": "yes"}})
+        else:
+            kube.delete("v1", "ConfigMap", "late", namespace)
+    assert len(asked) == 2
+    stored = connect(cluster.kubeconfig).get("v1", "ConfigMap", "late", namespace)
+    assert (stored is None) == (verb == "apply") and "data" not in (stored or {})
+    kube.fence = None  # the connection the refused write had opened was discarded: the next one works
+    kube.apply({**cm, "data": {"next": "yes"}})
+    assert connect(cluster.kubeconfig).get("v1", "ConfigMap", "late", namespace)["data"] == {"next": "yes"}
