@@ -35,3 +35,11 @@ def repository(text: str) -> str:
             "replayops-system — kubectl -n replayops-system create configmap replayops-source "
             "--from-literal=repo=<git URL>")
     return text
+
+
+def byte_size(text: str) -> int:
+    """A size in bytes: digits, optionally with Ki, Mi or Gi (``1048576``, ``1Mi``)."""
+    found = re.fullmatch(r"([0-9]{1,12})(Ki|Mi|Gi)?", text.strip())
+    if not found or int(found[1]) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (digits, optionally Ki, Mi or Gi)")
+    return int(found[1]) << {"Ki": 10, "Mi": 20, "Gi": 30}.get(found[2] or "", 0)

@@ -32,6 +32,15 @@ def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> 
 SIDECAR_FIELDS = ("inbound", "outbound", "sidecar")
 
 
+MAX_BODY_BYTES = 1 << 20  # spec.sidecar.maxBodyBytes' default: a body above it streams and is recorded truncated
+BUFFER_BYTES = 16 << 20  # spec.sidecar.bufferBytes' default: what a sidecar holds while the forwarder is slow
+
+
+def max_body(spec: Mapping[str, Any]) -> int:
+    """The policy's body limit (``spec.sidecar.maxBodyBytes``)."""
+    return int((spec.get("sidecar") or {}).get("maxBodyBytes", MAX_BODY_BYTES))
+
+
 def config_hash(spec: Mapping[str, Any]) -> str:
     """A short, stable hash of what the injected sidecar receives (a change rolls the pods)."""
     relevant = {k: spec.get(k) for k in SIDECAR_FIELDS}

@@ -152,6 +152,9 @@ def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], conf
     args += ["--tls-unwrap", "--ca-dir", CA_DIR] if _unwraps_tls(spec) else ["--ca-dir", f"{RUN_DIR}/mitmproxy"]
     if _workers(spec) > 1:
         args += ["--workers", str(_workers(spec))]
+    sizes = spec.get("sidecar") or {}
+    args += [a for field, flag in (("maxBodyBytes", "--max-body"), ("bufferBytes", "--buffer-bytes"))
+             if field in sizes for a in (flag, str(sizes[field]))]
     return args
 
 

@@ -2,15 +2,22 @@
 
 Inbound flows arrive through the reverse or transparent listeners, outbound
 ones through the forward proxy (``HTTP_PROXY``). Without TLS unwrapping,
-outbound TLS is passed through untouched. The buffer is bounded: when it is
-full, or the forwarder is slow or down, records are dropped and counted —
-the application's own traffic is never held up by capture.
+outbound TLS is passed through untouched. The buffer is bounded in records and
+in bytes: when it is full, or the forwarder is slow or down, records are
+dropped and counted — the application's own traffic is never held up by capture.
+
+A body longer than the limit (``--max-body``), or of unknown length (chunked,
+HTTP/2 without content-length, server-sent events, gRPC streams), is streamed:
+each chunk goes on as it arrives, and only the first ``limit`` bytes are kept
+for the record, which says how long the body was (``truncated``). Decoding a
+compressed body for the record stops at the limit too.
 """
 
 from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import gzip
 import json
 import threading
@@ -25,6 +32,8 @@ from mitmproxy import http, tls
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controller import logs
+from controller.capture import codecs
+from controller.policy import BUFFER_BYTES, MAX_BODY_BYTES
 from controller.store import rrpair
 
 log = logs.get("capture")
@@ -50,22 +59,52 @@ def _headers(message: http.Message) -> list[list[str]]:
     return [[k, v] for k, v in message.headers.items(multi=True)]
 
 
-def _body(message: http.Message) -> tuple[bytes | None, bool]:
-    """The decoded body (DLP must see plaintext), and whether it was content-encoded."""
-    if message.raw_content is None:
-        return None, False
-    decoded = message.get_content(strict=False)
-    return decoded, decoded != message.raw_content
+class Tee:
+    """A streamed body's chunks passed on as they come (the same objects: no copy); the first ``limit``
+    bytes kept for the record, and the length counted."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.size = limit, 0
+        self.kept = bytearray()
+
+    def __call__(self, chunk: bytes) -> bytes:
+        self.size += len(chunk)
+        if len(self.kept) < self.limit:
+            self.kept += chunk[:self.limit - len(self.kept)]
+        return chunk
 
 
-def to_record(flow: http.HTTPFlow, service: str) -> dict[str, Any]:
-    """The RRPair of a finished flow."""
+def streams(message: http.Message, limit: int) -> bool:
+    """Whether ``message``'s body goes through unbuffered: longer than ``limit``, or of unknown length."""
+    length = message.headers.get("content-length")
+    return not (length and length.isdigit() and int(length) <= limit)
+
+
+def _body(message: http.Message, limit: int) -> tuple[bytes | None, bool, int | None]:
+    """The body as recorded: decoded (DLP must see plaintext) up to ``limit`` bytes; whether it was
+    content-encoded; and, when the record holds only its start, the body's length on the wire."""
+    tee = message.stream if isinstance(message.stream, Tee) and message.raw_content is None else None
+    raw = bytes(tee.kept) if tee else message.raw_content
+    if raw is None:
+        return None, False, None
+    size = tee.size if tee else len(raw)
+    cut = size > len(raw)
+    encoding = message.headers.get("content-encoding", "").strip().lower()
+    if raw and encoding in codecs.CODECS + ("x-gzip",):
+        with contextlib.suppress(*codecs.ERRORS):  # not what it says: kept as it came, encoding and all
+            decoded, whole = codecs.decompress_prefix(raw, codecs.sniff(raw, encoding) or encoding, limit)
+            return decoded, True, size if cut or not whole else None
+    return raw, False, size if cut else None
+
+
+def to_record(flow: http.HTTPFlow, service: str, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The RRPair of a finished flow; bodies kept up to ``limit`` bytes."""
     req, resp = flow.request, flow.response
     assert resp is not None
     mode = flow.client_conn.proxy_mode.type_name
     direction = "inbound" if mode in INBOUND_MODES else "outbound"
-    req_body, req_coded = _body(req)
-    resp_body, resp_coded = _body(resp)
+    req_body, req_coded, req_cut = _body(req, limit)
+    resp_body, resp_coded, resp_cut = _body(resp, limit)
     tags = {"mode": mode}
     req_headers, resp_headers = _headers(req), _headers(resp)
     for coded, headers in ((req_coded, req_headers), (resp_coded, resp_headers)):
@@ -82,6 +121,9 @@ def to_record(flow: http.HTTPFlow, service: str) -> dict[str, Any]:
         status=resp.status_code, reason=resp.reason, response_headers=resp_headers, response_body=resp_body,
         started=req.timestamp_start, finished=resp.timestamp_end or time.time(), direction=direction,
         service=service, protocol=protocol, tags=tags)
+    for key, cut in (("request", req_cut), ("response", resp_cut)):
+        if cut is not None:
+            record[key]["truncated"] = cut
     if flow.websocket is not None:
         record["websocket"] = [
             {"fromClient": m.from_client, "type": "text" if m.is_text else "binary", "ts": m.timestamp,
@@ -93,16 +135,21 @@ def to_record(flow: http.HTTPFlow, service: str) -> dict[str, Any]:
 class Buffer:
     """A bounded buffer drained by a background thread into ``deliver`` in batches (size or time).
 
+    Bounded in records (``capacity``) and, for encoded records, in bytes (``capacity_bytes``); a batch
+    holds at most ``batch_size`` records and ``batch_bytes`` bytes (one record more than that goes alone).
     ``encode`` runs on the offering thread: records kept as bytes cost the sender thread no GIL
     time to serialise and the cyclic GC nothing to scan.
     """
 
     def __init__(self, deliver: Callable[[list[Any]], None], metrics: CaptureMetrics, *,
-                 capacity: int = 10000, batch_size: int = 500, flush_interval: float = 1.0,
+                 capacity: int = 10000, capacity_bytes: int = BUFFER_BYTES, batch_size: int = 500,
+                 batch_bytes: int = 8 << 20, flush_interval: float = 1.0,
                  encode: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.deliver, self.metrics, self.encode = deliver, metrics, encode
-        self.capacity, self.batch_size, self.flush_interval = capacity, batch_size, flush_interval
+        self.capacity, self.capacity_bytes = capacity, capacity_bytes
+        self.batch_size, self.batch_bytes, self.flush_interval = batch_size, batch_bytes, flush_interval
         self._items: collections.deque[Any] = collections.deque()
+        self._bytes = 0  # of the encoded records held
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -112,19 +159,28 @@ class Buffer:
     def offer(self, record: dict[str, Any]) -> None:
         """Never blocks: a full buffer drops the record and counts it."""
         item = self.encode(record) if self.encode else record
+        size = _size(item)
         with self._lock:
-            if len(self._items) >= self.capacity:
+            if len(self._items) >= self.capacity or self._bytes + size > self.capacity_bytes:
                 self.metrics.dropped.labels("buffer-full").inc()
                 return
             self._items.append(item)
-            size = len(self._items)
-        self.metrics.buffer.set(size)
-        if size >= self.batch_size:
+            self._bytes += size
+            count, held = len(self._items), self._bytes
+        self.metrics.buffer.set(count)
+        if count >= self.batch_size or held >= self.batch_bytes:
             self._wake.set()
 
     def _take(self) -> list[Any]:
+        batch: list[Any] = []
+        size = 0
         with self._lock:
-            batch = [self._items.popleft() for _ in range(min(self.batch_size, len(self._items)))]
+            while self._items and len(batch) < self.batch_size and (
+                    not batch or size + _size(self._items[0]) <= self.batch_bytes):
+                item = self._items.popleft()
+                batch.append(item)
+                size += _size(item)
+            self._bytes -= size
             self.metrics.buffer.set(len(self._items))
         return batch
 
@@ -149,6 +205,10 @@ class Buffer:
         self._wake.set()
         self._thread.join(timeout)
         self._drain()
+
+
+def _size(item: Any) -> int:
+    return len(item) if isinstance(item, bytes) else 0
 
 
 def json_bytes(record: dict[str, Any]) -> bytes:
@@ -208,21 +268,34 @@ class Sink:
     policy: str
     stream: str
     capacity: int = 10000
+    capacity_bytes: int = BUFFER_BYTES
 
     def buffer(self, metrics: CaptureMetrics) -> Buffer:
         deliver = forwarder_sink(self.url, self.token, policy=self.policy, stream=self.stream)
-        return Buffer(deliver, metrics, capacity=self.capacity, encode=json_bytes)
+        return Buffer(deliver, metrics, capacity=self.capacity, capacity_bytes=self.capacity_bytes,
+                      encode=json_bytes)
 
 
 class Recorder:
-    """The addon. ``tls_unwrap=False`` passes outbound TLS through without looking inside."""
+    """The addon. ``tls_unwrap=False`` passes outbound TLS through without looking inside; bodies longer
+    than ``max_body``, or of unknown length, stream through (``Tee``)."""
 
-    def __init__(self, buffer: Buffer, metrics: CaptureMetrics, service: str, *, tls_unwrap: bool) -> None:
+    def __init__(self, buffer: Buffer, metrics: CaptureMetrics, service: str, *, tls_unwrap: bool,
+                 max_body: int = MAX_BODY_BYTES) -> None:
         self.buffer, self.metrics, self.service, self.tls_unwrap = buffer, metrics, service, tls_unwrap
+        self.max_body = max_body
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         if not self.tls_unwrap and data.context.client.proxy_mode.type_name not in INBOUND_MODES:
             data.ignore_connection = True
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if streams(flow.request, self.max_body):
+            flow.request.stream = Tee(self.max_body)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None and streams(flow.response, self.max_body):
+            flow.response.stream = Tee(self.max_body)
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:
@@ -236,7 +309,7 @@ class Recorder:
 
     def _offer(self, flow: http.HTTPFlow) -> None:
         try:
-            record = to_record(flow, self.service)
+            record = to_record(flow, self.service, self.max_body)
             self.buffer.offer(record)
         except Exception as exc:  # a flow we cannot read must not disturb the proxy
             self.metrics.dropped.labels("unreadable").inc()

@@ -21,7 +21,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from controller import argtypes, logs, paths
+from controller import argtypes, logs, paths, policy
 from controller.capture import dlp, har
 from controller.store import FileStore, Manifest, ReadProblem, StoreError, rrpair
 
@@ -75,6 +75,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--service", default=os.environ.get("POD_NAME", ""), help="service name in records")
     p.add_argument("--health-port", type=_port, default=15020)
     p.add_argument("--buffer", type=int, default=10000, help="records kept while the forwarder is slow")
+    p.add_argument("--buffer-bytes", type=argtypes.byte_size, default=policy.BUFFER_BYTES,
+                   help="bytes of records kept while the forwarder is slow (all workers together)")
+    p.add_argument("--max-body", type=argtypes.byte_size, default=policy.MAX_BODY_BYTES,
+                   help="a body longer than this many bytes (or of unknown length) streams through; "
+                        "its record keeps this many")
     p.add_argument("--workers", type=_count, default=1,
                    help="proxy processes sharing the ports (SO_REUSEPORT); one process uses at most one core")
     p.set_defaults(func=run_proxy)
@@ -150,7 +155,8 @@ def run_proxy(args: argparse.Namespace) -> int:
     try:
         config = ProxyConfig(reverse=[parse_reverse(r) for r in args.reverse], transparent=args.transparent,
                              outbound=args.outbound, tls_unwrap=args.tls_unwrap, ca_dir=args.ca_dir,
-                             upstream_ca=args.upstream_ca, service=args.service, health=health)
+                             upstream_ca=args.upstream_ca, service=args.service, max_body=args.max_body,
+                             health=health)
     except ValueError as exc:
         print(f"replayops proxy: {exc}", file=sys.stderr)
         return 2
@@ -161,8 +167,8 @@ def run_proxy(args: argparse.Namespace) -> int:
     if not token:  # capture must never keep the app from starting: run, and drop what cannot be sent
         log.warning("no forwarder token ($REPLAYOPS_FORWARDER_TOKEN is empty): records will be dropped")
     stream = f"{args.policy.replace('/', '.') or 'default'}.{args.service or 'proxy'}"
-    sink = Sink(args.forwarder, token, args.policy, stream,
-                capacity=max(1, args.buffer // args.workers))
+    sink = Sink(args.forwarder, token, args.policy, stream, capacity=max(1, args.buffer // args.workers),
+                capacity_bytes=max(1, args.buffer_bytes // args.workers))
     proxy: CaptureProxy | Supervisor
     if args.workers > 1:
         proxy = Supervisor(config, sink, args.workers)

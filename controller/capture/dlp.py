@@ -15,30 +15,28 @@ segments, bodies (JSON, forms, multipart parts, plain text), WebSocket messages
 in both directions. Binary bodies (base64 in the record: protobuf, gRPC frames)
 have matches masked in place with as many bytes (a keyed digest), so the message
 still parses and replays; bodies the app compressed (gzip, deflate, zstd, br, and
-gRPC's per-message ``grpc-encoding``) are decompressed (at most ``MAX_SCAN``
-bytes), redacted and compressed again.
+gRPC's per-message ``grpc-encoding``) are decompressed (at most the policy's body
+limit: what would decompress to more is not kept), redacted and compressed again.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-import gzip
 import hashlib
 import hmac
 import json
 import re
 import struct
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-import brotli
-import zstandard
-
+from controller import policy
+from controller.capture import codecs
+from controller.capture.codecs import TooLarge
 from controller.store import rrpair
 
 DEFAULT_KEYS = ("authorization", "cookie", "set-cookie", "password", "passwd", "token", "secret", "api-key",
@@ -50,51 +48,7 @@ PATTERNS: dict[str, str] = {
     "awsKey": r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}(?![A-Z0-9])",
 }
 TAG = re.compile(r"\[redacted:[A-Za-z0-9]+:[0-9a-f]{12}\]")
-MAX_SCAN = 16 << 20  # a compressed body is decompressed for scanning up to this (a bomb costs no more)
 PATH_SAFE = "!$&'()*+,;=:@-._~"  # what a path segment keeps unquoted
-
-
-class TooLarge(ValueError):
-    """A compressed body that decompresses to more than ``MAX_SCAN``: it is not kept (it cannot be scanned)."""
-
-
-def _decompress(data: bytes, codec: str) -> bytes:
-    """``data`` decompressed by ``codec`` (gzip, deflate, zstd, br), at most ``MAX_SCAN`` bytes."""
-    if codec == "zstd":
-        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
-            out = reader.read(MAX_SCAN + 1)
-    elif codec == "br":
-        out = brotli.Decompressor().process(data)  # no output bound in its API: checked after
-    else:
-        inflater = zlib.decompressobj(31 if codec == "gzip" else 15)
-        out = inflater.decompress(data, MAX_SCAN + 1)
-    if len(out) > MAX_SCAN:
-        raise TooLarge(f"decompresses to more than {MAX_SCAN} bytes")
-    return out
-
-
-def _compress(data: bytes, codec: str) -> bytes:
-    if codec == "zstd":
-        return zstandard.ZstdCompressor().compress(data)
-    if codec == "br":
-        return bytes(brotli.compress(data))
-    return gzip.compress(data, mtime=0) if codec == "gzip" else zlib.compress(data)
-
-
-def _codec(data: bytes, declared: str = "") -> str | None:
-    """The compression of ``data``: as declared (Content-Encoding, grpc-encoding), else by its magic."""
-    declared = declared.strip().lower()
-    if declared in ("gzip", "x-gzip"):
-        return "gzip"
-    if declared in ("deflate", "zstd", "br"):
-        return declared
-    if data[:2] == b"\x1f\x8b":
-        return "gzip"
-    if data[:4] == b"\x28\xb5\x2f\xfd":
-        return "zstd"
-    if len(data) > 2 and data[0] == 0x78 and (data[0] << 8 | data[1]) % 31 == 0:
-        return "deflate"
-    return None
 
 
 def luhn(digits: str) -> bool:
@@ -140,9 +94,10 @@ class Rules:
 class Redactor:
     """Applies ``Rules`` with a tagging key; counts what it redacted."""
 
-    def __init__(self, rules: Rules, key: bytes) -> None:
+    def __init__(self, rules: Rules, key: bytes, *, limit: int = policy.MAX_BODY_BYTES) -> None:
         self.rules = rules
         self.key = key
+        self.limit = limit  # a compressed body is decompressed for scanning up to this many bytes
         self.counts: Counter[str] = Counter()
         self._patterns = [(name, re.compile(rx)) for name, rx in rules.patterns.items()]
 
@@ -255,14 +210,14 @@ class Redactor:
         text, the rest masked in place."""
         if ctype.lower().startswith("application/grpc"):
             return self._grpc(data, encoding)
-        codec = _codec(data, encoding)
+        codec = codecs.sniff(data, encoding)
         if codec:
             try:
-                inner = _decompress(data, codec)
-            except (zlib.error, zstandard.ZstdError, brotli.error, EOFError):
+                inner = codecs.decompress(data, codec, self.limit)
+            except codecs.ERRORS:
                 return self.binary(data)  # not what it looked like: bytes as they are
             redacted = self._bytes_body(inner, ctype)
-            return data if redacted == inner else _compress(redacted, codec)  # nothing found: the bytes as sent
+            return data if redacted == inner else codecs.compress(redacted, codec)  # nothing found: as sent
         if "multipart/" in ctype.lower():
             return self._multipart(data, ctype)
         try:
@@ -304,10 +259,10 @@ class Redactor:
         while at + 5 <= len(data):
             flag, size = data[at], struct.unpack(">I", data[at + 1:at + 5])[0]
             payload = data[at + 5:at + 5 + size]
-            if flag & 1 and (codec := _codec(payload, encoding)):
-                inner = _decompress(payload, codec)
+            if flag & 1 and (codec := codecs.sniff(payload, encoding)):
+                inner = codecs.decompress(payload, codec, self.limit)
                 masked = self.binary(inner)
-                payload = payload if masked == inner else _compress(masked, codec)
+                payload = payload if masked == inner else codecs.compress(masked, codec)
             else:
                 payload = self.binary(payload)
             out.append(bytes([flag]) + struct.pack(">I", len(payload)) + payload)

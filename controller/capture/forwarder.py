@@ -24,6 +24,7 @@ from controller import logs
 from controller.capture import dlp
 from controller.capture.filters import Filter
 from controller.durations import parse_duration
+from controller.policy import max_body
 from controller.store import Store, rrpair
 
 MAX_BODY = 16 * 1024 * 1024
@@ -95,7 +96,7 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
             return reply(422, error=f"unknown CapturePolicy {policy_ref!r}; nothing stored")
         spec = policy.get("spec") or {}
         keep = Filter.from_policy(spec)
-        redactor = dlp.Redactor(dlp.Rules.from_policy(spec.get("dlp")), key)
+        redactor = dlp.Redactor(dlp.Rules.from_policy(spec.get("dlp")), key, limit=max_body(spec))
         good, rejected, filtered = [], [], 0
         for i, item in enumerate(batch["records"]):
             try:

@@ -21,7 +21,7 @@ import certifi
 from mitmproxy import options
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from controller import logs
+from controller import logs, policy
 from controller.capture import javatrust, mitm
 from controller.capture.addon import Buffer, CaptureMetrics, Recorder
 
@@ -39,6 +39,7 @@ class ProxyConfig:
     listen_host: str = "0.0.0.0"
     outbound_host: str = "127.0.0.1"
     service: str = ""
+    max_body: int = policy.MAX_BODY_BYTES  # longer bodies stream through, recorded truncated
     health: socket.socket | None = None  # listening for /healthz and /metrics (see ``listen_health``)
 
     def modes(self) -> list[str]:
@@ -103,7 +104,8 @@ class CaptureProxy:
         opts = options.Options()
         self.master = mitm.Master(opts, with_termlog=False)
         self.master.addons.add(*sidecar_addons(), Recorder(self.buffer, self.metrics, self.config.service,
-                                                           tls_unwrap=self.config.tls_unwrap))
+                                                           tls_unwrap=self.config.tls_unwrap,
+                                                           max_body=self.config.max_body))
         settings: dict[str, Any] = {"mode": self.config.modes(),
                                     "keep_host_header": True}
         if self.config.ca_dir:

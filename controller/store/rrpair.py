@@ -4,7 +4,9 @@ A record is a JSON object (one per line in a segment) with a format
 ``version``; ``migrate`` brings older versions to the current one on read, as
 mitmproxy's flow format does. Bodies are UTF-8 text when they decode, base64
 otherwise (``bodyEncoding`` says which). Headers are ``[name, value]`` pairs so
-repeated headers and their order survive.
+repeated headers and their order survive. A message whose body was longer than
+its recorder kept has ``truncated``: the body's length on the wire (the record
+holds its first bytes, decoded when they were compressed).
 """
 
 from __future__ import annotations
@@ -116,6 +118,9 @@ def validate(record: dict[str, Any]) -> dict[str, Any]:
             raise RecordError(f"{where}.headers must be a list of [name, value] pairs")
         if message.get("bodyEncoding", "text") not in ("text", "base64"):
             raise RecordError(f"{where}.bodyEncoding must be text or base64")
+        cut = message.get("truncated")
+        if cut is not None and (not isinstance(cut, int) or isinstance(cut, bool) or cut < 0):
+            raise RecordError(f"{where}.truncated must be the body's length in bytes, got {cut!r}")
     return record
 
 

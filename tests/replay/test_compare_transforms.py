@@ -67,3 +67,26 @@ def test_header_query_json_path_regex_and_host_rewrite() -> None:
     assert out.url == "http://canary:9090/api/prod?v=2"
     assert out.header("X-Env") == "replay" and out.header("Host") == "canary"
     assert json.loads(out.body) == {"user": {"tier": "gold"}}
+
+
+def test_a_truncated_recording_is_compared_on_the_start_it_kept() -> None:
+    rec = {**resp(None), "body": '{"items": [1, 2', "truncated": 4096}
+    assert not compare.compare(rec, 200, {}, b'{"items": [1, 2, 3], "more": "..."}', compare.Rules())
+    diff = compare.compare(rec, 200, {}, b'{"items": [9]}', compare.Rules())
+    assert diff.lines == ["body: the recorded first 15 bytes (of 4096) differ"]
+
+
+def test_a_record_says_how_long_its_truncated_body_was() -> None:
+    record = rrpair.make(method="GET", url="http://svc/", request_headers=[], request_body=None, status=200,
+                         response_headers=[], response_body=b"abc", started=1.0, finished=2.0,
+                         direction="inbound", service="svc")
+    record["response"]["truncated"] = 1 << 30
+    assert rrpair.validate(record) is record
+    for bad in (-1, "1Gi", True):
+        record["response"]["truncated"] = bad
+        try:
+            rrpair.validate(record)
+        except rrpair.RecordError as exc:
+            assert "response.truncated must be the body's length in bytes" in str(exc)
+        else:
+            raise AssertionError(f"truncated={bad!r} accepted")

@@ -14,7 +14,7 @@ LEAVES = {"controller", "controller.api", "controller.logs", "controller.duratio
 ALLOWED = {
     "kube": set(),
     "store": set(),
-    "capture": {"controller.store", "controller.kube", "controller.snapshots"},
+    "capture": {"controller.store", "controller.kube", "controller.snapshots", "controller.policy"},
     "replay": {"controller.store", "controller.kube", "controller.schema", "controller.snapshots"},
 }
 
