@@ -366,6 +366,129 @@ spec:
 """
 
 
+BULK_POLICY = """apiVersion: replayops.dev/v1alpha1
+kind: CapturePolicy
+metadata: {{name: bulk, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: bulk}}}}
+  inbound: {{mode: reverse, ports: [8080]}}
+"""
+BULK_SERVER = """
+    import http.server, threading
+    CHUNK = bytes(range(256)) * 256
+    acked = threading.Event()
+
+    class Bulk(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            if self.path == "/ack":
+                acked.set()
+                return self._small(b"ok")
+            if self.path == "/healthz":
+                return self._small(b"ok")
+            if self.path == "/events":  # one event; the second only once the client says it has the first
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(b"data: first\\n\\n")
+                self.wfile.flush()
+                if acked.wait(60):
+                    self.wfile.write(b"data: second\\n\\n")
+                self.close_connection = True
+                return
+            size = int(self.path.rsplit("/", 1)[1])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            for _ in range(size // len(CHUNK)):
+                self.wfile.write(CHUNK)
+
+        def _small(self, body):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Bulk).serve_forever()
+"""
+BULK_CLIENT = """
+    import hashlib, http.client
+    CHUNK = bytes(range(256)) * 256
+    SIZE = 1 << 30
+    conn = http.client.HTTPConnection("bulk.{ns}.svc", 80, timeout=60)
+    conn.request("GET", f"/download/{{SIZE}}")
+    resp = conn.getresponse()
+    want, got, size = hashlib.sha256(), hashlib.sha256(), 0
+    for _ in range(SIZE // len(CHUNK)):
+        want.update(CHUNK)
+    while piece := resp.read(1 << 20):
+        got.update(piece)
+        size += len(piece)
+    assert resp.status == 200 and size == SIZE and got.digest() == want.digest(), (resp.status, size)
+    print("download: 1 GiB byte for byte")
+    events = http.client.HTTPConnection("bulk.{ns}.svc", 80, timeout=30)
+    events.request("GET", "/events")
+    stream = events.getresponse()
+    assert stream.readline() == b"data: first\\n", "the first event did not come before the stream ended"
+    ack = http.client.HTTPConnection("bulk.{ns}.svc", 80, timeout=30)
+    ack.request("GET", "/ack")
+    assert ack.getresponse().read() == b"ok"
+    assert stream.read() == b"\\ndata: second\\n\\n"
+    print("events: each as it was sent")
+"""
+
+
+def _container_memory_peak(pod: dict[str, Any], container: str) -> int:
+    """The most memory the container's cgroup (v1, cgroupfs: this node's) ever used, in bytes."""
+    status = next(s for s in (pod["status"].get("initContainerStatuses") or []) + pod["status"]["containerStatuses"]
+                  if s["name"] == container)
+    cid = status["containerID"].rpartition("/")[2]
+    found = list(Path("/sys/fs/cgroup/memory").glob(f"kubepods*/**/pod{pod['metadata']['uid']}/{cid}"))
+    assert len(found) == 1, f"the cgroup of {container} in pod {pod['metadata']['name']}: {found}"
+    return int((found[0] / "memory.max_usage_in_bytes").read_text())
+
+
+def test_a_1_gib_download_and_server_sent_events_pass_the_injected_sidecar_within_half_its_memory_limit(
+        node: NodeCluster, installed: Repo, captured: list[dict[str, Any]]) -> None:
+    """A workload that serves a 1 GiB download and an event stream, captured as a policy committed to git
+    asks: through its sidecar (as injected, with its memory limit) both reach a client pod whole and as
+    sent, and the sidecar's container used less than half its memory limit."""
+    server = python_job("unused", NS, node.image, BULK_SERVER)["spec"]["template"]["spec"]
+    server["restartPolicy"] = "Always"
+    server["containers"][0]["ports"] = [{"name": "http", "containerPort": 8080}]
+    server["containers"][0]["readinessProbe"] = {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}
+    team = "team-web-deploy"  # the team's own tool (the converger's manager owns only what it sets)
+    node.kube.apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "bulk", "namespace": NS},
+                     "spec": {"selector": {"matchLabels": {"app": "bulk"}},
+                              "template": {"metadata": {"labels": {"app": "bulk"}}, "spec": server}}},
+                    field_manager=team)
+    node.kube.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bulk", "namespace": NS},
+                     "spec": {"selector": {"app": "bulk"}, "ports": [{"port": 80, "targetPort": 15001}]}},
+                    field_manager=team)
+    installed.commit(f"capture {NS}/bulk", {f"policies/{NS}-bulk.yaml": BULK_POLICY.format(ns=NS)})
+    pod = rolled_with_sidecar(node, NS, "bulk")[0]
+    sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == PROXY)
+    limit = sidecar["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi"), limit
+
+    node.kube.apply(python_job("bulk-client", NS, node.image, BULK_CLIENT.format(ns=NS)))
+    ok, log = job_outcome(node, NS, "bulk-client", timeout=300)
+    assert ok, log
+    assert "download: 1 GiB byte for byte" in log and "events: each as it was sent" in log
+    pod = node.kube.get("v1", "Pod", pod["metadata"]["name"], NS)
+    peak = _container_memory_peak(pod, PROXY)
+    assert peak < (int(limit[:-2]) << 20) // 2, f"the sidecar used {peak >> 20} MiB of its {limit}"
+    stored = node.kube.wait_for("the download's pair stored", lambda: [
+        r for r in _store_records(node) if r["request"]["url"].endswith("/download/1073741824")], timeout=60)
+    assert stored[0]["response"]["truncated"] == 1 << 30
+
+
 def test_transparent_capture_redirects_the_apps_port_with_the_init_containers_iptables(
         node: NodeCluster, installed: Repo, captured: list[dict[str, Any]],
         tmp_path_factory: pytest.TempPathFactory) -> None:
