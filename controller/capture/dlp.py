@@ -22,17 +22,16 @@ limit: what would decompress to more is not kept), redacted and compressed again
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import hmac
 import json
 import re
 import struct
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from controller import policy
 from controller.capture import codecs
@@ -42,13 +41,30 @@ from controller.store import rrpair
 DEFAULT_KEYS = ("authorization", "cookie", "set-cookie", "password", "passwd", "token", "secret", "api-key",
                 "apikey", "api_key")
 PATTERNS: dict[str, str] = {
-    "creditCard": r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])",
+    # the look behind follows the first digit: the engine then tries only where a digit is (twice as fast)
+    "creditCard": r"\d(?<![\d-]\d)(?:[ -]?\d){12,18}(?![\d-])",
     "email": r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}",
     "bearerToken": r"(?i:bearer)\s+[A-Za-z0-9\-._~+/]{8,}=*|eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",
     "awsKey": r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}(?![A-Z0-9])",
 }
+# what a text must hold for a built-in pattern to match there: a cheap test saves most searches
+GUARDS: dict[str, Callable[[str], bool]] = {
+    "email": lambda s: "@" in s,
+    "awsKey": lambda s: any(p in s for p in ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA")),
+    "bearerToken": lambda s: "eyJ" in s or "bearer" in s.lower(),
+}
 TAG = re.compile(r"\[redacted:[A-Za-z0-9]+:[0-9a-f]{12}\]")
+# a run of URL-encoded text (a query or form value inside other text): percent escapes or '+' for spaces
+URL_ENCODED = re.compile(r"[A-Za-z0-9._~!*'()%+@-]*(?:%[0-9A-Fa-f]{2}|\+)[A-Za-z0-9._~!*'()%+@-]*")
 PATH_SAFE = "!$&'()*+,;=:@-._~"  # what a path segment keeps unquoted
+
+
+def _parses(doc: str) -> bool:
+    try:
+        json.loads(doc)
+    except ValueError:
+        return False
+    return True
 
 
 def luhn(digits: str) -> bool:
@@ -99,7 +115,12 @@ class Redactor:
         self.key = key
         self.limit = limit  # a compressed body is decompressed for scanning up to this many bytes
         self.counts: Counter[str] = Counter()
-        self._patterns = [(name, re.compile(rx)) for name, rx in rules.patterns.items()]
+        self._patterns = [(name, re.compile(rx), GUARDS.get(name) if rx == PATTERNS.get(name) else None)
+                          for name, rx in rules.patterns.items()]
+        self._keys = re.compile("|".join(map(re.escape, DEFAULT_KEYS)))
+        self._seen: dict[tuple[str, int], bool] = {}  # (name, place) -> sensitive: names repeat a lot
+        # a pattern anchored to a value's start or end cannot be judged on a whole document's text
+        self._anchored = any(re.search(r"(?<!\\)[\^$]|\\[AZ]", rx) for rx in rules.patterns.values())
 
     def _digest(self, kind: str, value: str) -> str:
         """The keyed hash of ``value`` (12 hex digits), counted as one ``kind`` redacted."""
@@ -110,12 +131,41 @@ class Redactor:
         return f"[redacted:{kind}:{self._digest(kind, value)}]"
 
     def _sensitive(self, name: str, place: set[str]) -> bool:
-        lowered = name.lower()
-        return lowered in place or (self.rules.defaults and any(k in lowered for k in DEFAULT_KEYS))
+        known = self._seen.get((name, id(place)))
+        if known is None:
+            lowered = name.lower()
+            known = lowered in place or (self.rules.defaults and self._keys.search(lowered) is not None)
+            if len(self._seen) < 10_000:
+                self._seen[(name, id(place))] = known
+        return known
 
     def _replace(self, value: str, mask: bool) -> str:
-        """``value`` with every pattern match replaced: by its tag, or (``mask``) by as many characters."""
-        for name, rx in self._patterns:
+        """``value`` with every pattern match replaced: by its tag, or (``mask``) by as many characters —
+        also where the text carries it URL-encoded (``jane%40example.com``, ``4111+1111+...``)."""
+        value = self._matches(value, mask)
+        if "%" not in value and "+" not in value:
+            return value
+
+        def run(m: re.Match[str]) -> str:
+            encoded = m.group(0)
+            plain = unquote_plus(encoded)
+            redacted = self._matches(plain, mask=False)
+            if redacted == plain:
+                return encoded
+            if mask:  # the whole run, as many characters: a protobuf's string keeps its length
+                digest = self._digest("encoded", encoded)
+                return (digest * (len(encoded) // len(digest) + 1))[:len(encoded)]
+            return quote_plus(redacted, safe="[]:")
+        return URL_ENCODED.sub(run, value)
+
+    def _found(self, value: str) -> bool:
+        """Whether any pattern matches somewhere in ``value``."""
+        return any((guard is None or guard(value)) and rx.search(value) for _, rx, guard in self._patterns)
+
+    def _matches(self, value: str, mask: bool) -> str:
+        for name, rx, guard in self._patterns:
+            if guard is not None and not guard(value):
+                continue
             def sub(m: re.Match[str], name: str = name) -> str:
                 found = m.group(0)
                 if TAG.fullmatch(found) or (name == "creditCard" and not luhn(re.sub(r"\D", "", found))):
@@ -143,6 +193,9 @@ class Redactor:
             return [self._json(v, key) for v in node]
         if isinstance(node, str):
             return self.text(node)
+        if isinstance(node, int) and not isinstance(node, bool) and node >= 10**12:  # a card as a number
+            redacted = self.text(str(node))
+            return node if redacted == str(node) else redacted
         return node
 
     def _json_value(self, key: str, value: Any) -> Any:
@@ -193,6 +246,10 @@ class Redactor:
         plain text."""
         low = ctype.lower()
         if "json" in low or body.lstrip()[:1] in ("{", "["):
+            if self._plain(body):  # redacted as text, in one pass: each match lies inside a string
+                redacted = self.text(body)
+                if redacted == body or _parses(redacted):
+                    return redacted
             try:
                 parsed = json.loads(body)
                 redacted = self._json(parsed)
@@ -204,6 +261,15 @@ class Redactor:
         if "multipart/" in low:
             return self._multipart(body.encode("utf-8", "surrogateescape"), ctype).decode("utf-8", "surrogateescape")
         return self.text(body)
+
+    def _plain(self, doc: str) -> bool:
+        """Whether the JSON document ``doc`` can be redacted as text: without escapes each string stands in
+        the text as it is, so a pattern's match lies inside one (the result is parsed to be sure) — unless a
+        key is one a rule names, or a pattern is anchored to a value's start or end."""
+        if self._anchored or "\\" in doc:
+            return False
+        lowered = doc.lower()
+        return not ((self.rules.defaults and self._keys.search(lowered)) or any(k in lowered for k in self.rules.json))
 
     def _bytes_body(self, data: bytes, ctype: str, encoding: str = "") -> bytes:
         """A body kept as bytes: decompressed and compressed again, gRPC frame by frame, text-like content as
@@ -306,9 +372,9 @@ class Redactor:
                 self.counts["unscanned"] += 1
 
     def record(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """A redacted copy of ``record``."""
-        out = copy.deepcopy(dict(record))
-        req, resp = out["request"], out["response"]
+        """A redacted copy of ``record`` (what it changes is copied: ``record`` stays as it was)."""
+        out = dict(record)
+        req, resp = out["request"], out["response"] = dict(record["request"]), dict(record["response"])
         parts = urlsplit(req["url"])
         req["url"] = urlunsplit(parts._replace(path=self._path(parts.path), query=self._form(parts.query,
                                                                                            self.rules.query)))
@@ -316,5 +382,6 @@ class Redactor:
             message["headers"] = self._headers(message.get("headers") or [])
             self._body(message)
         if out.get("websocket"):
+            out["websocket"] = [dict(m) for m in out["websocket"]]
             self._websocket(out["websocket"])
         return out

@@ -144,3 +144,32 @@ def test_a_compressed_body_without_secrets_keeps_its_bytes() -> None:
     packed = gzip.compress(b'{"fine": "nothing here"}', mtime=12345)
     out = redactor().record(pair(headers=[["Content-Encoding", "gzip"]], body=packed))
     assert body(out["request"]) == packed
+
+
+def test_secrets_url_encoded_inside_other_text_are_found() -> None:
+    """A query or form echoed inside a JSON string or a log line carries its secrets URL-encoded."""
+    red = redactor()
+    line = f"GET /q?email=jane.doe%40example.com&card={CARD.replace(' ', '+')}&auth=Bearer+abcDEF123ghiJKL456 ok"
+    out = red.text(line)
+    assert "%40example" not in out and "4111+1111" not in out and "abcDEF123" not in out, out
+    assert out.startswith("GET /q?email=[redacted:email:") and out.endswith(" ok")
+    assert red.text("a+b=c%20d is fine") == "a+b=c%20d is fine", "encoded text without secrets stays"
+    blob = b"\x0a\x20" + b"x=jane.doe%40example.com&n=1" + b"\x00"
+    masked = red.binary(blob)
+    assert len(masked) == len(blob) and b"jane.doe" not in masked and masked.startswith(b"\x0a\x20")
+
+
+def test_json_is_redacted_as_text_when_it_can_be_and_walked_when_it_cannot() -> None:
+    red = redactor()
+    doc = '{"note": "mail ' + EMAIL + '", "n": 1, "id": 12345678}'
+    out = red.record(pair(headers=[["Content-Type", "application/json"]], body=doc.encode()))
+    got = body(out["request"]).decode()
+    assert got.startswith('{"note": "mail [redacted:email:') and got.endswith('", "n": 1, "id": 12345678}'), \
+        "redacted in place: the document's own formatting kept"
+    for tricky in ('{"card": 4111111111111111}',  # a number: text redaction would break the JSON
+                   '{"note": "mail jane.doe\\u0040example.com"}',  # an escape hides it from the text
+                   '{"password": "hunter2", "x": 1}'):  # a key a rule names
+        out = red.record(pair(headers=[["Content-Type", "application/json"]], body=tricky.encode()))
+        got = body(out["request"]).decode()
+        parsed = json.loads(got)
+        assert not leaks(got) and "hunter2" not in got and "jane.doe" not in json.dumps(parsed), got
