@@ -125,6 +125,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     imp.add_argument("file", type=Path)
     imp.add_argument("--name", required=True)
     imp.add_argument("--service", default="")
+    imp.add_argument("--direction", choices=rrpair.DIRECTIONS,
+                     help="the direction the traffic had (default: the file's own, else inbound); a HAR of calls "
+                          "to an API imported outbound serves as that API's mocks (replayops mock)")
     exp = verbs.add_parser("export")
     exp.add_argument("name")
     exp.add_argument("--har", type=Path, required=True)
@@ -385,16 +388,19 @@ def _cut_resource(store: FileStore, args: argparse.Namespace) -> int:
 
 
 def _import(store: FileStore, args: argparse.Namespace) -> int:
-    if args.file.suffix == ".har":
-        records, problems = har.read_har(args.file, args.service)
-    else:
-        records, problems = list(har.read_flows(args.file, args.service)), []
+    har_file = args.file.suffix in (".har", ".zhar") or args.file.name.endswith(".har.gz")
+    got = har.read_har(args.file, args.service) if har_file else har.read_flows(args.file, args.service)
+    if args.direction:
+        for record in got.records:
+            record["direction"] = args.direction
     m = store.write_snapshot(Manifest(name=args.name, service=args.service, source=f"import {args.file.name}"),
-                             records)
+                             got.records)
     print(f"snapshot {m.name}: {m.count} pairs imported from {args.file}")
-    for p in problems:
-        print(f"skipped {p}", file=sys.stderr)
-    return 1 if problems else 0
+    for warning in got.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for problem in got.skipped:
+        print(f"skipped {problem}", file=sys.stderr)
+    return 1 if got.skipped else 0
 
 
 def _fmt(ts: float) -> str:

@@ -1,14 +1,22 @@
 """HAR 1.2 and mitmproxy flow files ↔ RRPairs, so browser and other tools' captures work.
 
 Import keeps every good entry and reports each bad one by file and place
-(``file:line`` for JSON syntax, ``log.entries[i].field`` for structure).
+(``file:line`` for JSON syntax, ``log.entries[i].field`` for structure). HAR files
+may start with a UTF-8 byte-order mark or be compressed (``.zhar``, as mitmproxy
+writes them: zlib; gzip too); flow files may be of any version mitmproxy reads,
+WebSocket sessions of the old two-flow format included. An entry or flow without
+a response is kept request-only (``rrpair.request_only``: status 0), with a warning.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import Iterable, Iterator
+import gzip
+import json
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +26,18 @@ from controller.store import rrpair
 
 class HarError(ValueError):
     """The file is not HAR at all (the message names file and line)."""
+
+
+@dataclass
+class Imported:
+    """What a file gave: its records, the entries skipped and the warnings, each naming file and entry."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+NO_RESPONSE = "no response: kept request-only"
 
 
 def _iso(ts: float) -> str:
@@ -65,11 +85,14 @@ def _entry(entry: Any, service: str) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise ValueError("entry is not an object")
     req, resp = entry.get("request"), entry.get("response")
-    if not isinstance(req, dict) or not isinstance(resp, dict):
-        raise ValueError("request and response are required")
-    for field, value in (("request.method", req.get("method")), ("request.url", req.get("url"))):
+    if not isinstance(req, dict):
+        raise ValueError("request is required")
+    resp = resp if resp is not None else {"status": 0}  # a browser's aborted request: no response
+    if not isinstance(resp, dict):
+        raise ValueError("response must be an object")
+    for name, value in (("request.method", req.get("method")), ("request.url", req.get("url"))):
         if not isinstance(value, str) or not value:
-            raise ValueError(f"{field} is missing")
+            raise ValueError(f"{name} is missing")
     if not isinstance(resp.get("status"), int):
         raise ValueError("response.status must be an integer")
     started = _ts(entry["startedDateTime"]) if entry.get("startedDateTime") else 0.0
@@ -94,39 +117,79 @@ def _entry(entry: Any, service: str) -> dict[str, Any]:
     return rrpair.validate(record)
 
 
-def read_har(path: Path, service: str = "") -> tuple[list[dict[str, Any]], list[str]]:
-    """The records of a HAR file and the problems of the entries that were skipped."""
-    import json
+def _har_text(path: Path) -> str:
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    elif path.suffix == ".zhar" or data[:1] == b"\x78":
+        data = zlib.decompress(data)
+    return data.decode("utf-8-sig")  # a byte-order mark, as some tools write it, is not JSON
 
+
+def read_har(path: Path, service: str = "") -> Imported:
+    """The records of a HAR file (``.har``, or compressed ``.zhar``); the entries skipped and why."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_har_text(path))
     except json.JSONDecodeError as exc:
         raise HarError(f"{path}:{exc.lineno}: not JSON: {exc.msg} (column {exc.colno})") from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, zlib.error, gzip.BadGzipFile, EOFError) as exc:
         raise HarError(f"{path}: {exc}") from exc
     entries = (data.get("log") or {}).get("entries") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise HarError(f"{path}: not HAR: log.entries is missing")
-    records, problems = [], []
+    out = Imported()
     for i, entry in enumerate(entries):
         try:
-            records.append(_entry(entry, service))
+            record = _entry(entry, service)
         except (ValueError, KeyError, TypeError, rrpair.RecordError) as exc:
-            problems.append(f"{path}: log.entries[{i}]: {exc}")
-    return records, problems
+            out.skipped.append(f"{path}: log.entries[{i}]: {exc}")
+            continue
+        out.records.append(record)
+        if rrpair.request_only(record):
+            out.warnings.append(f"{path}: log.entries[{i}]: {NO_RESPONSE}")
+    return out
 
 
-def read_flows(path: Path, service: str = "") -> Iterator[dict[str, Any]]:
-    """RRPairs from a mitmproxy flow file (``mitmdump -w``)."""
+def read_flows(path: Path, service: str = "") -> Imported:
+    """The records of a mitmproxy flow file (``mitmdump -w``), of any version mitmproxy reads. A WebSocket
+    session of the old format (a handshake flow, then a WebSocket flow) migrates to two flows with one id:
+    the later, with the messages, is kept."""
     from mitmproxy import http, io
     from mitmproxy.exceptions import FlowReadException
 
     from controller.capture.addon import to_record
 
+    flows: dict[str, tuple[int, http.HTTPFlow]] = {}
     with open(path, "rb") as fh:
         try:
-            for flow in io.FlowReader(fh).stream():
-                if isinstance(flow, http.HTTPFlow) and flow.response is not None:
-                    yield to_record(flow, service)
+            for i, flow in enumerate(io.FlowReader(fh).stream()):
+                if isinstance(flow, http.HTTPFlow):
+                    flows[flow.id] = (flows[flow.id][0] if flow.id in flows else i, flow)
         except FlowReadException as exc:
             raise HarError(f"{path}: not a mitmproxy flow file: {exc}") from exc
+        except (KeyError, ValueError, TypeError) as exc:  # a flow of a shape no version had
+            raise HarError(f"{path}: flow {len(flows)}: unreadable: {exc!r}") from exc
+    out = Imported()
+    for i, flow in flows.values():
+        try:
+            record = to_record(flow, service) if flow.response is not None else _request_only(flow, service)
+        except (ValueError, TypeError, AttributeError, rrpair.RecordError) as exc:
+            out.skipped.append(f"{path}: flow {i}: {exc}")
+            continue
+        out.records.append(record)
+        if rrpair.request_only(record):
+            out.warnings.append(f"{path}: flow {i}: {NO_RESPONSE}")
+    return out
+
+
+def _request_only(flow: Any, service: str) -> dict[str, Any]:
+    from mitmproxy import http
+
+    from controller.capture.addon import to_record
+
+    flow.response = http.Response.make(0)
+    flow.response.headers.clear()
+    flow.response.timestamp_end = flow.request.timestamp_end or flow.request.timestamp_start
+    record = to_record(flow, service)
+    record["response"] = rrpair.no_response()
+    return record

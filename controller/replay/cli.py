@@ -86,6 +86,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     m.add_argument("--timing", choices=["none", "recorded", "multiplier"], default="none")
     m.add_argument("--multiplier", type=_positive, default=1.0)
     m.add_argument("--on-miss", choices=["notFound", "passthrough"], default="notFound")
+    m.add_argument("--direction", choices=["outbound", "inbound"], default="outbound",
+                   help="serve the calls the service made (outbound), or the answers it gave (inbound: a HAR "
+                        "imported from a browser, to mock that API)")
     m.add_argument("--no-fuzzy", action="store_true")
     m.add_argument("--ignore-header", action="append", default=[])
     m.add_argument("--ignore-query", action="append", default=[])
@@ -298,7 +301,7 @@ def _progress(total: int) -> Any:
 def _mock_process(args: argparse.Namespace, ready: Any) -> None:
     store = FileStore(args.store)
     matcher = Matcher(Ignore(frozenset(h.lower() for h in args.ignore_header), frozenset(args.ignore_query),
-                             tuple(args.ignore_json_path)), fuzzy=not args.no_fuzzy)
+                             tuple(args.ignore_json_path)), fuzzy=not args.no_fuzzy, direction=args.direction)
     matcher.load(store.read(args.snapshot, strict=False))
     options = Options(args.timing, args.multiplier, args.on_miss, args.chaos_error_rate, 503, args.chaos_drop_rate,
                       args.chaos_delay_rate, args.chaos_delay_ms, args.miss_log)
@@ -343,8 +346,8 @@ def _serve_mocks(args: argparse.Namespace, serve_for: float | None = None,
         p.start()
     for e in events:
         e.wait(30)
-    outbound = manifest.by_direction.get("outbound", 0)
-    print(f"replayops mock: serving {outbound} recorded outbound calls of {args.snapshot} on "
+    served = manifest.by_direction.get(args.direction, 0)
+    print(f"replayops mock: serving {served} recorded {args.direction} pairs of {args.snapshot} on "
           f"http://{args.host}:{args.listen}" + (f" and https://{args.host}:{args.tls_listen}" if args.tls_listen
                                                  else ""), file=sys.stderr, flush=True)
     stop = threading.Event()

@@ -91,15 +91,16 @@ class _Entry:
 class Matcher:
     ignore: Ignore = field(default_factory=Ignore)
     fuzzy: bool = True
+    direction: str = "outbound"  # the pairs served: the calls a service made, or (inbound) those it answered
     _exact: dict[Key, _Entry] = field(default_factory=dict)
     _hostless: dict[Key, _Entry] = field(default_factory=dict)
     _by_route: dict[tuple[str, str], list[_Entry]] = field(default_factory=lambda: defaultdict(list))
 
     def load(self, records: Iterable[Mapping[str, Any]]) -> int:
-        """Index outbound records; return how many."""
+        """Index the records of ``direction`` that have a response; return how many."""
         n = 0
         for record in records:
-            if record["direction"] != "outbound":
+            if record["direction"] != self.direction or rrpair.request_only(record):
                 continue
             req = record["request"]
             key, leaves = key_of(req["method"], req["url"], rrpair.decode_body(req), self.ignore)
@@ -136,7 +137,7 @@ class Matcher:
         routes = sorted(self._by_route, key=lambda r: (r[1] != key.path, r[0] != key.method,
                                                        -_common_prefix(r[1], key.path)))
         if not routes:
-            return "no outbound calls were recorded"
+            return f"no {self.direction} pairs were recorded"
         method, path = routes[0]
         return f"no recording of {key.method} {key.path}; closest is {method} {path}"
 

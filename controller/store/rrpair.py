@@ -6,7 +6,8 @@ mitmproxy's flow format does. Bodies are UTF-8 text when they decode, base64
 otherwise (``bodyEncoding`` says which). Headers are ``[name, value]`` pairs so
 repeated headers and their order survive. A message whose body was longer than
 its recorder kept has ``truncated``: the body's length on the wire (the record
-holds its first bytes, decoded when they were compressed).
+holds its first bytes, decoded when they were compressed). A request-only pair
+(imported without a response) has response status 0.
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ def make(*, method: str, url: str, request_headers: list[list[str]], request_bod
                      "bodyEncoding": resp_enc},
         "tags": dict(tags or {}),
     }
+
+
+def no_response() -> dict[str, Any]:
+    """The response of a request-only pair (imported without one: an aborted request in a browser's HAR)."""
+    return {"status": 0, "reason": "", "headers": [], "body": None, "bodyEncoding": "text"}
+
+
+def request_only(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` has no recorded response (status 0): replayed without comparing, never a mock."""
+    return record["response"]["status"] == 0
 
 
 def _headers_v0(headers: Any) -> list[list[str]]:

@@ -89,10 +89,10 @@ def test_har_round_trip_and_bad_entries(tmp_path: Path) -> None:
     doc["log"]["entries"].insert(1, {"request": {"url": "http://x"}, "response": {"status": 200}})
     path = tmp_path / "in.har"
     path.write_text(json.dumps(doc))
-    back, problems = har.read_har(path)
-    assert [r["id"] for r in back] == [r["id"] for r in records]
-    assert back[0]["response"]["body"] == records[0]["response"]["body"]
-    assert problems == [f"{path}: log.entries[1]: request.method is missing"]
+    got = har.read_har(path)
+    assert [r["id"] for r in got.records] == [r["id"] for r in records]
+    assert got.records[0]["response"]["body"] == records[0]["response"]["body"]
+    assert got.skipped == [f"{path}: log.entries[1]: request.method is missing"] and got.warnings == []
 
 
 def test_har_that_is_not_json_names_the_line(tmp_path: Path) -> None:
@@ -114,8 +114,8 @@ def test_mitmproxy_flow_files_are_imported(tmp_path: Path) -> None:
         writer = io.FlowWriter(fh)
         for _ in range(3):
             writer.add(tflow.tflow(resp=True))
-    records = list(har.read_flows(path, "shop"))
+    records = har.read_flows(path, "shop").records
     assert len(records) == 3 and all(r["service"] == "shop" and r["response"]["status"] == 200 for r in records)
     (tmp_path / "junk.mitm").write_bytes(b"not a flow file at all")
     with pytest.raises(har.HarError, match="junk.mitm: not a mitmproxy flow file"):
-        list(har.read_flows(tmp_path / "junk.mitm"))
+        har.read_flows(tmp_path / "junk.mitm")
