@@ -6,6 +6,11 @@ outbound TLS is passed through untouched. The buffer is bounded in records and
 in bytes: when it is full, or the forwarder is slow or down, records are
 dropped and counted — the application's own traffic is never held up by capture.
 
+The policy's filters and sampling come from the forwarder at run time, in each
+batch's answer (``LivePolicy``): a pair they drop is never turned into a record.
+Until the first answer every pair is recorded (the forwarder filters them); an
+idle sidecar asks again every ``refresh`` seconds with an empty batch.
+
 A body longer than the limit (``--max-body``), or of unknown length (chunked,
 HTTP/2 without content-length, server-sent events, gRPC streams), is streamed:
 each chunk goes on as it arrives, and only the first ``limit`` bytes are kept
@@ -23,7 +28,8 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any
@@ -33,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controller import logs
 from controller.capture import codecs
+from controller.capture.filters import Filter
 from controller.policy import BUFFER_BYTES, MAX_BODY_BYTES
 from controller.store import rrpair
 
@@ -53,6 +60,8 @@ class CaptureMetrics:
                             multiprocess_mode="livesum")
         self.upstream_errors = Counter("replayops_capture_upstream_errors", "Flows that failed upstream",
                                        registry=r)
+        self.filtered = Counter("replayops_capture_pairs_filtered", "Pairs the policy's filters or sampling "
+                                "dropped before they were recorded", registry=r)
 
 
 def _headers(message: http.Message) -> list[list[str]]:
@@ -97,7 +106,14 @@ def _body(message: http.Message, limit: int) -> tuple[bytes | None, bool, int | 
     return raw, False, size if cut else None
 
 
-def to_record(flow: http.HTTPFlow, service: str, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+def _view(flow: http.HTTPFlow, record_id: str) -> dict[str, Any]:
+    """What a policy's filters and sampling judge of a flow, before it is recorded."""
+    return {"id": record_id, "request": {"method": flow.request.method, "url": flow.request.url},
+            "response": {"status": flow.response.status_code if flow.response else 0}}
+
+
+def to_record(flow: http.HTTPFlow, service: str, limit: int = MAX_BODY_BYTES,
+              record_id: str | None = None) -> dict[str, Any]:
     """The RRPair of a finished flow; bodies kept up to ``limit`` bytes."""
     req, resp = flow.request, flow.response
     assert resp is not None
@@ -120,7 +136,7 @@ def to_record(flow: http.HTTPFlow, service: str, limit: int = MAX_BODY_BYTES) ->
         method=req.method, url=req.url, request_headers=req_headers, request_body=req_body,
         status=resp.status_code, reason=resp.reason, response_headers=resp_headers, response_body=resp_body,
         started=req.timestamp_start, finished=resp.timestamp_end or time.time(), direction=direction,
-        service=service, protocol=protocol, tags=tags)
+        service=service, protocol=protocol, tags=tags, record_id=record_id)
     for key, cut in (("request", req_cut), ("response", resp_cut)):
         if cut is not None:
             record[key]["truncated"] = cut
@@ -130,6 +146,23 @@ def to_record(flow: http.HTTPFlow, service: str, limit: int = MAX_BODY_BYTES) ->
              "data": m.text if m.is_text else base64.b64encode(m.content).decode()}
             for m in flow.websocket.messages]
     return record
+
+
+class LivePolicy:
+    """The policy's filters and sampling as the forwarder last answered (every pair until it has)."""
+
+    def __init__(self) -> None:
+        self.filter = Filter()
+        self.known = False
+
+    def update(self, answer: Mapping[str, Any]) -> None:
+        early = answer.get("policy")
+        if isinstance(early, Mapping):
+            try:
+                self.filter = Filter.from_policy(early)
+            except (TypeError, ValueError):  # an answer we cannot read leaves the last one in force
+                return
+            self.known = True
 
 
 class Buffer:
@@ -143,9 +176,12 @@ class Buffer:
 
     def __init__(self, deliver: Callable[[list[Any]], None], metrics: CaptureMetrics, *,
                  capacity: int = 10000, capacity_bytes: int = BUFFER_BYTES, batch_size: int = 500,
-                 batch_bytes: int = 8 << 20, flush_interval: float = 1.0,
-                 encode: Callable[[dict[str, Any]], Any] | None = None) -> None:
+                 batch_bytes: int = 8 << 20, flush_interval: float = 1.0, refresh: float = 10.0,
+                 encode: Callable[[dict[str, Any]], Any] | None = None, policy: LivePolicy | None = None) -> None:
         self.deliver, self.metrics, self.encode = deliver, metrics, encode
+        self.policy = policy or LivePolicy()
+        self.refresh = refresh  # an idle buffer with a policy to learn sends an empty batch this often
+        self._delivered = float("-inf")
         self.capacity, self.capacity_bytes = capacity, capacity_bytes
         self.batch_size, self.batch_bytes, self.flush_interval = batch_size, batch_bytes, flush_interval
         self._items: collections.deque[Any] = collections.deque()
@@ -191,9 +227,14 @@ class Buffer:
             self._drain()
 
     def _drain(self) -> None:
+        if not self._items and self.encode and time.monotonic() - self._delivered >= self.refresh:
+            with contextlib.suppress(Exception):  # asks the forwarder for the policy; a failure: next time
+                self.deliver([])
+                self._delivered = time.monotonic()
         while batch := self._take():
             try:
                 self.deliver(batch)
+                self._delivered = time.monotonic()
                 self.metrics.sent.inc(len(batch))
             except Exception as exc:  # the sink is slow or down: drop, count, carry on
                 self.metrics.dropped.labels("sink-error").inc(len(batch))
@@ -215,8 +256,8 @@ def json_bytes(record: dict[str, Any]) -> bytes:
     return json.dumps(record).encode()
 
 
-def forwarder_sink(url: str, token: str, *, policy: str, stream: str,
-                   timeout: float = 2.0) -> Callable[[list[bytes]], None]:
+def forwarder_sink(url: str, token: str, *, policy: str, stream: str, timeout: float = 2.0,
+                   on_answer: Callable[[Mapping[str, Any]], None] | None = None) -> Callable[[list[bytes]], None]:
     """Deliver batches of JSON-encoded records to the forwarder: gzip'd, bearer token, short timeout, over one
     kept-alive connection (the standard library's: the sidecar starts without an HTTP client library), used by
     one batch at a time. A connection the forwarder closed while idle is replaced once, on the spot; a timeout
@@ -256,6 +297,11 @@ def forwarder_sink(url: str, token: str, *, policy: str, stream: str,
         status, text = locked_post(gzip.compress(head + b",".join(batch) + b"]}", 1))  # zlib releases the GIL
         if status != 202:
             raise RuntimeError(f"forwarder answered {status}: {text[:200].decode(errors='replace')}")
+        if on_answer is not None:
+            with contextlib.suppress(ValueError):
+                answer = json.loads(text)
+                if isinstance(answer, dict):
+                    on_answer(answer)
     return deliver
 
 
@@ -271,9 +317,10 @@ class Sink:
     capacity_bytes: int = BUFFER_BYTES
 
     def buffer(self, metrics: CaptureMetrics) -> Buffer:
-        deliver = forwarder_sink(self.url, self.token, policy=self.policy, stream=self.stream)
+        live = LivePolicy()
+        deliver = forwarder_sink(self.url, self.token, policy=self.policy, stream=self.stream, on_answer=live.update)
         return Buffer(deliver, metrics, capacity=self.capacity, capacity_bytes=self.capacity_bytes,
-                      encode=json_bytes)
+                      encode=json_bytes, policy=live)
 
 
 class Recorder:
@@ -308,8 +355,12 @@ class Recorder:
         self.metrics.upstream_errors.inc()
 
     def _offer(self, flow: http.HTTPFlow) -> None:
+        record_id = str(uuid.uuid4())
+        if not self.buffer.policy.filter.keep(_view(flow, record_id)):  # dropped before any recording
+            self.metrics.filtered.inc()
+            return
         try:
-            record = to_record(flow, self.service, self.max_body)
+            record = to_record(flow, self.service, self.max_body, record_id)
             self.buffer.offer(record)
         except Exception as exc:  # a flow we cannot read must not disturb the proxy
             self.metrics.dropped.labels("unreadable").inc()

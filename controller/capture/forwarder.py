@@ -117,7 +117,10 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
             redactions.labels(kind).inc(n)
         if rejected:
             log.warning("records rejected", extra=logs.fields(stream=stream, count=len(rejected), first=rejected[:3]))
-        return reply(202, stored=len(good), filtered=filtered, rejected=rejected)
+        # what the sidecar applies early, so the pairs the policy drops cost it no recording (read at run
+        # time: changing them rolls no pod); this forwarder still applies them to what arrives
+        early = {"filters": spec.get("filters") or {}, "sampling": float(spec.get("sampling", 1.0))}
+        return reply(202, stored=len(good), filtered=filtered, rejected=rejected, policy=early)
 
     @app.errorhandler(413)
     def too_large(_: Exception) -> Response:

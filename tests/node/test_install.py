@@ -210,8 +210,13 @@ def traffic(node: NodeCluster, captured: list[dict[str, Any]]) -> list[dict[str,
 
     def judged() -> list[dict[str, Any]] | None:  # every pair sent is stored or counted filtered
         records = [r for r in _store_records(node) if r["service"].startswith("demo-server-")]
-        return records if len(records) + _forwarder_filtered(node) >= 2 * QUOTES + 1 else None
+        return records if len(records) + _filtered(node) >= 2 * QUOTES + 1 else None
     return node.kube.wait_for("every pair sent stored or filtered", judged, timeout=120, interval=1)
+
+
+def _metric(url: str, name: str) -> int:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return sum(int(float(line.split()[-1])) for line in text.splitlines() if line.startswith(name))
 
 
 def _forwarder_filtered(node: NodeCluster) -> int:
@@ -219,9 +224,19 @@ def _forwarder_filtered(node: NodeCluster) -> int:
     pod = next(p for p in node.kube.list("v1", "Pod", SYSTEM_NAMESPACE)
                if p["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "replayops-forwarder"
                and p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp"))
-    text = urllib.request.urlopen(f"http://{pod['status']['podIP']}:8090/metrics", timeout=10).read().decode()
-    return sum(int(float(line.split()[-1])) for line in text.splitlines()
-               if line.startswith('replayops_forwarder_records_total{outcome="filtered"}'))
+    return _metric(f"http://{pod['status']['podIP']}:8090/metrics",
+                   'replayops_forwarder_records_total{outcome="filtered"}')
+
+
+def _sidecars_filtered(node: NodeCluster) -> int:
+    """What the demo server's sidecars dropped before recording, by the policy the forwarder answered with."""
+    return sum(_metric(f"http://{p['status']['podIP']}:15020/metrics", "replayops_capture_pairs_filtered_total")
+               for p in node.kube.list("v1", "Pod", NS, label_selector="app=demo-server")
+               if p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp"))
+
+
+def _filtered(node: NodeCluster) -> int:
+    return _forwarder_filtered(node) + _sidecars_filtered(node)
 
 
 def test_traffic_through_the_sidecar_reaches_the_store_shaped_by_the_policy_the_forwarder_reads(
@@ -238,7 +253,8 @@ def test_traffic_through_the_sidecar_reaches_the_store_shaped_by_the_policy_the_
     sampled = Filter(sampling=0.5)  # deterministic by pair id: the forwarder kept exactly these
     assert all(sampled.sampled(r) for r in traffic), "a pair the policy's sampling drops was stored"
     assert 0 < len(traffic) < 2 * QUOTES, "the policy's sampling (0.5) kept some pairs and dropped others"
-    assert _forwarder_filtered(node) == 2 * QUOTES + 1 - len(traffic), "/skip and the sampled-out ones"
+    assert _filtered(node) == 2 * QUOTES + 1 - len(traffic), "/skip and the sampled-out ones"
+    assert _sidecars_filtered(node) > 0, "the sidecar applied the policy the forwarder answered with"
 
 
 SNAPSHOT_YAML = """apiVersion: replayops.dev/v1alpha1

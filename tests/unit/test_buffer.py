@@ -38,3 +38,29 @@ def test_a_record_larger_than_a_batch_goes_alone() -> None:
     buffer.offer({"b": b"z" * 10})
     buffer.close()
     assert [list(map(len, b)) for b in batches] == [[500], [10]]
+
+
+def test_the_live_policy_follows_the_forwarders_answers_and_ignores_what_it_cannot_read() -> None:
+    from controller.capture.addon import LivePolicy
+
+    live = LivePolicy()
+    assert not live.known and live.filter.keep({"id": "x", "request": {"method": "GET", "url": "http://a/"},
+                                                "response": {"status": 200}}), "everything until an answer"
+    live.update({"stored": 1, "policy": {"filters": {"exclude": [{"paths": ["/skip"]}]}, "sampling": 0.5}})
+    assert live.known and live.filter.sampling == 0.5 and live.filter.exclude == [{"paths": ["/skip"]}]
+    for odd in ({"policy": {"sampling": "lots"}}, {"policy": "none"}, {}):
+        live.update(odd)
+        assert live.filter.sampling == 0.5, f"{odd} replaced the policy in force"
+
+
+def test_an_idle_sidecar_asks_for_the_policy_with_an_empty_batch() -> None:
+    asked = threading.Event()
+
+    def deliver(batch: list[bytes]) -> None:
+        if batch == []:
+            asked.set()
+    buffer = Buffer(deliver, CaptureMetrics(), flush_interval=0.05, refresh=0.1, encode=lambda r: b"")
+    try:
+        assert asked.wait(5), "no empty batch was sent while idle"
+    finally:
+        buffer.close()
