@@ -19,7 +19,7 @@ from controller import conditions
 from controller.api import API_VERSION, FAILED, READY_PHASE, SNAPSHOT_CUT, SNAPSHOT_FAILED
 from controller.durations import epoch, parse_duration
 from controller.kube import Kube
-from controller.store import FileStore, Manifest, StoreError
+from controller.store import FileStore, Manifest, ReadProblem, StoreError
 
 
 class SnapshotNotReady(LookupError):
@@ -77,12 +77,13 @@ def kept(filters: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
         and (not filters.get("paths") or any(fnmatch.fnmatchcase(path, p) for p in filters["paths"]))
 
 
-def records(store: FileStore, namespace: str, spec: Mapping[str, Any], start: float,
-            end: float) -> Iterator[dict[str, Any]]:
-    """The pairs of the Snapshot's streams in its window that its filters keep."""
+def records(store: FileStore, namespace: str, spec: Mapping[str, Any], start: float, end: float,
+            problems: list[ReadProblem] | None = None) -> Iterator[dict[str, Any]]:
+    """The pairs of the Snapshot's streams in its window that its filters keep; what cannot be read is
+    appended to ``problems``."""
     filters = spec.get("filters") or {}
     for stream in streams(store, namespace, spec):
-        for record in store.stream_records(stream):
+        for record in store.stream_records(stream, problems=problems):
             at = float((record.get("timestamps") or {}).get("request", 0))
             if start <= at <= end and kept(filters, record):
                 yield record
@@ -111,9 +112,14 @@ def cut(kube: Kube, store: FileStore, namespace: str, name: str, now: float) -> 
         manifest = store.manifest(target) if store.exists(target) else None
         if manifest is None or manifest.source != source:  # nothing, or an earlier object's cut: cut anew
             store.remove(target)
-            manifest = store.write_snapshot(Manifest(name=target, service=spec.get("policy", ""), start=start,
-                                                     end=end, policy=spec.get("policy", ""), source=source),
-                                            records(store, namespace, spec, start, end))
+            fresh = Manifest(name=target, service=spec.get("policy", ""), start=start, end=end,
+                             policy=spec.get("policy", ""), source=source)
+            problems: list[ReadProblem] = []
+
+            def cut_records() -> Iterator[dict[str, Any]]:
+                yield from records(store, namespace, spec, start, end, problems)
+                fresh.problems = [str(p) for p in problems]  # before the manifest is written
+            manifest = store.write_snapshot(fresh, cut_records())
         start, end = manifest.start or start, manifest.end or end
     except (StoreError, OSError, ValueError) as exc:
         message = f"cutting {target}: {exc}"
@@ -121,6 +127,9 @@ def cut(kube: Kube, store: FileStore, namespace: str, name: str, now: float) -> 
         return False, message
     size = sum(p.stat().st_size for p in store.segments(target))
     message = f"{manifest.count} pairs of {_iso(start)} to {_iso(end)}"
+    if manifest.problems:  # kept what could be read; said what could not
+        message += (f"; {len(manifest.problems)} unreadable place(s) in the store skipped, first: "
+                    f"{manifest.problems[0]}")
     kube.apply_status(_status(namespace, name, READY_PHASE, generation, SNAPSHOT_CUT, message, storeName=target,
                               pairs=manifest.count, byDirection=manifest.by_direction, bytes=size,
                               window={"from": _iso(start), "to": _iso(end)}))

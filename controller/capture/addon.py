@@ -25,6 +25,7 @@ import collections
 import contextlib
 import gzip
 import json
+import random
 import threading
 import time
 import urllib.parse
@@ -60,6 +61,8 @@ class CaptureMetrics:
                             multiprocess_mode="livesum")
         self.upstream_errors = Counter("replayops_capture_upstream_errors", "Flows that failed upstream",
                                        registry=r)
+        self.retries = Counter("replayops_capture_batch_retries", "Batches tried again after a failure",
+                               registry=r)
         self.filtered = Counter("replayops_capture_pairs_filtered", "Pairs the policy's filters or sampling "
                                 "dropped before they were recorded", registry=r)
 
@@ -165,18 +168,47 @@ class LivePolicy:
             self.known = True
 
 
+class Batch(list[Any]):
+    """Records sent together, with the id and time the forwarder stores them by: a retry is the same
+    batch, which the forwarder stores once."""
+
+    def __init__(self, items: list[Any]) -> None:
+        super().__init__(items)
+        self.id, self.created = uuid.uuid4().hex, time.time()
+
+
+class Refused(RuntimeError):
+    """The forwarder answered a batch with something other than 202; ``status`` says whether to retry."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def retryable(exc: Exception) -> bool:
+    """A failure a later try may not meet: no connection, a timeout, 408, 429, 5xx. A refusal for the
+    batch itself (a bad token, an unknown policy, a malformed batch) is not retried."""
+    if isinstance(exc, Refused):
+        return exc.status in (408, 429) or exc.status >= 500
+    return isinstance(exc, OSError | HTTPException)
+
+
 class Buffer:
     """A bounded buffer drained by a background thread into ``deliver`` in batches (size or time).
 
     Bounded in records (``capacity``) and, for encoded records, in bytes (``capacity_bytes``); a batch
     holds at most ``batch_size`` records and ``batch_bytes`` bytes (one record more than that goes alone).
-    ``encode`` runs on the offering thread: records kept as bytes cost the sender thread no GIL
-    time to serialise and the cyclic GC nothing to scan.
+    A batch that fails in a way worth retrying is tried again, the same batch, with capped exponential
+    backoff (``retry_first`` doubling to ``retry_max``, with jitter); it stays in the budget meanwhile, so
+    records that come while the forwarder is away fill the buffer and, once it is full, are dropped and
+    counted — the app is never held up. ``encode`` runs on the offering thread: records kept as bytes cost
+    the sender thread no GIL time to serialise and the cyclic GC nothing to scan.
     """
 
     def __init__(self, deliver: Callable[[list[Any]], None], metrics: CaptureMetrics, *,
                  capacity: int = 10000, capacity_bytes: int = BUFFER_BYTES, batch_size: int = 500,
                  batch_bytes: int = 8 << 20, flush_interval: float = 1.0, refresh: float = 10.0,
+                 retry_first: float = 0.5, retry_max: float = 30.0,
                  encode: Callable[[dict[str, Any]], Any] | None = None, policy: LivePolicy | None = None) -> None:
         self.deliver, self.metrics, self.encode = deliver, metrics, encode
         self.policy = policy or LivePolicy()
@@ -184,8 +216,11 @@ class Buffer:
         self._delivered = float("-inf")
         self.capacity, self.capacity_bytes = capacity, capacity_bytes
         self.batch_size, self.batch_bytes, self.flush_interval = batch_size, batch_bytes, flush_interval
+        self.retry_first, self.retry_max = retry_first, retry_max
         self._items: collections.deque[Any] = collections.deque()
-        self._bytes = 0  # of the encoded records held
+        self._bytes = 0  # of the encoded records held, the batch being retried included
+        self._retry: Batch | None = None  # the batch to try again, at ``_retry_at`` (monotonic)
+        self._retry_at, self._attempts = 0.0, 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -207,18 +242,22 @@ class Buffer:
         if count >= self.batch_size or held >= self.batch_bytes:
             self._wake.set()
 
-    def _take(self) -> list[Any]:
-        batch: list[Any] = []
+    def _take(self) -> Batch:
+        items: list[Any] = []
         size = 0
         with self._lock:
-            while self._items and len(batch) < self.batch_size and (
-                    not batch or size + _size(self._items[0]) <= self.batch_bytes):
+            while self._items and len(items) < self.batch_size and (
+                    not items or size + _size(self._items[0]) <= self.batch_bytes):
                 item = self._items.popleft()
-                batch.append(item)
+                items.append(item)
                 size += _size(item)
-            self._bytes -= size
             self.metrics.buffer.set(len(self._items))
-        return batch
+        return Batch(items)
+
+    def _settle(self, batch: Batch) -> None:
+        """``batch`` delivered or dropped: out of the budget."""
+        with self._lock:
+            self._bytes -= sum(map(_size, batch))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -227,21 +266,40 @@ class Buffer:
             self._drain()
 
     def _drain(self) -> None:
-        if not self._items and self.encode and time.monotonic() - self._delivered >= self.refresh:
+        if (not self._items and self._retry is None and self.encode
+                and time.monotonic() - self._delivered >= self.refresh):
             with contextlib.suppress(Exception):  # asks the forwarder for the policy; a failure: next time
                 self.deliver([])
                 self._delivered = time.monotonic()
-        while batch := self._take():
+        while True:
+            if self._retry is not None and time.monotonic() < self._retry_at and not self._stop.is_set():
+                return  # backing off
+            batch, self._retry = self._retry or self._take(), None
+            if not batch:
+                return
             try:
                 self.deliver(batch)
+            except Exception as exc:  # the sink is slow, down or refusing
+                if retryable(exc) and not self._stop.is_set():
+                    self._attempts += 1
+                    delay = min(self.retry_max, self.retry_first * 2 ** (self._attempts - 1))
+                    self._retry, self._retry_at = batch, time.monotonic() + delay * random.uniform(0.8, 1.2)
+                    self.metrics.retries.inc()
+                    log.warning("batch not delivered; retrying", extra=logs.fields(
+                        records=len(batch), batch=batch.id, attempt=self._attempts, retry_in=round(delay, 2),
+                        error=str(exc)[:300]))
+                    return
+                self.metrics.dropped.labels("sink-error").inc(len(batch))
+                log.warning("batch dropped", extra=logs.fields(records=len(batch), batch=batch.id,
+                                                               error=str(exc)[:300]))
+            else:
                 self._delivered = time.monotonic()
                 self.metrics.sent.inc(len(batch))
-            except Exception as exc:  # the sink is slow or down: drop, count, carry on
-                self.metrics.dropped.labels("sink-error").inc(len(batch))
-                log.warning("batch dropped", extra=logs.fields(records=len(batch), error=str(exc)[:300]))
+            self._attempts = 0
+            self._settle(batch)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Deliver what is buffered, then stop."""
+        """Deliver what is buffered (each batch tried once more), then stop."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
@@ -265,7 +323,7 @@ def forwarder_sink(url: str, token: str, *, policy: str, stream: str, timeout: f
     parts = urllib.parse.urlsplit(url)
     path = parts.path.rstrip("/") + "/v1/batches"
     kind = HTTPSConnection if parts.scheme == "https" else HTTPConnection
-    head = json.dumps({"policy": policy, "stream": stream})[:-1].encode() + b', "records": ['
+    head = json.dumps({"policy": policy, "stream": stream})[:-1]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Content-Encoding": "gzip"}
     conn: list[HTTPConnection] = []
     lock = threading.Lock()  # the flusher and a closing buffer may deliver at once
@@ -294,9 +352,11 @@ def forwarder_sink(url: str, token: str, *, policy: str, stream: str, timeout: f
     def deliver(batch: list[bytes]) -> None:
         if not token:
             raise RuntimeError("no forwarder token ($REPLAYOPS_FORWARDER_TOKEN is empty)")
-        status, text = locked_post(gzip.compress(head + b",".join(batch) + b"]}", 1))  # zlib releases the GIL
+        ids = f', "id": "{batch.id}", "created": {batch.created!r}' if isinstance(batch, Batch) else ""
+        body = (head + ids + ', "records": [').encode() + b",".join(batch) + b"]}"
+        status, text = locked_post(gzip.compress(body, 1))  # zlib releases the GIL
         if status != 202:
-            raise RuntimeError(f"forwarder answered {status}: {text[:200].decode(errors='replace')}")
+            raise Refused(f"forwarder answered {status}: {text[:200].decode(errors='replace')}", status)
         if on_answer is not None:
             with contextlib.suppress(ValueError):
                 answer = json.loads(text)

@@ -349,8 +349,13 @@ def run_snapshot(args: argparse.Namespace) -> int:
             if not args.name:
                 print("replayops snapshot cut: give a NAME or --resource NAMESPACE/NAME", file=sys.stderr)
                 return 2
-            m = store.cut(args.name, service=args.service, start=args.start, end=args.end, stream=args.stream)
+            problems = []
+            m = store.cut(args.name, service=args.service, start=args.start, end=args.end, stream=args.stream,
+                          problems=problems)
             print(f"snapshot {m.name}: {m.count} pairs")
+            for p in problems:
+                print(f"problem: {p} (skipped)", file=sys.stderr)
+            return 1 if problems else 0
         elif args.verb == "rm":
             if not store.remove(args.name):
                 print(f"no snapshot {args.name!r}", file=sys.stderr)

@@ -2,9 +2,13 @@
 
 ``POST /v1/batches`` (bearer token, compared in constant time; gzip bodies are
 capped before and after decompression) carries ``{"policy", "stream",
-"records"}``. Each record is migrated and checked (bad ones are counted and
-reported, the rest kept), filtered and sampled, redacted, then appended to
-the stream in the store as one atomic segment.
+"records"}``, and from sidecars its ``id`` and ``created`` (when the sidecar made
+it). Each record is migrated and checked (bad ones are counted and reported,
+the rest kept), filtered and sampled, redacted, then appended to the stream in
+the store as one atomic segment named by the batch id, on disk before the 202:
+a batch is acknowledged only once durable, and a retried one (its answer lost)
+is stored once, whichever replica gets it. Retention runs in the background,
+off the request path.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import gzip
 import hmac
 import json
+import math
+import re
+import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -25,11 +32,12 @@ from controller.capture import dlp
 from controller.capture.filters import Filter
 from controller.durations import parse_duration
 from controller.policy import max_body
-from controller.store import Store, rrpair
+from controller.store import DuplicateBatch, Store, rrpair
 
 MAX_BODY = 16 * 1024 * 1024
 RETENTION_EVERY = 60.0
 MAX_INFLATED = 64 * 1024 * 1024
+BATCH_ID = re.compile(r"[0-9a-f]{32}")
 log = logs.get("forwarder")
 PolicyGetter = Callable[[str], Mapping[str, Any] | None]  # None: no such policy; raises PoliciesUnavailable
 
@@ -45,6 +53,25 @@ def _inflate(body: bytes) -> bytes:
     return out
 
 
+def _batch_id(batch: Mapping[str, Any]) -> tuple[str | None, float | None]:
+    """A sidecar's batch id (32 hex digits) and when it made the batch; (None, None) from older senders."""
+    batch_id, created = batch.get("id"), batch.get("created")
+    if batch_id is None:
+        return None, None
+    if not isinstance(batch_id, str) or not BATCH_ID.fullmatch(batch_id):
+        raise ValueError(f"id must be 32 lowercase hex digits, got {str(batch_id)[:40]!r}")
+    if isinstance(created, bool) or not isinstance(created, int | float) or not (
+            math.isfinite(created) and 0 <= created < 2**34):
+        raise ValueError(f"created must be the batch's time in epoch seconds, got {str(created)[:40]!r}")
+    return batch_id, float(created)
+
+
+def _early(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What the sidecar applies early, so the pairs the policy drops cost it no recording (read at run time:
+    changing them rolls no pod); the forwarder still applies them to what arrives."""
+    return {"filters": spec.get("filters") or {}, "sampling": float(spec.get("sampling", 1.0))}
+
+
 def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> Flask:
     app = Flask("replayops-forwarder")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -55,18 +82,30 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
     def reply(code: int, **body: Any) -> Response:
         return Response(json.dumps(body), status=code, mimetype="application/json")
 
-    last_expiry: dict[str, float] = {}
+    retention: dict[str, Mapping[str, Any]] = {}  # stream -> the retention its policy last named
+    retaining = threading.Event()
 
-    def _retain(stream: str, retention: Mapping[str, Any]) -> None:
-        """Apply the policy's retention to the stream, at most once a minute."""
-        if not retention or time.monotonic() - last_expiry.get(stream, -RETENTION_EVERY) < RETENTION_EVERY:
-            return
-        last_expiry[stream] = time.monotonic()
-        max_mb = retention.get("maxSizeMB")
-        removed = store.expire(stream=stream, max_age_s=parse_duration(retention.get("maxAge")),
-                               max_bytes=int(max_mb) * 1024 * 1024 if max_mb else None)
-        if removed:
-            log.info("retention expired segments", extra=logs.fields(stream=stream, count=len(removed)))
+    def _retain_all() -> None:
+        """Apply each stream's retention once a minute, in the background (never on a batch's time)."""
+        while True:
+            for stream, spec in list(retention.items()):
+                max_mb = spec.get("maxSizeMB")
+                try:
+                    removed = store.expire(stream=stream, max_age_s=parse_duration(spec.get("maxAge")),
+                                           max_bytes=int(max_mb) * 1024 * 1024 if max_mb else None)
+                except (OSError, ValueError) as exc:
+                    log.warning("retention failed", extra=logs.fields(stream=stream, error=str(exc)))
+                    continue
+                if removed:
+                    log.info("retention expired segments", extra=logs.fields(stream=stream, count=len(removed)))
+            time.sleep(RETENTION_EVERY)
+
+    def _retain(stream: str, spec: Mapping[str, Any]) -> None:
+        if spec:
+            retention[stream] = spec
+            if not retaining.is_set():
+                retaining.set()
+                threading.Thread(target=_retain_all, name="retention", daemon=True).start()
 
     @app.post("/v1/batches")
     def batches() -> Response:
@@ -81,6 +120,7 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
             if not isinstance(batch, dict) or not isinstance(batch.get("records"), list):
                 raise ValueError("expected an object with a records list")
             stream, policy_ref = str(batch.get("stream") or "default"), str(batch.get("policy") or "")
+            batch_id, created = _batch_id(batch)
         except (ValueError, zlib.error, EOFError, gzip.BadGzipFile) as exc:
             return reply(400, error=f"not a batch: {exc}")
         try:
@@ -108,7 +148,12 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
                 filtered += 1
                 continue
             good.append(redactor.record(record))
-        store.append(stream, good)
+        try:
+            store.append(stream, good, batch=batch_id, at=created)
+        except DuplicateBatch:  # a retry of a batch stored before its answer was lost: stored once
+            received.labels("duplicate").inc(len(good))
+            return reply(202, stored=0, duplicate=True, filtered=filtered, rejected=rejected,
+                         policy=_early(spec))
         _retain(stream, spec.get("retention") or {})
         received.labels("stored").inc(len(good))
         received.labels("filtered").inc(filtered)
@@ -117,10 +162,7 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
             redactions.labels(kind).inc(n)
         if rejected:
             log.warning("records rejected", extra=logs.fields(stream=stream, count=len(rejected), first=rejected[:3]))
-        # what the sidecar applies early, so the pairs the policy drops cost it no recording (read at run
-        # time: changing them rolls no pod); this forwarder still applies them to what arrives
-        early = {"filters": spec.get("filters") or {}, "sampling": float(spec.get("sampling", 1.0))}
-        return reply(202, stored=len(good), filtered=filtered, rejected=rejected, policy=early)
+        return reply(202, stored=len(good), filtered=filtered, rejected=rejected, policy=_early(spec))
 
     @app.errorhandler(413)
     def too_large(_: Exception) -> Response:

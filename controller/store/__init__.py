@@ -38,6 +38,10 @@ class StoreError(RuntimeError):
     """A store operation failed; the message names the snapshot, file and line."""
 
 
+class DuplicateBatch(StoreError):
+    """A batch the store already holds (a retry of one whose answer was lost): it is stored once."""
+
+
 @dataclass(frozen=True)
 class ReadProblem:
     file: str
@@ -61,6 +65,7 @@ class Manifest:
     version: int = rrpair.VERSION
     created: float = field(default_factory=time.time)
     redactions: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # what a cut could not read (file:line: why)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -72,27 +77,61 @@ class Manifest:
 
 
 class Store(Protocol):
-    def append(self, stream: str, records: Iterable[dict[str, Any]]) -> int: ...
+    def append(self, stream: str, records: Iterable[dict[str, Any]], *, batch: str | None = None,
+               at: float | None = None) -> int: ...
     def write_snapshot(self, manifest: Manifest, records: Iterable[dict[str, Any]]) -> Manifest: ...
     def snapshots(self) -> list[Manifest]: ...
     def manifest(self, name: str) -> Manifest: ...
     def read(self, name: str, *, strict: bool = True,
              problems: list[ReadProblem] | None = None) -> Iterator[dict[str, Any]]: ...
-    def cut(self, name: str, *, service: str, start: float, end: float, stream: str | None = None) -> Manifest: ...
+    def cut(self, name: str, *, service: str, start: float, end: float, stream: str | None = None,
+            problems: list[ReadProblem] | None = None) -> Manifest: ...
     def remove(self, name: str) -> bool: ...
     def exists(self, name: str) -> bool: ...
     def expire(self, *, max_age_s: float | None = None, max_bytes: int | None = None, stream: str | None = None,
                now: float | None = None) -> list[str]: ...
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _staged(path: Path, data: bytes) -> Path:
+    """``data`` in a temporary file beside ``path``, on disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _sync_dir(directory: Path) -> None:
+    """The directory's entries on disk too (a new file's name survives a crash)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    os.replace(_staged(path, data), path)
+    _sync_dir(path.parent)
+
+
+def _write_once(path: Path, data: bytes) -> bool:
+    """Write ``path`` unless it exists (atomically, whoever else writes it at once); False when it did."""
+    tmp = _staged(path, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    _sync_dir(path.parent)
+    return True
 
 
 def encode_segment(records: Iterable[dict[str, Any]]) -> tuple[bytes, int]:
@@ -135,12 +174,18 @@ class FileStore:
             raise StoreError(f"snapshot name {name!r} must be lowercase letters, digits, '.', '_' or '-'")
         return self.root / "snapshots" / name
 
-    def append(self, stream: str, records: Iterable[dict[str, Any]]) -> int:
-        """Write ``records`` as one new segment of ``stream``; return how many."""
+    def append(self, stream: str, records: Iterable[dict[str, Any]], *, batch: str | None = None,
+               at: float | None = None) -> int:
+        """Write ``records`` as one new segment of ``stream``, on disk before it returns; return how many.
+
+        With ``batch`` (its id, and ``at``: when its sender made it) the segment is named by it and written
+        at most once, whichever writer gets it: a retry raises ``DuplicateBatch``."""
         data, count = encode_segment(records)
         if count:
-            name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl.gz"
-            _write_atomic(self.root / "streams" / _safe(stream) / name, data)
+            when = time.strftime("%Y%m%dT%H%M%S", time.gmtime(at))
+            path = self.root / "streams" / _safe(stream) / f"{when}-{batch or uuid.uuid4().hex}.jsonl.gz"
+            if not _write_once(path, data):
+                raise DuplicateBatch(f"batch {batch} of stream {stream} is stored already ({path.name})")
         return count
 
     def write_snapshot(self, manifest: Manifest, records: Iterable[dict[str, Any]]) -> Manifest:
@@ -160,23 +205,28 @@ class FileStore:
                 _write_atomic(staging / "segments" / f"{n:06d}.jsonl.gz", encode_segment(batch)[0])
                 batch.clear()
 
-        for record in records:
-            batch.append(record)
-            counts[record["direction"]] = counts.get(record["direction"], 0) + 1
-            stamps = record.get("timestamps") or {}
-            first = min(first, float(stamps.get("request", 0)))
-            last = max(last, float(stamps.get("response", 0)))
-            if len(batch) >= SEGMENT_RECORDS:
-                flush()
-        flush()
-        manifest.count = sum(counts.values())
-        manifest.by_direction = counts
-        if manifest.count:
-            manifest.start = manifest.start or first
-            manifest.end = manifest.end or last
-        _write_atomic(staging / "manifest.json", json.dumps(manifest.to_json(), indent=2).encode())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, target)
+        try:
+            for record in records:
+                batch.append(record)
+                counts[record["direction"]] = counts.get(record["direction"], 0) + 1
+                stamps = record.get("timestamps") or {}
+                first = min(first, float(stamps.get("request", 0)))
+                last = max(last, float(stamps.get("response", 0)))
+                if len(batch) >= SEGMENT_RECORDS:
+                    flush()
+            flush()
+            manifest.count = sum(counts.values())
+            manifest.by_direction = counts
+            if manifest.count:
+                manifest.start = manifest.start or first
+                manifest.end = manifest.end or last
+            _write_atomic(staging / "manifest.json", json.dumps(manifest.to_json(), indent=2).encode())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, target)
+        except BaseException:  # a failed write leaves nothing behind: no half snapshot, no staging
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _sync_dir(target.parent)
         return manifest
 
     def exists(self, name: str) -> bool:
@@ -214,16 +264,23 @@ class FileStore:
         base = self.root / "streams"
         return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
-    def cut(self, name: str, *, service: str, start: float, end: float, stream: str | None = None) -> Manifest:
-        """A named snapshot of ``service``'s records between ``start`` and ``end`` (epoch seconds)."""
+    def cut(self, name: str, *, service: str, start: float, end: float, stream: str | None = None,
+            problems: list[ReadProblem] | None = None) -> Manifest:
+        """A named snapshot of ``service``'s records between ``start`` and ``end`` (epoch seconds). What
+        cannot be read (a corrupt segment, a bad line) is skipped, appended to ``problems`` and named in
+        the manifest's ``problems``."""
+        found: list[ReadProblem] = problems if problems is not None else []
+
         def wanted() -> Iterator[dict[str, Any]]:
             for s in [stream] if stream else self.streams():
-                for record in self.stream_records(s):
+                for record in self.stream_records(s, problems=found):
                     at = float((record.get("timestamps") or {}).get("request", 0))
                     if (not service or record.get("service") == service) and start <= at <= end:
                         yield record
-        return self.write_snapshot(Manifest(name=name, service=service, start=start, end=end,
-                                            source=f"cut from {stream or 'all streams'}"), wanted())
+            manifest.problems = [str(p) for p in found]  # read to the end: before the manifest is written
+        manifest = Manifest(name=name, service=service, start=start, end=end,
+                            source=f"cut from {stream or 'all streams'}")
+        return self.write_snapshot(manifest, wanted())
 
     def remove(self, name: str) -> bool:
         target = self._snapdir(name)
@@ -244,21 +301,29 @@ class FileStore:
         dirs = [base / _safe(stream)] if stream else every
         removed = []
         for directory in dirs:
-            segments = sorted(directory.glob("*.jsonl.gz"), key=lambda p: p.stat().st_mtime)
+            segments = sorted((stat.st_mtime, stat.st_size, path) for path in directory.glob("*.jsonl.gz")
+                              if (stat := _stat(path)) is not None)  # another replica may delete meanwhile
             keep = []
-            for segment in segments:
-                if max_age_s is not None and now - segment.stat().st_mtime > max_age_s:
-                    segment.unlink()
+            for mtime, size, segment in segments:
+                if max_age_s is not None and now - mtime > max_age_s:
+                    segment.unlink(missing_ok=True)
                     removed.append(str(segment))
                 else:
-                    keep.append(segment)
-            total = sum(p.stat().st_size for p in keep)
+                    keep.append((size, segment))
+            total = sum(size for size, _ in keep)
             while max_bytes is not None and keep and total > max_bytes:
-                oldest = keep.pop(0)
-                total -= oldest.stat().st_size
-                oldest.unlink()
+                size, oldest = keep.pop(0)
+                total -= size
+                oldest.unlink(missing_ok=True)
                 removed.append(str(oldest))
         return removed
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
 
 
 def _safe(stream: str) -> str:

@@ -123,7 +123,13 @@ def test_forwarder_applies_the_policy_retention(tmp_path: Path) -> None:
     old = next(tmp_path.rglob("*.jsonl.gz"))
     os.utime(old, (1000, 1000))
     client = create_app(store, "t", b"k", lambda _: policy).test_client()
-    client.post("/v1/batches", json={"stream": "s", "records": corpus()[:1]}, headers={"Authorization": "Bearer t"})
+    resp = client.post("/v1/batches", json={"stream": "s", "records": corpus()[:1]},
+                       headers={"Authorization": "Bearer t"})
+    assert resp.status_code == 202, "answered at once: retention runs in the background, off the request path"
+    import time
+    deadline = time.monotonic() + 10
+    while old.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not old.exists() and len(list(tmp_path.rglob("*.jsonl.gz"))) == 1
 
 
@@ -148,3 +154,37 @@ def test_forwarder_never_stores_what_no_policy_was_applied_to(tmp_path: Path) ->
     assert not_ready.status_code == 503 and "403" in not_ready.get_json()["error"]
     assert down.get("/healthz").status_code == 200, "alive all the same: no restart for an RBAC problem"
     assert unknown.get("/readyz").status_code == 200
+
+
+def test_a_retried_batch_is_stored_once_whichever_replica_gets_it(tmp_path: Path) -> None:
+    """Two forwarder replicas on one store; a sidecar's batch (its id and time) sent to both at once, and
+    again: one segment, and every answer a 202 (a retry whose first answer was lost is acknowledged)."""
+    import concurrent.futures
+    import uuid
+
+    store = FileStore(tmp_path)
+    replicas = [create_app(store, "t", b"k", lambda _: {}).test_client() for _ in range(2)]
+    batch = {"id": uuid.uuid4().hex, "created": 1_800_000_000.5, "stream": "s", "records": corpus()}
+    auth = {"Authorization": "Bearer t"}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda i: replicas[i % 2].post("/v1/batches", json=batch, headers=auth).get_json(),
+                                range(6)))
+    assert [a["stored"] for a in answers].count(5) == 1 and sum(bool(a.get("duplicate")) for a in answers) == 5
+    segments = list(tmp_path.rglob("*.jsonl.gz"))
+    assert len(segments) == 1 and segments[0].name == f"20270115T080000-{batch['id']}.jsonl.gz"
+    assert not list(tmp_path.rglob("*.tmp")), "no staging file left behind"
+
+
+@pytest.mark.parametrize(("field", "value", "error"), [
+    ("id", "../../etc", "id must be 32 lowercase hex digits"), ("id", 7, "id must be 32 lowercase hex digits"),
+    ("created", "yesterday", "created must be the batch's time"), ("created", float("inf"), "created must be")])
+def test_a_batch_with_a_bad_id_or_time_is_refused_naming_the_field(tmp_path: Path, field: str, value: object,
+                                                                   error: str) -> None:
+    import uuid
+
+    client = create_app(FileStore(tmp_path), "t", b"k", lambda _: {}).test_client()
+    batch = {"id": uuid.uuid4().hex, "created": 1.0, "stream": "s", "records": corpus(), field: value}
+    resp = client.post("/v1/batches", data=json.dumps(batch), headers={"Authorization": "Bearer t",
+                                                                      "Content-Type": "application/json"})
+    assert resp.status_code == 400 and error in resp.get_json()["error"]
+    assert not list(tmp_path.rglob("*.jsonl.gz")), "nothing stored"

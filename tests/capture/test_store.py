@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,25 @@ def test_mitmproxy_flow_files_are_imported(tmp_path: Path) -> None:
     (tmp_path / "junk.mitm").write_bytes(b"not a flow file at all")
     with pytest.raises(har.HarError, match="junk.mitm: not a mitmproxy flow file"):
         har.read_flows(tmp_path / "junk.mitm")
+
+
+def test_a_cut_names_the_corrupt_segments_it_skipped_and_keeps_the_rest(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.append("s", [rec(i) for i in range(3)])
+    bad = tmp_path / "streams" / "s" / "20260101T000000-broken.jsonl.gz"
+    bad.write_bytes(gzip.compress(b'{"id": 1}\n')[:-6])  # cut short: a crash mid-write of an old version
+    problems: list[ReadProblem] = []
+    m = store.cut("c", service="shop", start=0, end=1e12, stream="s", problems=problems)
+    assert m.count == 3 and len(problems) == 1 and str(bad) in str(problems[0])
+    assert store.manifest("c").problems == [str(problems[0])], "the snapshot says what it is missing"
+
+
+def test_a_failed_snapshot_write_leaves_no_staging_behind(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+
+    def records() -> Iterator[dict]:  # type: ignore[type-arg]
+        yield rec(0)
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError, match="No space left"):
+        store.write_snapshot(Manifest(name="full"), records())
+    assert not store.exists("full") and not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.gz"))

@@ -49,7 +49,7 @@ def installed(node: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.mark.parametrize(("name", "replicas"), [("replayops-webhook", 2), ("replayops-controller", 2),
-                                                ("replayops-forwarder", 1)])
+                                                ("replayops-forwarder", 2)])
 def test_each_component_runs_in_its_pods_from_the_manifests(node: NodeCluster, installed: Repo, name: str,
                                                             replicas: int) -> None:
     deployment = wait_available(node, SYSTEM_NAMESPACE, name, timeout=240)
@@ -220,12 +220,12 @@ def _metric(url: str, name: str) -> int:
 
 
 def _forwarder_filtered(node: NodeCluster) -> int:
-    """The forwarder pod's count of pairs its policies' filters and sampling dropped (its /metrics)."""
-    pod = next(p for p in node.kube.list("v1", "Pod", SYSTEM_NAMESPACE)
-               if p["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "replayops-forwarder"
-               and p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp"))
-    return _metric(f"http://{pod['status']['podIP']}:8090/metrics",
-                   'replayops_forwarder_records_total{outcome="filtered"}')
+    """The forwarder pods' count of pairs their policies' filters and sampling dropped (their /metrics)."""
+    return sum(_metric(f"http://{p['status']['podIP']}:8090/metrics",
+                       'replayops_forwarder_records_total{outcome="filtered"}')
+               for p in node.kube.list("v1", "Pod", SYSTEM_NAMESPACE, label_selector=(
+                   "app.kubernetes.io/name=replayops-forwarder"))
+               if p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp"))
 
 
 def _sidecars_filtered(node: NodeCluster) -> int:

@@ -4,6 +4,7 @@ counts what does not fit, never blocking the app."""
 from __future__ import annotations
 
 import threading
+import time
 
 from controller.capture.addon import Buffer, CaptureMetrics
 
@@ -64,3 +65,33 @@ def test_an_idle_sidecar_asks_for_the_policy_with_an_empty_batch() -> None:
         assert asked.wait(5), "no empty batch was sent while idle"
     finally:
         buffer.close()
+
+
+def test_a_batch_that_failed_is_retried_as_the_same_batch_and_a_refused_one_is_dropped() -> None:
+    from controller.capture.addon import Batch, Refused
+
+    tries: list[tuple[str, int]] = []
+    answers = [Refused("forwarder answered 503", 503), ConnectionRefusedError(111, "refused"), None,
+               Refused("forwarder answered 422: unknown CapturePolicy", 422)]
+
+    def deliver(batch: list[bytes]) -> None:
+        if not batch:
+            return  # the empty batch that asks for the policy
+        assert isinstance(batch, Batch)
+        tries.append((batch.id, len(batch)))
+        if (answer := answers.pop(0)) is not None:
+            raise answer
+    metrics = CaptureMetrics()
+    buffer = Buffer(deliver, metrics, flush_interval=0.02, retry_first=0.05, retry_max=0.2, encode=lambda r: b"x")
+    buffer.offer({})
+    deadline = time.monotonic() + 10
+    while len(tries) < 3 and time.monotonic() < deadline:
+        threading.Event().wait(0.02)
+    buffer.offer({})
+    while len(tries) < 4 and time.monotonic() < deadline:
+        threading.Event().wait(0.02)
+    buffer.close()
+    assert [n for _, n in tries] == [1, 1, 1, 1] and len({i for i, _ in tries[:3]}) == 1, tries
+    assert tries[3][0] != tries[0][0], "the next batch has its own id"
+    assert metrics.retries._value.get() == 2 and metrics.sent._value.get() == 1
+    assert metrics.dropped.labels("sink-error")._value.get() == 1, "a refusal for the batch itself: dropped"
