@@ -149,7 +149,9 @@ def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], conf
         args += [a for lp, p in _reverse_pairs(spec, ports) for a in ("--reverse", f"{lp}:{p}")]
     if outbound.get("enabled"):
         args += ["--outbound", str(outbound.get("proxyPort", 15002))]
-    args += ["--tls-unwrap", "--ca-dir", CA_DIR] if _unwraps_tls(spec) else ["--ca-dir", f"{RUN_DIR}/mitmproxy"]
+    args += ["--ca-dir", f"{RUN_DIR}/mitmproxy"]  # the CA's private key: on the sidecar's own volume
+    if _unwraps_tls(spec):  # the app's containers mount only the certificates
+        args += ["--tls-unwrap", "--trust-dir", CA_DIR]
     if _workers(spec) > 1:
         args += ["--workers", str(_workers(spec))]
     sizes = spec.get("sidecar") or {}

@@ -68,7 +68,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--transparent", type=_port, help="inbound transparent listener (iptables-redirected)")
     p.add_argument("--outbound", type=_port, help="outbound forward proxy port (HTTP_PROXY)")
     p.add_argument("--tls-unwrap", action="store_true", help="terminate outbound TLS with our CA")
-    p.add_argument("--ca-dir", type=Path, help="where the CA lives (generated when absent)")
+    p.add_argument("--ca-dir", type=Path, help="where the CA lives, its private key too (generated when absent)")
+    p.add_argument("--trust-dir", type=Path,
+                   help="where the app's trust is written when unwrapping TLS (ca.pem, ca-bundle.pem, "
+                        "truststore.jks; certificates only — default: --ca-dir)")
     p.add_argument("--upstream-ca", type=Path, help="extra CA to trust for upstream servers")
     p.add_argument("--forwarder", required=True, help="forwarder URL")
     p.add_argument("--policy", default="", help="namespace/name of the CapturePolicy")
@@ -158,8 +161,8 @@ def run_proxy(args: argparse.Namespace) -> int:
     try:
         config = ProxyConfig(reverse=[parse_reverse(r) for r in args.reverse], transparent=args.transparent,
                              outbound=args.outbound, tls_unwrap=args.tls_unwrap, ca_dir=args.ca_dir,
-                             upstream_ca=args.upstream_ca, service=args.service, max_body=args.max_body,
-                             health=health)
+                             trust_dir=args.trust_dir, upstream_ca=args.upstream_ca, service=args.service,
+                             max_body=args.max_body, health=health)
     except ValueError as exc:
         print(f"replayops proxy: {exc}", file=sys.stderr)
         return 2

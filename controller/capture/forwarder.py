@@ -1,6 +1,7 @@
 """The forwarder: receives RRPair batches from sidecars, applies the CapturePolicy, writes the store.
 
-``POST /v1/batches`` (bearer token, compared in constant time; gzip bodies are
+``POST /v1/batches`` (bearer token: the master, or a namespace's, which writes only
+under that namespace's policies and streams — ``controller.tokens``; gzip bodies are
 capped before and after decompression) carries ``{"policy", "stream",
 "records"}``, and from sidecars its ``id`` and ``created`` (when the sidecar made
 it). Each record is migrated and checked (bad ones are counted and reported,
@@ -14,7 +15,6 @@ off the request path.
 from __future__ import annotations
 
 import gzip
-import hmac
 import json
 import math
 import re
@@ -27,7 +27,7 @@ from typing import Any
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from controller import logs
+from controller import logs, tokens
 from controller.capture import dlp
 from controller.capture.filters import Filter
 from controller.durations import parse_duration
@@ -64,6 +64,13 @@ def _batch_id(batch: Mapping[str, Any]) -> tuple[str | None, float | None]:
             math.isfinite(created) and 0 <= created < 2**34):
         raise ValueError(f"created must be the batch's time in epoch seconds, got {str(created)[:40]!r}")
     return batch_id, float(created)
+
+
+def _of_namespace(namespace: str, policy_ref: str, stream: str) -> bool:
+    """Whether a batch naming ``policy_ref`` and ``stream`` stays in ``namespace``: the policy is one of its
+    own, and the stream that policy's (``<namespace>.<policy>.<pod>``, as the sidecar names it)."""
+    policy_ns, _, name = policy_ref.partition("/")
+    return policy_ns == namespace and bool(name) and stream.startswith(f"{namespace}.{name}.")
 
 
 def _early(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,9 +116,13 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
 
     @app.post("/v1/batches")
     def batches() -> Response:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return reply(401, error="missing or wrong bearer token")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        try:
+            if scheme != "Bearer":
+                raise tokens.TokenError("missing or wrong bearer token")
+            writes_for = tokens.namespace_of(token, given.strip())
+        except tokens.TokenError as exc:
+            return reply(401, error=str(exc))
         raw = request.get_data(cache=False)
         try:
             if request.headers.get("Content-Encoding", "").lower() == "gzip":
@@ -123,6 +134,11 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
             batch_id, created = _batch_id(batch)
         except (ValueError, zlib.error, EOFError, gzip.BadGzipFile) as exc:
             return reply(400, error=f"not a batch: {exc}")
+        if writes_for != tokens.ANY and not _of_namespace(writes_for, policy_ref, stream):
+            received.labels("refused_other_namespace").inc(len(batch["records"]))
+            return reply(403, error=f"a token of namespace {writes_for} writes only under its own policies and "
+                                    f"streams ({writes_for}/<policy>, {writes_for}.<policy>.<pod>), not policy "
+                                    f"{policy_ref!r} and stream {stream!r}; nothing stored")
         try:
             policy = policies(policy_ref)
         except PoliciesUnavailable as exc:  # never store what the policy was not applied to

@@ -34,7 +34,8 @@ class ProxyConfig:
     transparent: int | None = None
     outbound: int | None = None
     tls_unwrap: bool = False
-    ca_dir: Path | None = None
+    ca_dir: Path | None = None  # mitmproxy's confdir: the CA with its private key (the sidecar's alone)
+    trust_dir: Path | None = None  # where the app's trust goes, certificates only (default: ca_dir)
     upstream_ca: Path | None = None
     listen_host: str = "0.0.0.0"
     outbound_host: str = "127.0.0.1"
@@ -129,15 +130,17 @@ class CaptureProxy:
         return servers is not None and bool(servers) and all(s.is_running for s in servers)
 
     def _write_ca(self) -> None:
-        """ca.pem, ca-bundle.pem (system roots + ours) and truststore.jks (the same, for JVMs), when
-        unwrapping TLS."""
+        """ca.pem, ca-bundle.pem (system roots + ours) and truststore.jks (the same, for JVMs) in the trust
+        directory, when unwrapping TLS: certificates only — the CA's private key stays in the confdir."""
         if not (self.config.tls_unwrap and self.config.ca_dir):
             return
         ours = (self.config.ca_dir / "mitmproxy-ca-cert.pem").read_bytes()
         roots = Path(certifi.where()).read_bytes()
-        (self.config.ca_dir / "ca.pem").write_bytes(ours)
-        (self.config.ca_dir / "ca-bundle.pem").write_bytes(roots + b"\n" + ours)
-        (self.config.ca_dir / "truststore.jks").write_bytes(javatrust.from_pem(ours, roots))
+        trust = self.config.trust_dir or self.config.ca_dir
+        trust.mkdir(parents=True, exist_ok=True)
+        (trust / "ca.pem").write_bytes(ours)
+        (trust / "ca-bundle.pem").write_bytes(roots + b"\n" + ours)
+        (trust / "truststore.jks").write_bytes(javatrust.from_pem(ours, roots))
 
     def start(self, timeout: float = 30.0) -> None:
         """Start listening; raise RuntimeError naming the listeners when they do not come up."""

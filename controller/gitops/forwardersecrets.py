@@ -1,11 +1,12 @@
 """The forwarder's Secrets: its token, where the sidecars can read it, and its DLP key, where only it can.
 
-Sidecars authenticate to the forwarder with a shared token, read from the Secret
+Sidecars authenticate to the forwarder with a token read from the Secret
 ``replayops-forwarder-token`` of their own pod's namespace (a pod can only reference Secrets of
-its namespace). The controller keeps that Secret in every namespace that has a CapturePolicy, as
-a copy of the one in its own namespace, which it creates with a random token when there is none
-(the forwarder reads that one). A rotated token (the source Secret edited) reaches every copy on
-the next pass; sidecars read it when their pods restart.
+its namespace). The controller keeps that Secret in every namespace that has a CapturePolicy, holding
+that namespace's token (``controller.tokens``: derived from the master token in the controller's own
+namespace, which it creates random when there is none, and which the forwarder reads), so a sidecar
+can write only under its own namespace's policies. A rotated master (the source Secret edited) reaches
+every namespace's token on the next pass; sidecars read it when their pods restart.
 
 The DLP key (``replayops-dlp-key``) makes redaction tags stable (one value, one tag, across restarts):
 it is created once, random, in the controller's namespace and mounted only into the forwarder's pod —
@@ -18,7 +19,7 @@ import base64
 import secrets
 from collections.abc import Iterable
 
-from controller import logs
+from controller import logs, tokens
 from controller.admission.inject import InjectConfig
 from controller.api import DLP_KEY_SECRET
 from controller.kube import Kube, KubeError
@@ -65,8 +66,8 @@ def dlp_key(kube: Kube, namespace: str) -> str:
 
 def share(kube: Kube, source_namespace: str, namespaces: Iterable[str],
           failed: dict[str, str] | None = None) -> list[str]:
-    """Make sure the source token and the DLP key exist (the forwarder's pod cannot start without them,
-    policies or not), then bring the token's copy in each of ``namespaces`` up to it; return the
+    """Make sure the master token and the DLP key exist (the forwarder's pod cannot start without them,
+    policies or not), then bring each of ``namespaces``' own token up to the master; return the
     namespaces written. With ``failed``, a namespace whose copy cannot be written is recorded there
     (namespace → error) and the others still get theirs; without it, the first failure raises."""
     wanted = sorted(set(namespaces) - {source_namespace})
@@ -78,13 +79,15 @@ def share(kube: Kube, source_namespace: str, namespaces: Iterable[str],
             raise
         log.warning("forwarder secrets not ensured", extra=logs.fields(namespace=source_namespace, error=str(exc)))
         return []
+    master = base64.b64decode(token).decode()
     written = []
     for ns in wanted:
         try:
+            own = base64.b64encode(tokens.for_namespace(master, ns).encode()).decode()
             live = kube.get("v1", "Secret", NAME, ns)
-            if live is not None and (live.get("data") or {}).get("token") == token:
+            if live is not None and (live.get("data") or {}).get("token") == own:
                 continue
-            kube.apply(_secret(ns, NAME, "token", token))
+            kube.apply(_secret(ns, NAME, "token", own))
         except KubeError as exc:
             if "because it is being terminated" in str(exc):  # NamespaceTerminating: its pods go too
                 continue

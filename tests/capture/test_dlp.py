@@ -188,3 +188,27 @@ def test_a_batch_with_a_bad_id_or_time_is_refused_naming_the_field(tmp_path: Pat
                                                                       "Content-Type": "application/json"})
     assert resp.status_code == 400 and error in resp.get_json()["error"]
     assert not list(tmp_path.rglob("*.jsonl.gz")), "nothing stored"
+
+
+def test_a_namespaces_token_writes_only_under_its_own_namespaces_policies(tmp_path: Path) -> None:
+    from controller import tokens
+
+    store = FileStore(tmp_path)
+    policies = {"prod/shop": POLICY, "ops/audit": {**POLICY, "metadata": {"name": "audit", "namespace": "ops"}}}
+    client = create_app(store, "m4ster", b"k", policies.get).test_client()
+    prod = tokens.for_namespace("m4ster", "prod")
+
+    def post(token: str, policy: str, stream: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+        resp = client.post("/v1/batches", json={"policy": policy, "stream": stream, "records": corpus()[:1]},
+                           headers={"Authorization": f"Bearer {token}"})
+        return resp.status_code, resp.get_json()
+
+    assert post(prod, "prod/shop", "prod.shop.web-1")[0] == 202
+    for policy, stream in (("ops/audit", "ops.audit.web-1"), ("prod/shop", "ops.audit.web-1"),
+                           ("ops/audit", "prod.shop.web-1"), ("prod/shop", "prod.shopping.web-1")):
+        code, body = post(prod, policy, stream)
+        assert code == 403 and "a token of namespace prod writes only under its own" in body["error"], (policy, stream)
+    assert post(tokens.for_namespace("wrong-master", "prod"), "prod/shop", "prod.shop.web-1") == (
+        401, {"error": "missing or wrong bearer token"})
+    assert post("m4ster", "ops/audit", "ops.audit.x")[0] == 202, "the forwarder's own master writes anywhere"
+    assert sorted(p.parent.name for p in tmp_path.rglob("*.jsonl.gz")) == ["ops.audit.x", "prod.shop.web-1"]

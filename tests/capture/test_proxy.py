@@ -105,13 +105,20 @@ def _tls_upstream(tmp_path: Path) -> tuple[pki.KeyPair, pki.KeyPair]:
 
 
 def test_outbound_https_is_recorded_through_tls_unwrapping(tmp_path: Path) -> None:
+    """As injected: the CA (with its key) in the sidecar's own directory, the app's trust — certificates
+    only — in the directory the app's containers mount."""
     _, cert = _tls_upstream(tmp_path)
     with serve(tls=cert, cert_dir=tmp_path) as port:
         out = free_port()
-        run = start(outbound=out, tls_unwrap=True, ca_dir=tmp_path / "ca", upstream_ca=tmp_path / "upstream-ca.pem")
+        run = start(outbound=out, tls_unwrap=True, ca_dir=tmp_path / "run", trust_dir=tmp_path / "ca",
+                    upstream_ca=tmp_path / "upstream-ca.pem")
         try:
             bundle = tmp_path / "ca" / "ca-bundle.pem"
             assert bundle.is_file() and (tmp_path / "ca" / "ca.pem").is_file()
+            assert {p.name for p in (tmp_path / "ca").iterdir()} == {"ca.pem", "ca-bundle.pem", "truststore.jks"}
+            assert not [p for p in (tmp_path / "ca").iterdir() if b"PRIVATE KEY" in p.read_bytes()], \
+                "the app's containers must not get the CA's private key"
+            assert b"PRIVATE KEY" in (tmp_path / "run" / "mitmproxy-ca.pem").read_bytes()
             r = requests.get(f"https://127.0.0.1:{port}/secure?q=1", proxies={"https": f"http://127.0.0.1:{out}"},
                              verify=str(bundle), timeout=5)
             assert r.status_code == 200

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from controller import tokens
 from controller.api import CAPTURE, CONFIG_HASH, DLP_KEY_SECRET, GROUP, REVISION
 from controller.gitops import forwardersecrets
 from controller.gitops.leader import Timings
@@ -320,8 +321,10 @@ def test_pods_missing_the_sidecar_are_reported_and_rolled_once(gitops: GitOps) -
         "rolled once per config hash, not on every pass"
 
 
-def test_the_forwarder_token_reaches_every_namespace_with_a_policy(cluster: Cluster, namespace: str,
-                                                                    tmp_path: Path) -> None:
+def test_each_namespace_with_a_policy_gets_its_own_forwarder_token(cluster: Cluster, namespace: str,
+                                                                   tmp_path: Path) -> None:
+    """The token in a team's namespace is that namespace's (derived from the master the forwarder holds):
+    a sidecar there can write only under its own namespace's policies."""
     system = f"sys-{namespace}"
     cluster.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": system}})
     try:
@@ -331,7 +334,10 @@ def test_the_forwarder_token_reaches_every_namespace_with_a_policy(cluster: Clus
         assert gitops.reconcile().error == ""
         source = cluster.kube.get("v1", "Secret", forwardersecrets.NAME, system) or {}
         copy = cluster.kube.get("v1", "Secret", forwardersecrets.NAME, namespace) or {}
-        assert source["data"]["token"] and copy["data"]["token"] == source["data"]["token"], "created, then copied"
+        master = base64.b64decode(source["data"]["token"]).decode()
+        own = base64.b64decode(copy["data"]["token"]).decode()
+        assert master and own != master and own == tokens.for_namespace(master, namespace), "the namespace's own"
+        assert tokens.namespace_of(master, own) == namespace
         assert forwardersecrets.share(cluster.kube, system, [namespace]) == [], "an up-to-date copy is not written"
         key = (cluster.kube.get("v1", "Secret", DLP_KEY_SECRET, system) or {})["data"]["key"]
         assert len(base64.b64decode(key)) >= 32, "the forwarder's DLP key, created beside the source token"
@@ -341,7 +347,9 @@ def test_the_forwarder_token_reaches_every_namespace_with_a_policy(cluster: Clus
         cluster.kube.apply({**source, "metadata": {"name": forwardersecrets.NAME, "namespace": system},
                             "data": {"token": rotated}})
         gitops.reconcile()
-        assert (cluster.kube.get("v1", "Secret", forwardersecrets.NAME, namespace) or {})["data"]["token"] == rotated
+        copied = cluster.kube.get("v1", "Secret", forwardersecrets.NAME, namespace) or {}
+        got = base64.b64decode(copied["data"]["token"])
+        assert got.decode() == tokens.for_namespace("rotated-token", namespace), "a rotated master reaches it"
         assert (cluster.kube.get("v1", "Secret", DLP_KEY_SECRET, system) or {})["data"]["key"] == key, "never changed"
     finally:
         cluster.kube.delete("v1", "Namespace", system)

@@ -401,7 +401,7 @@ BULK_SERVER = """
             if self.path == "/ack":
                 acked.set()
                 return self._small(b"ok")
-            if self.path == "/healthz":
+            if self.path == "/healthz" or self.path.startswith("/hello/"):
                 return self._small(b"ok")
             if self.path == "/events":  # one event; the second only once the client says it has the first
                 self.send_response(200)
@@ -470,11 +470,10 @@ def _container_memory_peak(pod: dict[str, Any], container: str) -> int:
     return int((found[0] / "memory.max_usage_in_bytes").read_text())
 
 
-def test_a_1_gib_download_and_server_sent_events_pass_the_injected_sidecar_within_half_its_memory_limit(
-        node: NodeCluster, installed: Repo, captured: list[dict[str, Any]]) -> None:
-    """A workload that serves a 1 GiB download and an event stream, captured as a policy committed to git
-    asks: through its sidecar (as injected, with its memory limit) both reach a client pod whole and as
-    sent, and the sidecar's container used less than half its memory limit."""
+@pytest.fixture(scope="module")
+def bulk(node: NodeCluster, installed: Repo, captured: list[dict[str, Any]]) -> dict[str, Any]:
+    """A workload that serves a 1 GiB download, an event stream and small answers, captured as a policy
+    committed to git asks (no filters, no sampling); its pod once rolled with the sidecar."""
     server = python_job("unused", NS, node.image, BULK_SERVER)["spec"]["template"]["spec"]
     server["restartPolicy"] = "Always"
     server["containers"][0]["ports"] = [{"name": "http", "containerPort": 8080}]
@@ -488,7 +487,15 @@ def test_a_1_gib_download_and_server_sent_events_pass_the_injected_sidecar_withi
                      "spec": {"selector": {"app": "bulk"}, "ports": [{"port": 80, "targetPort": 15001}]}},
                     field_manager=team)
     installed.commit(f"capture {NS}/bulk", {f"policies/{NS}-bulk.yaml": BULK_POLICY.format(ns=NS)})
-    pod = rolled_with_sidecar(node, NS, "bulk")[0]
+    return rolled_with_sidecar(node, NS, "bulk")[0]
+
+
+def test_a_1_gib_download_and_server_sent_events_pass_the_injected_sidecar_within_half_its_memory_limit(
+        node: NodeCluster, bulk: dict[str, Any]) -> None:
+    """Through the bulk workload's sidecar (as injected, with its memory limit) a 1 GiB download and an event
+    stream reach a client pod whole and as sent, and the sidecar's container used less than half its
+    memory limit."""
+    pod = bulk
     sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == PROXY)
     limit = sidecar["resources"]["limits"]["memory"]
     assert limit.endswith("Mi"), limit
@@ -503,6 +510,41 @@ def test_a_1_gib_download_and_server_sent_events_pass_the_injected_sidecar_withi
     stored = node.kube.wait_for("the download's pair stored", lambda: [
         r for r in _store_records(node) if r["request"]["url"].endswith("/download/1073741824")], timeout=60)
     assert stored[0]["response"]["truncated"] == 1 << 30
+
+
+HELLO_CLIENT = """
+    import time, urllib.request
+    for i in range({n}):
+        assert urllib.request.urlopen(f"http://bulk.{ns}.svc/hello/{{i}}", timeout=10).read() == b"ok"
+        time.sleep(0.02)
+    print("sent")
+"""
+
+
+def test_a_forwarder_pod_deleted_mid_traffic_loses_no_pair_and_stores_none_twice(
+        node: NodeCluster, bulk: dict[str, Any]) -> None:
+    """Two forwarder replicas; one is deleted while a client's requests flow through the sidecar: the
+    sidecar retries what the going replica did not acknowledge, and every pair is stored exactly once."""
+    n = 400
+    node.kube.apply(python_job("hello-client", NS, node.image, HELLO_CLIENT.format(n=n, ns=NS)))
+    forwarders = node.kube.list("v1", "Pod", SYSTEM_NAMESPACE,
+                                label_selector="app.kubernetes.io/name=replayops-forwarder")
+    assert len(forwarders) == 2
+    node.kube.wait_for("the client's first pairs stored", lambda: any(
+        "/hello/" in r["request"]["url"] for r in _store_records(node)), timeout=120, interval=0.5)
+    node.kube.delete("v1", "Pod", forwarders[0]["metadata"]["name"], SYSTEM_NAMESPACE)
+    ok, log = job_outcome(node, NS, "hello-client", timeout=180)
+    assert ok and "sent" in log, log
+
+    def hellos() -> list[dict[str, Any]] | None:
+        got = [r for r in _store_records(node) if "/hello/" in r["request"]["url"]]
+        return got if len(got) >= n else None
+    try:
+        stored = node.kube.wait_for(f"all {n} pairs stored", hellos, timeout=120, interval=1)
+    except KubeError:
+        got = {r["request"]["url"].rpartition("/")[2] for r in _store_records(node) if "/hello/" in r["request"]["url"]}
+        raise AssertionError(f"{n - len(got)} pairs lost: {sorted(set(map(str, range(n))) - got)[:20]}") from None
+    assert sorted(int(r["request"]["url"].rpartition("/")[2]) for r in stored) == list(range(n)), "each once"
 
 
 def test_transparent_capture_redirects_the_apps_port_with_the_init_containers_iptables(

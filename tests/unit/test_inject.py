@@ -116,3 +116,14 @@ def test_the_app_waits_for_the_proxy_only_when_its_outbound_calls_need_it(policy
                    if c["name"] == "replayops-proxy")
     assert ("startupProbe" in sidecar) is holds
     assert sidecar["readinessProbe"]["periodSeconds"] == 1, "Ready as soon as the proxy is, either way"
+
+
+def test_the_apps_containers_mount_only_the_certificates_never_the_cas_private_key() -> None:
+    case = yaml.load((GOLDEN / "tls-unwrap-on.yaml").read_text())
+    out = run_case(case)
+    sidecar = next(c for c in out["spec"]["initContainers"] if c["name"] == "replayops-proxy")
+    args = sidecar["args"]
+    assert args[args.index("--ca-dir") + 1].startswith(inject.RUN_DIR), "the CA and its key: the sidecar's volume"
+    assert args[args.index("--trust-dir") + 1] == inject.CA_DIR
+    app_volumes = {m["name"] for c in out["spec"]["containers"] for m in c.get("volumeMounts") or []}
+    assert inject.CA_VOLUME in app_volumes and inject.RUN_VOLUME not in app_volumes
