@@ -62,8 +62,8 @@ VALID: dict[str, dict[str, Any]] = {
              "patterns": [{"type": "creditCard"}, {"type": "custom", "name": "iban",
                                                     "regex": "[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}"}]},
         retention={"maxAge": "72h", "maxSizeMB": 512},
-        sidecar={"workers": 4, "resources": {"requests": {"cpu": "0.5", "memory": "256Mi"},
-                                             "limits": {"cpu": "2", "memory": "1Gi"}}},
+        sidecar={"workers": 4, "maxBodyBytes": 4 << 20, "bufferBytes": 64 << 20,
+                 "resources": {"requests": {"cpu": "0.5", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}},
     ),
 }
 
@@ -81,6 +81,9 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "unknown field": (replay(colour="blue"), "spec.colour"),
     "sampling 1.5": (policy(sampling=1.5), "spec.sampling"),
     "seventeen workers": (policy(sidecar={"workers": 17}), "spec.sidecar.workers"),
+    "a body limit past the forwarder's batch": (policy(sidecar={"maxBodyBytes": 32 << 20}),
+                                                "spec.sidecar.maxBodyBytes"),
+    "a buffer that cannot hold two bodies": (policy(sidecar={"maxBodyBytes": 12 << 20}), "spec.sidecar"),
     "memory not a quantity": (policy(sidecar={"resources": {"limits": {"memory": "lots"}}}),
                               "spec.sidecar.resources.limits.memory"),
     "custom pattern without regex": (policy(dlp={"patterns": [{"type": "custom"}]}),

@@ -71,6 +71,9 @@ def _headers(message: http.Message) -> list[list[str]]:
     return [[k, v] for k, v in message.headers.items(multi=True)]
 
 
+WS_KEPT, WS_DROPPED = "replayops.ws.kept", "replayops.ws.dropped"  # a socket's bytes kept, messages not
+
+
 class Tee:
     """A streamed body's chunks passed on as they come (the same objects: no copy); the first ``limit``
     bytes kept for the record, and the length counted."""
@@ -143,6 +146,8 @@ def to_record(flow: http.HTTPFlow, service: str, limit: int = MAX_BODY_BYTES,
     for key, cut in (("request", req_cut), ("response", resp_cut)):
         if cut is not None:
             record[key]["truncated"] = cut
+    if flow.metadata.get(WS_DROPPED):
+        record["tags"]["websocketDropped"] = str(flow.metadata[WS_DROPPED])  # messages past the limit, unkept
     if flow.websocket is not None:
         record["websocket"] = [
             {"fromClient": m.from_client, "type": "text" if m.is_text else "binary", "ts": m.timestamp,
@@ -163,7 +168,7 @@ class LivePolicy:
         if isinstance(early, Mapping):
             try:
                 self.filter = Filter.from_policy(early)
-            except (TypeError, ValueError):  # an answer we cannot read leaves the last one in force
+            except (TypeError, ValueError, AttributeError):  # an answer we cannot read leaves the last in force
                 return
             self.known = True
 
@@ -199,7 +204,8 @@ class Buffer:
     Bounded in records (``capacity``) and, for encoded records, in bytes (``capacity_bytes``); a batch
     holds at most ``batch_size`` records and ``batch_bytes`` bytes (one record more than that goes alone).
     A batch that fails in a way worth retrying is tried again, the same batch, with capped exponential
-    backoff (``retry_first`` doubling to ``retry_max``, with jitter); it stays in the budget meanwhile, so
+    backoff (``retry_first`` doubling to ``retry_max``, with jitter; for at most ``retry_for`` seconds, then
+    it is dropped and counted, so one batch never stalls the rest); it stays in the budget meanwhile, so
     records that come while the forwarder is away fill the buffer and, once it is full, are dropped and
     counted — the app is never held up. ``encode`` runs on the offering thread: records kept as bytes cost
     the sender thread no GIL time to serialise and the cyclic GC nothing to scan.
@@ -208,7 +214,7 @@ class Buffer:
     def __init__(self, deliver: Callable[[list[Any]], None], metrics: CaptureMetrics, *,
                  capacity: int = 10000, capacity_bytes: int = BUFFER_BYTES, batch_size: int = 500,
                  batch_bytes: int = 8 << 20, flush_interval: float = 1.0, refresh: float = 10.0,
-                 retry_first: float = 0.5, retry_max: float = 30.0,
+                 retry_first: float = 0.5, retry_max: float = 30.0, retry_for: float = 300.0,
                  encode: Callable[[dict[str, Any]], Any] | None = None, policy: LivePolicy | None = None) -> None:
         self.deliver, self.metrics, self.encode = deliver, metrics, encode
         self.policy = policy or LivePolicy()
@@ -216,11 +222,12 @@ class Buffer:
         self._delivered = float("-inf")
         self.capacity, self.capacity_bytes = capacity, capacity_bytes
         self.batch_size, self.batch_bytes, self.flush_interval = batch_size, batch_bytes, flush_interval
-        self.retry_first, self.retry_max = retry_first, retry_max
+        self.retry_first, self.retry_max, self.retry_for = retry_first, retry_max, retry_for
+        self._sending = threading.Lock()  # one drain at a time (the sender, and a close whose join timed out)
         self._items: collections.deque[Any] = collections.deque()
         self._bytes = 0  # of the encoded records held, the batch being retried included
         self._retry: Batch | None = None  # the batch to try again, at ``_retry_at`` (monotonic)
-        self._retry_at, self._attempts = 0.0, 0
+        self._retry_at, self._attempts, self._failing_since = 0.0, 0, 0.0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -266,6 +273,10 @@ class Buffer:
             self._drain()
 
     def _drain(self) -> None:
+        with self._sending:
+            self._send()
+
+    def _send(self) -> None:
         if (not self._items and self._retry is None and self.encode
                 and time.monotonic() - self._delivered >= self.refresh):
             with contextlib.suppress(Exception):  # asks the forwarder for the policy; a failure: next time
@@ -280,7 +291,10 @@ class Buffer:
             try:
                 self.deliver(batch)
             except Exception as exc:  # the sink is slow, down or refusing
-                if retryable(exc) and not self._stop.is_set():
+                if not self._attempts:
+                    self._failing_since = time.monotonic()
+                if (retryable(exc) and not self._stop.is_set()
+                        and time.monotonic() - self._failing_since < self.retry_for):
                     self._attempts += 1
                     delay = min(self.retry_max, self.retry_first * 2 ** (self._attempts - 1))
                     self._retry, self._retry_at = batch, time.monotonic() + delay * random.uniform(0.8, 1.2)
@@ -292,6 +306,10 @@ class Buffer:
                 self.metrics.dropped.labels("sink-error").inc(len(batch))
                 log.warning("batch dropped", extra=logs.fields(records=len(batch), batch=batch.id,
                                                                error=str(exc)[:300]))
+                if self._stop.is_set():  # stopping and the forwarder does not answer: no wait per batch left
+                    while rest := self._take():
+                        self.metrics.dropped.labels("sink-error").inc(len(rest))
+                        self._settle(rest)
             else:
                 self._delivered = time.monotonic()
                 self.metrics.sent.inc(len(batch))
@@ -408,6 +426,16 @@ class Recorder:
         if flow.websocket is None:
             self._offer(flow)
 
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """A long-lived socket keeps its first ``max_body`` bytes of messages; later ones pass, unkept."""
+        assert flow.websocket is not None
+        kept = flow.metadata.get(WS_KEPT, 0) + len(flow.websocket.messages[-1].content)
+        if kept > self.max_body or WS_DROPPED in flow.metadata:  # the record keeps a prefix of the session
+            flow.websocket.messages.pop()  # sent all the same: the layer holds it
+            flow.metadata[WS_DROPPED] = flow.metadata.get(WS_DROPPED, 0) + 1
+        else:
+            flow.metadata[WS_KEPT] = kept
+
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._offer(flow)
 
@@ -416,7 +444,11 @@ class Recorder:
 
     def _offer(self, flow: http.HTTPFlow) -> None:
         record_id = str(uuid.uuid4())
-        if not self.buffer.policy.filter.keep(_view(flow, record_id)):  # dropped before any recording
+        try:
+            kept = self.buffer.policy.filter.keep(_view(flow, record_id))
+        except Exception:  # a policy that cannot judge it: recorded, the forwarder decides
+            kept = True
+        if not kept:  # dropped before any recording
             self.metrics.filtered.inc()
             return
         try:

@@ -52,15 +52,27 @@ def decompress_prefix(data: bytes, codec: str, limit: int) -> tuple[bytes, bool]
         decoder = brotlicffi.Decompressor()
         out = decoder.process(data, output_buffer_limit=limit + 1)
         return out[:limit], len(out) <= limit and decoder.is_finished()
-    inflater = zlib.decompressobj({"gzip": 31, "deflate": 15}.get(codec, 47))
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error:
-        if codec != "deflate":
-            raise
-        inflater = zlib.decompressobj(-15)  # raw deflate, as some servers send it
-        out = inflater.decompress(data, limit + 1)
-    return out[:limit], len(out) <= limit and inflater.eof
+    if codec == "deflate":
+        try:
+            return _inflate(data, 15, limit, members=False)
+        except zlib.error:  # raw deflate, as some servers send it
+            return _inflate(data, -15, limit, members=False)
+    return _inflate(data, 31 if codec == "gzip" else 47, limit, members=True)
+
+
+def _inflate(data: bytes, wbits: int, limit: int, *, members: bool) -> tuple[bytes, bool]:
+    """zlib/gzip decoded up to ``limit`` bytes; with ``members``, every gzip member (as gunzip does)."""
+    out = bytearray()
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        out += inflater.decompress(data, limit + 1 - len(out))
+        if len(out) > limit:
+            return bytes(out[:limit]), False
+        if not inflater.eof:
+            return bytes(out), False  # the input ends mid-stream, or more output was held back
+        data = inflater.unused_data
+        if not (members and data.startswith(b"\x1f\x8b")):
+            return bytes(out), True
 
 
 def decompress(data: bytes, codec: str, limit: int) -> bytes:

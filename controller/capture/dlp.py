@@ -22,6 +22,7 @@ limit: what would decompress to more is not kept), redacted and compressed again
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -54,9 +55,55 @@ GUARDS: dict[str, Callable[[str], bool]] = {
     "bearerToken": lambda s: "eyJ" in s or "bearer" in s.lower(),
 }
 TAG = re.compile(r"\[redacted:[A-Za-z0-9]+:[0-9a-f]{12}\]")
+BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4}){3,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 # a run of URL-encoded text (a query or form value inside other text): percent escapes or '+' for spaces
 URL_ENCODED = re.compile(r"[A-Za-z0-9._~!*'()%+@-]*(?:%[0-9A-Fa-f]{2}|\+)[A-Za-z0-9._~!*'()%+@-]*")
 PATH_SAFE = "!$&'()*+,;=:@-._~"  # what a path segment keeps unquoted
+
+
+def _binary_type(ctype: str) -> bool:
+    """Content the app sends as bytes (gRPC, protobuf, octet streams): masked in place, never tagged."""
+    low = ctype.lower()
+    return low.startswith("application/grpc") or "protobuf" in low or low.startswith("application/octet-stream")
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int] | None:
+    value = shift = 0
+    while at < len(data) and shift < 64:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+    return None
+
+
+def _protobuf_fields(data: bytes) -> list[tuple[int, int]] | None:
+    """The (start, end) of each length-delimited field's payload when ``data`` parses wholly as a protobuf
+    message; None when it does not."""
+    spans, at = [], 0
+    while at < len(data):
+        tag = _varint(data, at)
+        if tag is None or tag[0] >> 3 == 0:
+            return None
+        at, wire = tag[1], tag[0] & 7
+        if wire == 0:
+            got = _varint(data, at)
+            if got is None:
+                return None
+            at = got[1]
+        elif wire in (1, 5):
+            at += 8 if wire == 1 else 4
+        elif wire == 2:
+            got = _varint(data, at)
+            if got is None or got[1] + got[0] > len(data):
+                return None
+            spans.append((got[1], got[1] + got[0]))
+            at = got[1] + got[0]
+        else:
+            return None
+    return spans if at == len(data) else None
 
 
 def _parses(doc: str) -> bool:
@@ -159,7 +206,7 @@ class Redactor:
         return URL_ENCODED.sub(run, value)
 
     def _found(self, value: str) -> bool:
-        """Whether any pattern matches somewhere in ``value``."""
+        """Whether any pattern matches somewhere in ``value`` (counting nothing)."""
         return any((guard is None or guard(value)) and rx.search(value) for _, rx, guard in self._patterns)
 
     def _matches(self, value: str, mask: bool) -> str:
@@ -188,14 +235,15 @@ class Redactor:
 
     def _json(self, node: Any, key: str = "") -> Any:
         if isinstance(node, dict):
-            return {k: self._json_value(k, v) for k, v in node.items()}
+            return {self.text(k): self._json_value(k, v) for k, v in node.items()}
         if isinstance(node, list):
             return [self._json(v, key) for v in node]
         if isinstance(node, str):
             return self.text(node)
-        if isinstance(node, int) and not isinstance(node, bool) and node >= 10**12:  # a card as a number
-            redacted = self.text(str(node))
-            return node if redacted == str(node) else redacted
+        if isinstance(node, int | float) and not isinstance(node, bool) and abs(node) >= 10**12:  # a card
+            digits = str(int(node)) if isinstance(node, int) or node.is_integer() else str(node)
+            redacted = self.text(digits)
+            return node if redacted == digits else redacted
         return node
 
     def _json_value(self, key: str, value: Any) -> Any:
@@ -260,6 +308,11 @@ class Redactor:
             return self._form(body, self.rules.form)
         if "multipart/" in low:
             return self._multipart(body.encode("utf-8", "surrogateescape"), ctype).decode("utf-8", "surrogateescape")
+        if len(body) >= 16 and BASE64.fullmatch(body.strip()):  # a base64 body: decoded, redacted, re-encoded
+            with contextlib.suppress(ValueError):
+                inner = base64.b64decode(body.strip(), validate=True)
+                masked = self._bytes_body(inner, "")
+                return body if masked == inner else base64.b64encode(masked).decode("ascii")
         return self.text(body)
 
     def _plain(self, doc: str) -> bool:
@@ -281,15 +334,17 @@ class Redactor:
             try:
                 inner = codecs.decompress(data, codec, self.limit)
             except codecs.ERRORS:
-                return self.binary(data)  # not what it looked like: bytes as they are
+                return self.protobuf(data)  # not what it looked like: bytes as they are
             redacted = self._bytes_body(inner, ctype)
             return data if redacted == inner else codecs.compress(redacted, codec)  # nothing found: as sent
         if "multipart/" in ctype.lower():
             return self._multipart(data, ctype)
+        if _binary_type(ctype):
+            return self.protobuf(data)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            return self.binary(data)
+            return self.protobuf(data)
         return self._text_body(text, ctype).encode("utf-8")
 
     def _multipart(self, data: bytes, ctype: str) -> bytes:
@@ -320,20 +375,48 @@ class Redactor:
 
     def _grpc(self, data: bytes, encoding: str) -> bytes:
         """gRPC's length-prefixed messages, each decompressed (``grpc-encoding``) when flagged, masked in
-        place, compressed again, framed with its new length."""
+        place (as protobuf where it parses as one), compressed again, framed with its new length. A last
+        frame the recording cut short keeps its header as sent (the record stays a prefix of the stream)."""
         out, at = [], 0
         while at + 5 <= len(data):
             flag, size = data[at], struct.unpack(">I", data[at + 1:at + 5])[0]
             payload = data[at + 5:at + 5 + size]
-            if flag & 1 and (codec := codecs.sniff(payload, encoding)):
-                inner = codecs.decompress(payload, codec, self.limit)
-                masked = self.binary(inner)
+            if len(payload) < size:  # cut short: masked in place, the header as it was
+                out.append(data[at:at + 5] + self.binary(payload))
+                break
+            codec = codecs.sniff(payload, encoding) if flag & 1 else None
+            inner = None
+            if codec:
+                try:
+                    inner = codecs.decompress(payload, codec, self.limit)
+                except codecs.ERRORS:  # not what the flag says: bytes as they are
+                    codec = None
+            if codec and inner is not None:
+                masked = self.protobuf(inner)
                 payload = payload if masked == inner else codecs.compress(masked, codec)
             else:
-                payload = self.binary(payload)
+                payload = self.protobuf(payload)
             out.append(bytes([flag]) + struct.pack(">I", len(payload)) + payload)
             at += 5 + size
-        return b"".join(out) + self.binary(data[at:])
+        else:
+            return b"".join(out) + self.binary(data[at:])
+        return b"".join(out)
+
+    def protobuf(self, data: bytes) -> bytes:
+        """A protobuf message masked inside its length-delimited fields only (nested messages field by
+        field), so no tag or length byte is touched and it still parses; what does not parse as protobuf
+        is masked as bytes."""
+        fields = _protobuf_fields(data)
+        if fields is None:
+            return self.binary(data)
+        out = bytearray(data)
+        for start, end in fields:
+            inner = data[start:end]
+            masked = self.protobuf(inner) if _protobuf_fields(inner) else self.binary(inner)
+            if self._found(masked.decode("latin-1")):
+                masked = self.binary(inner)  # a string that parsed as a message by chance: masked as a whole
+            out[start:end] = masked
+        return bytes(out)
 
     def _body(self, message: dict[str, Any]) -> None:
         if message.get("body") is None:
@@ -345,7 +428,12 @@ class Redactor:
                 data = self._bytes_body(base64.b64decode(message["body"]), ctype, encoding)
                 message["body"] = base64.b64encode(data).decode("ascii")
                 return
-            message["body"] = self._text_body(str(message["body"]), ctype)
+            body = str(message["body"])
+            if _binary_type(ctype):  # protobuf that happens to be UTF-8: masked in place, never tagged
+                message["body"] = self._bytes_body(body.encode("utf-8", "surrogateescape"), ctype).decode(
+                    "utf-8", "surrogateescape")
+                return
+            message["body"] = self._text_body(body, ctype)
         except TooLarge as exc:  # what cannot be scanned is not kept
             message["body"], message["bodyEncoding"] = f"[not recorded: {exc}]", "text"
             self.counts["unscanned"] += 1

@@ -108,11 +108,13 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
             time.sleep(RETENTION_EVERY)
 
     def _retain(stream: str, spec: Mapping[str, Any]) -> None:
-        if spec:
-            retention[stream] = spec
-            if not retaining.is_set():
-                retaining.set()
-                threading.Thread(target=_retain_all, name="retention", daemon=True).start()
+        if not spec:  # the policy no longer names one: its stream is kept
+            retention.pop(stream, None)
+            return
+        retention[stream] = spec
+        if not retaining.is_set():
+            retaining.set()
+            threading.Thread(target=_retain_all, name="retention", daemon=True).start()
 
     @app.post("/v1/batches")
     def batches() -> Response:
@@ -163,7 +165,11 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
             if not keep.keep(record):
                 filtered += 1
                 continue
-            good.append(redactor.record(record))
+            try:
+                good.append(redactor.record(record))
+            except Exception as exc:  # a record DLP cannot read is refused, never stored unredacted; the
+                log.exception("record not redacted", extra=logs.fields(stream=stream, record=i))  # others are
+                rejected.append(f"records[{i}]: could not be redacted ({type(exc).__name__}: {exc})"[:300])
         try:
             store.append(stream, good, batch=batch_id, at=created)
         except DuplicateBatch:  # a retry of a batch stored before its answer was lost: stored once

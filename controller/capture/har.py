@@ -38,6 +38,7 @@ class Imported:
 
 
 NO_RESPONSE = "no response: kept request-only"
+IMPORT_LIMIT = 1 << 30  # a flow file's bodies are imported whole (decoding one stops here: a bomb's cost)
 
 
 def _iso(ts: float) -> str:
@@ -172,7 +173,8 @@ def read_flows(path: Path, service: str = "") -> Imported:
     out = Imported()
     for i, flow in flows.values():
         try:
-            record = to_record(flow, service) if flow.response is not None else _request_only(flow, service)
+            record = to_record(flow, service, IMPORT_LIMIT) if flow.response is not None else _request_only(
+                flow, service)
         except (ValueError, TypeError, AttributeError, rrpair.RecordError) as exc:
             out.skipped.append(f"{path}: flow {i}: {exc}")
             continue
@@ -190,6 +192,6 @@ def _request_only(flow: Any, service: str) -> dict[str, Any]:
     flow.response = http.Response.make(0)
     flow.response.headers.clear()
     flow.response.timestamp_end = flow.request.timestamp_end or flow.request.timestamp_start
-    record = to_record(flow, service)
+    record = to_record(flow, service, IMPORT_LIMIT)
     record["response"] = rrpair.no_response()
     return record

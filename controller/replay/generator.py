@@ -153,9 +153,18 @@ class Stats:
 
 
 def inbound(store: FileStore, name: str, problems: list[ReadProblem] | None = None) -> Iterator[dict[str, Any]]:
+    """The snapshot's inbound pairs to replay. One whose request body was recorded truncated is not sent (it
+    would be a different request): it is named in ``problems``."""
     for record in store.read(name, strict=False, problems=problems):
-        if record["direction"] == "inbound":
-            yield record
+        if record["direction"] != "inbound":
+            continue
+        cut = record["request"].get("truncated")
+        if cut is not None:
+            if problems is not None:
+                problems.append(ReadProblem(f"snapshot {name}", 0, f"{rrpair.endpoint(record)} (pair {record['id']}):"
+                                            f" its {cut}-byte request body was recorded truncated: not replayed"))
+            continue
+        yield record
 
 
 def signature(record: Mapping[str, Any]) -> str:

@@ -159,6 +159,8 @@ def read_segment(path: Path, *, strict: bool = True,
                     yield rrpair.migrate(json.loads(text))
                 except (ValueError, rrpair.RecordError) as exc:
                     bad(lineno, f"not an RRPair: {exc}")
+    except FileNotFoundError:  # retention (another replica's too) removed it meanwhile: not a problem
+        return
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
         bad(lineno + 1, f"corrupt or truncated segment: {exc}")
 

@@ -32,7 +32,6 @@ from tests.helpers import wait_200
 
 GiB, MiB = 1 << 30, 1 << 20
 CHUNK = bytes(range(256)) * 256  # 64 KiB, the same every time: a download's digest is known up front
-LIMIT = 256 * MiB  # an injected sidecar's memory limit (one worker)
 FIRST_EVENT = threading.Event()  # set by the client once it read the first server-sent event
 
 

@@ -176,7 +176,10 @@ def test_without_unwrapping_outbound_tls_passes_through_unrecorded(tmp_path: Pat
     assert run.records == []
 
 
-def test_websocket_messages_are_recorded() -> None:
+@pytest.mark.parametrize("max_body", [None, 12])
+def test_websocket_messages_are_recorded(max_body: int | None) -> None:
+    """Both ways; a long-lived socket keeps only its first ``max_body`` bytes of messages (the rest pass
+    through, unkept and counted), so it cannot grow the sidecar without bound."""
     import asyncio
 
     from aiohttp import ClientSession, WSMsgType, web
@@ -197,13 +200,14 @@ def test_websocket_messages_are_recorded() -> None:
         upstream = free_port()
         await web.TCPSite(runner, "127.0.0.1", upstream).start()
         listen = free_port()
-        run = start(reverse=[(listen, f"http://127.0.0.1:{upstream}")])
+        run = start(reverse=[(listen, f"http://127.0.0.1:{upstream}")],
+                    **({"max_body": max_body} if max_body else {}))
         try:
             async with ClientSession() as session, session.ws_connect(f"http://127.0.0.1:{listen}/ws") as ws:
                 await ws.send_str("hello")
                 assert (await ws.receive()).data == "echo:hello"
                 await ws.send_str("bye")
-                assert (await ws.receive()).data == "echo:bye"
+                assert (await ws.receive()).data == "echo:bye", "every message passes, kept or not"
             for _ in range(200):
                 if run.records:
                     break
@@ -215,8 +219,12 @@ def test_websocket_messages_are_recorded() -> None:
 
     records = asyncio.run(scenario())
     assert records and records[0]["protocol"] == "websocket"
-    assert [(m["fromClient"], m["data"]) for m in records[0]["websocket"]] == [
-        (True, "hello"), (False, "echo:hello"), (True, "bye"), (False, "echo:bye")]
+    got = [(m["fromClient"], m["data"]) for m in records[0]["websocket"]]
+    if max_body is None:
+        assert got == [(True, "hello"), (False, "echo:hello"), (True, "bye"), (False, "echo:bye")]
+        assert "websocketDropped" not in records[0]["tags"]
+    else:  # 5 + 10 bytes are over 12: the first kept, the other three not
+        assert got == [(True, "hello")] and records[0]["tags"]["websocketDropped"] == "3"
 
 
 def test_health_and_metrics_endpoint(upstream: int) -> None:

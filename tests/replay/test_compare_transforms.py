@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from controller.replay import compare, transforms
 from controller.store import rrpair
@@ -90,3 +91,20 @@ def test_a_record_says_how_long_its_truncated_body_was() -> None:
             assert "response.truncated must be the body's length in bytes" in str(exc)
         else:
             raise AssertionError(f"truncated={bad!r} accepted")
+
+
+def test_a_pair_whose_request_body_was_recorded_truncated_is_not_replayed_and_is_named(tmp_path: Path) -> None:
+    from controller.replay.generator import inbound
+    from controller.store import FileStore, Manifest
+
+    def pair(i: int) -> dict:  # type: ignore[type-arg]
+        return rrpair.make(method="POST", url=f"http://svc/upload/{i}", request_headers=[], request_body=b"x" * 10,
+                           status=200, response_headers=[], response_body=b"ok", started=1.0, finished=1.1,
+                           direction="inbound", service="svc")
+    cut = pair(2)
+    cut["request"]["truncated"] = 5 << 20
+    store = FileStore(tmp_path)
+    store.write_snapshot(Manifest(name="s"), [pair(1), cut])
+    problems: list = []  # type: ignore[type-arg]
+    assert [r["request"]["url"] for r in inbound(store, "s", problems)] == ["http://svc/upload/1"]
+    assert len(problems) == 1 and "POST /upload/2" in str(problems[0]) and "recorded truncated" in str(problems[0])

@@ -95,3 +95,26 @@ def test_a_batch_that_failed_is_retried_as_the_same_batch_and_a_refused_one_is_d
     assert tries[3][0] != tries[0][0], "the next batch has its own id"
     assert metrics.retries._value.get() == 2 and metrics.sent._value.get() == 1
     assert metrics.dropped.labels("sink-error")._value.get() == 1, "a refusal for the batch itself: dropped"
+
+
+def test_a_batch_failing_longer_than_retry_for_is_dropped_and_the_next_goes() -> None:
+    from controller.capture.addon import Refused
+
+    sent: list[int] = []
+
+    def deliver(batch: list[bytes]) -> None:
+        if batch and batch[0] == b"poison":
+            raise Refused("forwarder answered 500", 500)  # the same every time
+        if batch:
+            sent.append(len(batch))
+    metrics = CaptureMetrics()
+    buffer = Buffer(deliver, metrics, flush_interval=0.02, retry_first=0.02, retry_max=0.05, retry_for=0.3,
+                    batch_size=1, encode=lambda r: r["b"])
+    buffer.offer({"b": b"poison"})
+    buffer.offer({"b": b"fine"})
+    deadline = time.monotonic() + 10
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.02)
+    buffer.close()
+    assert sent == [1] and metrics.dropped.labels("sink-error")._value.get() == 1
+    assert metrics.retries._value.get() >= 2

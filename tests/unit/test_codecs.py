@@ -51,3 +51,11 @@ def test_sniff_by_declaration_then_magic() -> None:
     assert codecs.sniff(codecs.compress(b"x", "zstd")) == "zstd"
     assert codecs.sniff(codecs.compress(b"x", "deflate")) == "deflate"
     assert codecs.sniff(b"plain text") is None
+
+
+def test_every_gzip_member_is_decoded_as_gunzip_does() -> None:
+    import gzip
+
+    data = gzip.compress(b"hello ") + gzip.compress(b"jane.doe@example.com")
+    assert codecs.decompress_prefix(data, "gzip", 1 << 20) == (b"hello jane.doe@example.com", True)
+    assert codecs.decompress_prefix(data, "gzip", 8) == (b"hello ja", False)

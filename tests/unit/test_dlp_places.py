@@ -9,6 +9,7 @@ import json
 import struct
 import zlib
 from typing import Any
+from urllib.parse import quote
 
 import brotli
 import pytest
@@ -173,3 +174,61 @@ def test_json_is_redacted_as_text_when_it_can_be_and_walked_when_it_cannot() -> 
         got = body(out["request"]).decode()
         parsed = json.loads(got)
         assert not leaks(got) and "hunter2" not in got and "jane.doe" not in json.dumps(parsed), got
+
+
+def _proto_string(field: int, value: bytes) -> bytes:
+    return bytes([field << 3 | 2, len(value)]) + value
+
+
+def _grpc_messages(data: bytes) -> list[bytes]:
+    out, at = [], 0
+    while at < len(data):
+        size = struct.unpack(">I", data[at + 1:at + 5])[0]
+        out.append(data[at + 5:at + 5 + size])
+        at += 5 + size
+    return out
+
+
+def test_a_protobuf_that_is_utf8_is_masked_in_place_and_still_parses() -> None:
+    """Short ASCII strings make a protobuf valid UTF-8: it is still masked in place, never tagged, and
+    length bytes that look like text (``+``, digits, letters) are never touched."""
+    from controller.capture.dlp import _protobuf_fields
+
+    inner = _proto_string(1, b"x=" + quote(EMAIL).encode()) + _proto_string(2, EMAIL.encode())
+    message = _proto_string(5, inner) + _proto_string(6, b"+" * 43)  # a length byte of 43 is '+'
+    frame = b"\x00" + struct.pack(">I", len(message)) + message
+    assert frame.decode("utf-8")  # recorded as text
+    out = redactor().record(pair(headers=[["Content-Type", "application/grpc"]], body=frame))
+    got = body(out["request"])
+    (masked,) = _grpc_messages(got)
+    assert len(masked) == len(message) and not leaks(got) and "%40example" not in got.decode("latin-1")
+    assert _protobuf_fields(masked) is not None, "the redacted message still parses"
+    assert masked[:2] == message[:2] and masked[-45:-43] == message[-45:-43], "tags and lengths as they were"
+
+
+def test_a_grpc_stream_cut_short_stays_a_prefix_of_what_was_sent() -> None:
+    message = _proto_string(1, TEXT.encode()[:100])
+    stream = (b"\x00" + struct.pack(">I", len(message)) + message) * 2
+    cut = stream[:len(stream) - 30]
+    got = body(redactor().record(pair(headers=[["Content-Type", "application/grpc"]], body=cut))["request"])
+    assert len(got) == len(cut) and got[len(got) - len(message) + 25:][:5] == cut[len(cut) - len(message) + 25:][:5]
+    assert got[:5] == cut[:5] and got[5 + len(message):10 + len(message)] == cut[5 + len(message):10 + len(message)]
+
+
+def test_a_grpc_message_flagged_compressed_that_is_not_is_masked_not_an_error() -> None:
+    message = b"\x01" + struct.pack(">I", 24) + b"not gzip " + CARD.replace(" ", "").encode()[:15]
+    got = body(redactor().record(pair(headers=[["Content-Type", "application/grpc"], ["grpc-encoding", "gzip"]],
+                                      body=message))["request"])
+    assert len(got) == len(message)
+
+
+def test_a_base64_body_is_decoded_redacted_and_encoded_again() -> None:
+    data = base64.b64encode(TEXT.encode())
+    got = body(redactor().record(pair(headers=[["Content-Type", "text/plain"]], body=data))["request"])
+    assert not leaks(base64.b64decode(got)) and b"[redacted:email:" in base64.b64decode(got)
+
+
+def test_secrets_in_json_keys_and_cards_as_floats_are_found() -> None:
+    doc = json.dumps({EMAIL: 1, "n": 4111111111111111.0, "token_hint": "x"}).encode()
+    got = body(redactor().record(pair(headers=[["Content-Type", "application/json"]], body=doc))["request"])
+    assert not leaks(got) and "4111111111111111" not in got.decode(), got
