@@ -55,6 +55,7 @@ GUARDS: dict[str, Callable[[str], bool]] = {
     "bearerToken": lambda s: "eyJ" in s or "bearer" in s.lower(),
 }
 TAG = re.compile(r"\[redacted:[A-Za-z0-9]+:[0-9a-f]{12}\]")
+CHAR_CLASS = re.compile(r"\[(?:\\.|[^\]\\])*\]")  # a regex's [...] (its ^ negates, anchors nothing)
 BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4}){3,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 # a run of URL-encoded text (a query or form value inside other text): percent escapes or '+' for spaces
 URL_ENCODED = re.compile(r"[A-Za-z0-9._~!*'()%+@-]*(?:%[0-9A-Fa-f]{2}|\+)[A-Za-z0-9._~!*'()%+@-]*")
@@ -167,7 +168,8 @@ class Redactor:
         self._keys = re.compile("|".join(map(re.escape, DEFAULT_KEYS)))
         self._seen: dict[tuple[str, int], bool] = {}  # (name, place) -> sensitive: names repeat a lot
         # a pattern anchored to a value's start or end cannot be judged on a whole document's text
-        self._anchored = any(re.search(r"(?<!\\)[\^$]|\\[AZ]", rx) for rx in rules.patterns.values())
+        self._anchored = any(re.search(r"(?<!\\)[\^$]|\\[AZ]", CHAR_CLASS.sub("", rx))
+                             for rx in rules.patterns.values())
 
     def _digest(self, kind: str, value: str) -> str:
         """The keyed hash of ``value`` (12 hex digits), counted as one ``kind`` redacted."""
