@@ -11,7 +11,9 @@ loop, evenly spaced: bench/wrk.py). Rounds alternate the targets; medians are pr
 target is measured the others are paused (SIGSTOP), and a sidecar's backlog from the flat-out run
 is drained before its paced run.
 Then the sidecar's RSS is sampled over a soak run to show whether memory stays flat.
-Targets: the addon costs <= 15% of bare mitmdump's throughput; added p99 <= 3 ms at 500 req/s.
+Targets: the addon costs <= 15% of bare mitmdump's throughput; added p99 <= 3 ms at 500 req/s; the
+sidecar's CPU per 1,000 req/s (its processes' CPU time over the paced run) <= 0.5 vCPU, beside Istio's
+published ~0.35 vCPU per 1,000 req/s for Envoy.
 
 Prerequisites: `apt-get install wrk nginx-light`.
 Run: .venv/bin/python bench/capture_proxy.py [--seconds 8] [--rounds 3] [--soak 60]
@@ -51,6 +53,19 @@ http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp}; fast
     location /v1/batches {{ return 202; }} }} }}
 """)
     return subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)], start_new_session=True)
+
+
+def cpu_seconds(group: int) -> float:
+    """CPU time (user + system) of every process in process group ``group`` (a target and its workers)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # pgrp; utime and stime follow at 11 and 12
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -150,7 +165,11 @@ def main() -> None:
                     full = wrk.run(url, args.seconds, args.connections)
                     if name in healths:  # the flat-out run's backlog must not share the cores with the next
                         drained(healths[name])
-                    runs[name].append((full, wrk.run(url, args.seconds, args.connections, paced)))
+                    group = groups[name][0].pid if groups[name] else None
+                    before = cpu_seconds(group) if group else 0.0
+                    at_rate = wrk.run(url, args.seconds, args.connections, paced)
+                    at_rate["cpu"] = (cpu_seconds(group) - before) / args.seconds if group else 0.0
+                    runs[name].append((full, at_rate))
 
             def med(name: str, which: int, key: str) -> float:
                 return statistics.median(r[which][key] for r in runs[name])
@@ -163,6 +182,10 @@ def main() -> None:
                 p99s = " ".join(f"{r[1]['p99']:.2f}" for r in runs[name])
                 print(f"{name:24} {med(name, 0, 'rps'):9.0f} | {'':8} {med(name, 1, 'rps'):6.0f} "
                       f"{med(name, 1, 'p50'):7.2f} {med(name, 1, 'p90'):7.2f} {med(name, 1, 'p99'):7.2f}  ({p99s})")
+            for name in list(targets)[1:]:
+                per_k = med(name, 1, "cpu") / (med(name, 1, "rps") / 1000)
+                print(f"CPU at {args.rate:.0f}/s, {name}: {med(name, 1, 'cpu'):.3f} vCPU = {per_k:.2f} vCPU per "
+                      "1,000 req/s   (target <= 0.5 for the sidecar; Envoy ~0.35)")
             ratio = med("replayops proxy", 0, "rps") / med("bare mitmdump", 0, "rps")
             print(f"throughput ours/bare mitmdump: {ratio:.2f}   (target >= 0.85)")
             print(f"throughput ours/same mitmproxy without the recorder: "

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import gzip
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,17 @@ class Imported:
     records: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+    def add(self, where: str, make: Callable[[], dict[str, Any]]) -> None:
+        """The record ``make`` returns, or the entry at ``where`` skipped with the reason."""
+        try:
+            record = make()
+        except (ValueError, KeyError, TypeError, AttributeError, rrpair.RecordError) as exc:
+            self.skipped.append(f"{where}: {exc}")
+            return
+        self.records.append(record)
+        if rrpair.request_only(record):
+            self.warnings.append(f"{where}: {NO_RESPONSE}")
 
 
 NO_RESPONSE = "no response: kept request-only"
@@ -140,14 +152,7 @@ def read_har(path: Path, service: str = "") -> Imported:
         raise HarError(f"{path}: not HAR: log.entries is missing")
     out = Imported()
     for i, entry in enumerate(entries):
-        try:
-            record = _entry(entry, service)
-        except (ValueError, KeyError, TypeError, rrpair.RecordError) as exc:
-            out.skipped.append(f"{path}: log.entries[{i}]: {exc}")
-            continue
-        out.records.append(record)
-        if rrpair.request_only(record):
-            out.warnings.append(f"{path}: log.entries[{i}]: {NO_RESPONSE}")
+        out.add(f"{path}: log.entries[{i}]", functools.partial(_entry, entry, service))
     return out
 
 
@@ -172,15 +177,8 @@ def read_flows(path: Path, service: str = "") -> Imported:
             raise HarError(f"{path}: flow {len(flows)}: unreadable: {exc!r}") from exc
     out = Imported()
     for i, flow in flows.values():
-        try:
-            record = to_record(flow, service, IMPORT_LIMIT) if flow.response is not None else _request_only(
-                flow, service)
-        except (ValueError, TypeError, AttributeError, rrpair.RecordError) as exc:
-            out.skipped.append(f"{path}: flow {i}: {exc}")
-            continue
-        out.records.append(record)
-        if rrpair.request_only(record):
-            out.warnings.append(f"{path}: flow {i}: {NO_RESPONSE}")
+        out.add(f"{path}: flow {i}", functools.partial(to_record, flow, service, IMPORT_LIMIT)
+                if flow.response is not None else functools.partial(_request_only, flow, service))
     return out
 
 
