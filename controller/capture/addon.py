@@ -104,10 +104,10 @@ def _body(message: http.Message, limit: int) -> tuple[bytes | None, bool, int | 
         return None, False, None
     size = tee.size if tee else len(raw)
     cut = size > len(raw)
-    encoding = message.headers.get("content-encoding", "").strip().lower()
-    if raw and encoding in codecs.CODECS + ("x-gzip",):
+    codec = codecs.declared(message.headers.get("content-encoding", ""))
+    if raw and codec:
         with contextlib.suppress(*codecs.ERRORS):  # not what it says: kept as it came, encoding and all
-            decoded, whole = codecs.decompress_prefix(raw, codecs.sniff(raw, encoding) or encoding, limit)
+            decoded, whole = codecs.decompress_prefix(raw, codec, limit)
             return decoded, True, size if cut or not whole else None
     return raw, False, size if cut else None
 
@@ -161,7 +161,6 @@ class LivePolicy:
 
     def __init__(self) -> None:
         self.filter = Filter()
-        self.known = False
 
     def update(self, answer: Mapping[str, Any]) -> None:
         early = answer.get("policy")
@@ -170,7 +169,6 @@ class LivePolicy:
                 self.filter = Filter.from_policy(early)
             except (TypeError, ValueError, AttributeError):  # an answer we cannot read leaves the last in force
                 return
-            self.known = True
 
 
 class Batch(list[Any]):
@@ -344,7 +342,7 @@ def forwarder_sink(url: str, token: str, *, policy: str, stream: str, timeout: f
     head = json.dumps({"policy": policy, "stream": stream})[:-1]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Content-Encoding": "gzip"}
     conn: list[HTTPConnection] = []
-    lock = threading.Lock()  # the flusher and a closing buffer may deliver at once
+    lock = threading.Lock()  # callers on several threads share the one connection
 
     def post(body: bytes) -> tuple[int, bytes]:
         reused = bool(conn)

@@ -21,13 +21,18 @@ class TooLarge(ValueError):
     """A body that decompresses to more than the limit."""
 
 
-def sniff(data: bytes, declared: str = "") -> str | None:
-    """The compression of ``data``: as declared (Content-Encoding, grpc-encoding), else by its magic."""
-    declared = declared.strip().lower()
-    if declared in ("gzip", "x-gzip"):
+def declared(encoding: str) -> str | None:
+    """The codec a Content-Encoding (or grpc-encoding) names, when it is one of ``CODECS``."""
+    encoding = encoding.strip().lower()
+    if encoding == "x-gzip":
         return "gzip"
-    if declared in ("deflate", "zstd", "br"):
-        return declared
+    return encoding if encoding in CODECS else None
+
+
+def sniff(data: bytes, encoding: str = "") -> str | None:
+    """The compression of ``data``: as declared (Content-Encoding, grpc-encoding), else by its magic."""
+    if named := declared(encoding):
+        return named
     if data[:2] == b"\x1f\x8b":
         return "gzip"
     if data[:4] == b"\x28\xb5\x2f\xfd":

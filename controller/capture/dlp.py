@@ -179,6 +179,11 @@ class Redactor:
     def tag(self, kind: str, value: str) -> str:
         return f"[redacted:{kind}:{self._digest(kind, value)}]"
 
+    def _mask(self, kind: str, value: str) -> str:
+        """``value``'s keyed hash repeated to its length: what stands in its place where lengths matter."""
+        digest = self._digest(kind, value)
+        return (digest * (len(value) // len(digest) + 1))[:len(value)]
+
     def _sensitive(self, name: str, place: set[str]) -> bool:
         known = self._seen.get((name, id(place)))
         if known is None:
@@ -202,8 +207,7 @@ class Redactor:
             if redacted == plain:
                 return encoded
             if mask:  # the whole run, as many characters: a protobuf's string keeps its length
-                digest = self._digest("encoded", encoded)
-                return (digest * (len(encoded) // len(digest) + 1))[:len(encoded)]
+                return self._mask("encoded", encoded)
             return quote_plus(redacted, safe="[]:")
         return URL_ENCODED.sub(run, value)
 
@@ -219,10 +223,7 @@ class Redactor:
                 found = m.group(0)
                 if TAG.fullmatch(found) or (name == "creditCard" and not luhn(re.sub(r"\D", "", found))):
                     return found
-                if not mask:
-                    return self.tag(name, found)
-                digest = self._digest(name, found)  # repeated to the match's length
-                return (digest * (len(found) // len(digest) + 1))[:len(found)]
+                return self._mask(name, found) if mask else self.tag(name, found)
             value = rx.sub(sub, value)
         return value
 
@@ -333,12 +334,7 @@ class Redactor:
             return self._grpc(data, encoding)
         codec = codecs.sniff(data, encoding)
         if codec:
-            try:
-                inner = codecs.decompress(data, codec, self.limit)
-            except codecs.ERRORS:
-                return self.protobuf(data)  # not what it looked like: bytes as they are
-            redacted = self._bytes_body(inner, ctype)
-            return data if redacted == inner else codecs.compress(redacted, codec)  # nothing found: as sent
+            return self._decoded(data, codec, lambda inner: self._bytes_body(inner, ctype))
         if "multipart/" in ctype.lower():
             return self._multipart(data, ctype)
         if _binary_type(ctype):
@@ -348,6 +344,16 @@ class Redactor:
         except UnicodeDecodeError:
             return self.protobuf(data)
         return self._text_body(text, ctype).encode("utf-8")
+
+    def _decoded(self, data: bytes, codec: str, redact: Callable[[bytes], bytes]) -> bytes:
+        """``data`` decompressed by ``codec`` (at most ``limit`` bytes), redacted by ``redact``, compressed
+        again — the bytes as sent when nothing was found; what is not ``codec`` after all is masked as it is."""
+        try:
+            inner = codecs.decompress(data, codec, self.limit)
+        except codecs.ERRORS:
+            return self.protobuf(data)
+        redacted = redact(inner)
+        return data if redacted == inner else codecs.compress(redacted, codec)
 
     def _multipart(self, data: bytes, ctype: str) -> bytes:
         """Each part of a multipart body: a sensitive field's value tagged, text redacted, binary masked."""
@@ -387,17 +393,7 @@ class Redactor:
                 out.append(data[at:at + 5] + self.binary(payload))
                 break
             codec = codecs.sniff(payload, encoding) if flag & 1 else None
-            inner = None
-            if codec:
-                try:
-                    inner = codecs.decompress(payload, codec, self.limit)
-                except codecs.ERRORS:  # not what the flag says: bytes as they are
-                    codec = None
-            if codec and inner is not None:
-                masked = self.protobuf(inner)
-                payload = payload if masked == inner else codecs.compress(masked, codec)
-            else:
-                payload = self.protobuf(payload)
+            payload = self._decoded(payload, codec, self.protobuf) if codec else self.protobuf(payload)
             out.append(bytes([flag]) + struct.pack(">I", len(payload)) + payload)
             at += 5 + size
         else:

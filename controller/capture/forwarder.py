@@ -14,13 +14,10 @@ off the request path.
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import re
 import threading
-import time
-import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,7 +25,7 @@ from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from controller import logs, tokens
-from controller.capture import dlp
+from controller.capture import codecs, dlp
 from controller.capture.filters import Filter
 from controller.durations import parse_duration
 from controller.policy import max_body
@@ -44,13 +41,6 @@ PolicyGetter = Callable[[str], Mapping[str, Any] | None]  # None: no such policy
 
 class PoliciesUnavailable(Exception):
     """The policies cannot be read (no permission, no apiserver): nothing may be stored unfiltered."""
-
-
-def _inflate(body: bytes) -> bytes:
-    out = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, MAX_INFLATED + 1)
-    if len(out) > MAX_INFLATED:
-        raise ValueError(f"inflated body exceeds {MAX_INFLATED} bytes")
-    return out
 
 
 def _batch_id(batch: Mapping[str, Any]) -> tuple[str | None, float | None]:
@@ -90,11 +80,12 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
         return Response(json.dumps(body), status=code, mimetype="application/json")
 
     retention: dict[str, Mapping[str, Any]] = {}  # stream -> the retention its policy last named
-    retaining = threading.Event()
+    changed = threading.Event()  # a stream's retention is new or changed: apply it now, not in a minute
 
     def _retain_all() -> None:
         """Apply each stream's retention once a minute, in the background (never on a batch's time)."""
         while True:
+            changed.clear()
             for stream, spec in list(retention.items()):
                 max_mb = spec.get("maxSizeMB")
                 try:
@@ -105,16 +96,16 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
                     continue
                 if removed:
                     log.info("retention expired segments", extra=logs.fields(stream=stream, count=len(removed)))
-            time.sleep(RETENTION_EVERY)
+            changed.wait(RETENTION_EVERY)
+
+    threading.Thread(target=_retain_all, name="retention", daemon=True).start()
 
     def _retain(stream: str, spec: Mapping[str, Any]) -> None:
         if not spec:  # the policy no longer names one: its stream is kept
             retention.pop(stream, None)
-            return
-        retention[stream] = spec
-        if not retaining.is_set():
-            retaining.set()
-            threading.Thread(target=_retain_all, name="retention", daemon=True).start()
+        elif retention.get(stream) != spec:
+            retention[stream] = spec
+            changed.set()
 
     @app.post("/v1/batches")
     def batches() -> Response:
@@ -128,13 +119,13 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
         raw = request.get_data(cache=False)
         try:
             if request.headers.get("Content-Encoding", "").lower() == "gzip":
-                raw = _inflate(raw)
+                raw = codecs.decompress(raw, "gzip", MAX_INFLATED)
             batch = json.loads(raw)
             if not isinstance(batch, dict) or not isinstance(batch.get("records"), list):
                 raise ValueError("expected an object with a records list")
             stream, policy_ref = str(batch.get("stream") or "default"), str(batch.get("policy") or "")
             batch_id, created = _batch_id(batch)
-        except (ValueError, zlib.error, EOFError, gzip.BadGzipFile) as exc:
+        except (ValueError, *codecs.ERRORS) as exc:
             return reply(400, error=f"not a batch: {exc}")
         if writes_for != tokens.ANY and not _of_namespace(writes_for, policy_ref, stream):
             received.labels("refused_other_namespace").inc(len(batch["records"]))

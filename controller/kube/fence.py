@@ -37,10 +37,8 @@ class _FencedHTTPConnection(HTTPConnection):
         super().send(data)
 
 
-class _FencedHTTPSConnection(HTTPSConnection):
-    def send(self, data: Any) -> None:
-        _ask(self)
-        super().send(data)
+class _FencedHTTPSConnection(_FencedHTTPConnection, HTTPSConnection):
+    """HTTPS, fenced as above (``send`` comes first in its order)."""
 
 
 class _FencedHTTPConnectionPool(HTTPConnectionPool):

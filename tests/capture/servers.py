@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from controller import pki
 
@@ -35,6 +36,20 @@ class Echo(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+async def ws_echo(request: Any) -> Any:
+    """An aiohttp WebSocket handler answering each text or binary message with ``echo:`` and the message."""
+    from aiohttp import WSMsgType, web
+
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            await ws.send_str(f"echo:{msg.data}")
+        elif msg.type == WSMsgType.BINARY:
+            await ws.send_bytes(b"echo:" + msg.data)
+    return ws
 
 
 @contextmanager

@@ -21,14 +21,14 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
-from aiohttp import ClientSession, WSMsgType, web
+from aiohttp import ClientSession, web
 
 from controller import pki
 from controller.capture import codecs
 from controller.devcluster import stop_pid
 from controller.devcluster.cluster import free_port
 from controller.store import rrpair
-from tests.capture.servers import serve_h2
+from tests.capture.servers import serve_h2, ws_echo
 from tests.capture.test_processes import cli
 from tests.helpers import wait_200
 
@@ -70,17 +70,6 @@ async def _app_handler(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     return web.json_response({"path": request.path_qs, "body": body.decode("utf-8", "replace")},
                              headers={"Set-Cookie": f"session={BEARER}; Path=/"})
-
-
-async def _ws_handler(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse()
-    await ws.prepare(request)
-    async for msg in ws:
-        if msg.type == WSMsgType.TEXT:
-            await ws.send_str(f"echo {msg.data}")
-        elif msg.type == WSMsgType.BINARY:
-            await ws.send_bytes(b"echo " + msg.data)
-    return ws
 
 
 def _requests(base: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -171,7 +160,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
 async def _send_corpus(stack: dict[str, Any]) -> int:
     """Serve the app, send every request of the corpus through the sidecar; the number of pairs sent."""
     app = web.Application()
-    app.router.add_get("/ws", _ws_handler)
+    app.router.add_get("/ws", ws_echo)
     app.router.add_route("*", "/{kind}/{rest:.*}", _app_handler)
     runner = web.AppRunner(app, auto_decompress=False)  # the app echoes bodies as they came
     await runner.setup()
@@ -190,9 +179,9 @@ async def _send_corpus(stack: dict[str, Any]) -> int:
                 sent += 1
         async with ClientSession() as session, session.ws_connect(f"{base}/ws") as ws:
             await ws.send_str(TEXT)
-            assert (await ws.receive()).data == f"echo {TEXT}"
+            assert (await ws.receive()).data == f"echo:{TEXT}"
             await ws.send_bytes(BINARY)
-            assert (await ws.receive()).data == b"echo " + BINARY
+            assert (await ws.receive()).data == b"echo:" + BINARY
         sent += 1
         bundle = str(stack["tmp"] / "ca" / "ca-bundle.pem")
         async with httpx.AsyncClient(http2=True, proxy=f"http://127.0.0.1:{stack['outbound']}", verify=bundle,

@@ -182,19 +182,13 @@ def test_websocket_messages_are_recorded(max_body: int | None) -> None:
     through, unkept and counted), so it cannot grow the sidecar without bound."""
     import asyncio
 
-    from aiohttp import ClientSession, WSMsgType, web
+    from aiohttp import ClientSession, web
+
+    from tests.capture.servers import ws_echo
 
     async def scenario() -> list[dict[str, Any]]:
-        async def ws_handler(request: web.Request) -> web.WebSocketResponse:
-            ws = web.WebSocketResponse()
-            await ws.prepare(request)
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    await ws.send_str(f"echo:{msg.data}")
-            return ws
-
         app = web.Application()
-        app.router.add_get("/ws", ws_handler)
+        app.router.add_get("/ws", ws_echo)
         runner = web.AppRunner(app)
         await runner.setup()
         upstream = free_port()

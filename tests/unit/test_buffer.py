@@ -45,10 +45,10 @@ def test_the_live_policy_follows_the_forwarders_answers_and_ignores_what_it_cann
     from controller.capture.addon import LivePolicy
 
     live = LivePolicy()
-    assert not live.known and live.filter.keep({"id": "x", "request": {"method": "GET", "url": "http://a/"},
+    assert live.filter.keep({"id": "x", "request": {"method": "GET", "url": "http://a/"},
                                                 "response": {"status": 200}}), "everything until an answer"
     live.update({"stored": 1, "policy": {"filters": {"exclude": [{"paths": ["/skip"]}]}, "sampling": 0.5}})
-    assert live.known and live.filter.sampling == 0.5 and live.filter.exclude == [{"paths": ["/skip"]}]
+    assert live.filter.sampling == 0.5 and live.filter.exclude == [{"paths": ["/skip"]}]
     for odd in ({"policy": {"sampling": "lots"}}, {"policy": "none"}, {}):
         live.update(odd)
         assert live.filter.sampling == 0.5, f"{odd} replaced the policy in force"
