@@ -33,8 +33,15 @@ def test_a_pod_reaches_a_service_by_its_dns_name_and_pods_have_no_route_out(node
                      "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}})
     wait_available(node, node_ns, "web")
     code = f"""
-        import socket, urllib.request
-        body = urllib.request.urlopen("http://web.{node_ns}.svc.cluster.local/", timeout=10).read()
+        import socket, time, urllib.error, urllib.request
+        for attempt in range(60):  # kube-proxy programs a new Service's endpoints asynchronously
+            try:
+                body = urllib.request.urlopen("http://web.{node_ns}.svc.cluster.local/", timeout=10).read()
+                break
+            except urllib.error.URLError as e:
+                if not isinstance(e.reason, ConnectionRefusedError) or attempt == 59:
+                    raise
+                time.sleep(1)
         assert b"share" in body, body[:200]
         routes = open("/proc/net/route").read().splitlines()[1:]
         assert not [r for r in routes if r.split()[1] == "00000000"], routes  # no default route
