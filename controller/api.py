@@ -32,6 +32,7 @@ SYSTEM_NAMESPACE = "replayops-system"
 EXCLUDED_NAMESPACES = frozenset({"kube-system", SYSTEM_NAMESPACE})  # never injected
 
 # Secrets of SYSTEM_NAMESPACE the controller creates when absent
+FORWARDER_TOKEN_SECRET = "replayops-forwarder-token"  # the forwarder's master token (copies: see forwardersecrets)
 DLP_KEY_SECRET = "replayops-dlp-key"  # key ``key``: the forwarder's redaction tags (mounted only there)
 
 # On workloads' pod templates and pods (capture)

@@ -4,7 +4,8 @@ A ``Snapshot`` names a CapturePolicy (its streams are ``<namespace>.<policy>.<po
 stream, a time window and optional filters. ``cut`` (run in the snapshot Job's pod) writes the
 snapshot into the store as ``<namespace>.<name>`` and its status (Ready with pairs, bytes and the
 window; Failed with the reason). A TrafficReplay's ``spec.snapshot`` is the name of a Snapshot of
-its namespace when one exists, else a snapshot of the store by its own name (imported ones).
+its namespace when one exists, else a snapshot of the store by its own name (imported ones) — one that
+namespace may read: cut for it, or shared with it (``replayops snapshot share NAME --with NAMESPACE``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from controller.store import FileStore, Manifest, ReadProblem, StoreError
 
 
 class SnapshotNotReady(LookupError):
-    """A TrafficReplay names a Snapshot that is not (yet) cut; the message says which and why."""
+    """A TrafficReplay names a Snapshot that is not (yet) cut, or a snapshot its namespace may not read;
+    the message says which and why."""
 
 
 def store_name(namespace: str, name: str) -> str:
@@ -31,10 +33,20 @@ def store_name(namespace: str, name: str) -> str:
     return f"{namespace}.{name}"
 
 
-def resolve(kube: Kube, namespace: str, name: str) -> str:
-    """The store name a TrafficReplay in ``namespace`` means by ``spec.snapshot: name``."""
+def resolve(kube: Kube, namespace: str, name: str, store: FileStore) -> str:
+    """The store name a TrafficReplay in ``namespace`` means by ``spec.snapshot: name``: its namespace's
+    Snapshot ``name``, else the store's snapshot ``name`` if ``namespace`` may read it."""
     snap = kube.get(API_VERSION, "Snapshot", name, namespace)
     if snap is None:
+        try:
+            manifest = store.manifest(name)
+        except StoreError as exc:
+            raise SnapshotNotReady(f"{name!r} is neither a Snapshot in namespace {namespace} nor readable in the "
+                                   f"store: {exc}") from exc
+        if not manifest.readable_by(namespace):
+            owner = f"namespace {manifest.namespace}'s" if manifest.namespace else "made outside the cluster"
+            raise SnapshotNotReady(f"snapshot {name!r} in the store is {owner} and not shared with namespace "
+                                   f"{namespace}; share it with: replayops snapshot share {name} --with {namespace}")
         return name
     status = snap.get("status") or {}
     if status.get("phase") != READY_PHASE or status.get("observedGeneration") != snap["metadata"].get("generation"):
@@ -113,7 +125,7 @@ def cut(kube: Kube, store: FileStore, namespace: str, name: str, now: float) -> 
         if manifest is None or manifest.source != source:  # nothing, or an earlier object's cut: cut anew
             store.remove(target)
             fresh = Manifest(name=target, service=spec.get("policy", ""), start=start, end=end,
-                             policy=spec.get("policy", ""), source=source)
+                             policy=spec.get("policy", ""), source=source, namespace=namespace)
             problems: list[ReadProblem] = []
 
             def cut_records() -> Iterator[dict[str, Any]]:

@@ -16,13 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller import __version__
+from controller import __version__, tokens
 from controller.api import CAPTURE, EXCLUDED_NAMESPACES, INIT, INJECTED, OPT_OUT, PROXY, STATUS, SYSTEM_NAMESPACE
 
 CA_VOLUME = "replayops-ca"
 CA_DIR = "/etc/replayops/ca"
 RUN_VOLUME = "replayops-run"  # the sidecar's writable state: its root filesystem is read-only
 RUN_DIR = "/var/run/replayops"
+TOKEN_VOLUME = "replayops-token"  # the sidecar's ServiceAccount token for the forwarder (renewed by the kubelet)
+TOKEN_DIR = "/var/run/secrets/replayops.dev/forwarder"
 HEALTH_PORT = 15020
 PROXY_UID = 1337
 
@@ -34,7 +36,6 @@ class InjectConfig:
     image: str = f"ghcr.io/replayops/replayops:{__version__}"
     version: str = __version__
     forwarder_url: str = f"http://replayops-forwarder.{SYSTEM_NAMESPACE}.svc:8090"
-    forwarder_token_secret: str = "replayops-forwarder-token"
     excluded_namespaces: frozenset[str] = EXCLUDED_NAMESPACES
     cpu_request: str = "50m"
     memory_request: str = "64Mi"
@@ -142,7 +143,7 @@ def _proxy_args(policy_ref: str, spec: Mapping[str, Any], ports: list[int], conf
     mode = inbound.get("mode", "reverse")
     listen = int(inbound.get("proxyPort", 15001))
     args = ["proxy", "--policy", policy_ref, "--forwarder", config.forwarder_url,
-            "--health-port", str(HEALTH_PORT)]
+            "--token-file", f"{TOKEN_DIR}/token", "--health-port", str(HEALTH_PORT)]
     if mode == "transparent":
         args += ["--transparent", str(listen)]
     else:
@@ -187,8 +188,6 @@ def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config:
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-            {"name": "REPLAYOPS_FORWARDER_TOKEN", "valueFrom": {"secretKeyRef": {
-                "name": config.forwarder_token_secret, "key": "token", "optional": True}}},
             {"name": "TMPDIR", "value": RUN_DIR},
         ],
         "ports": container_ports,
@@ -203,7 +202,8 @@ def _sidecar(policy_ref: str, spec: Mapping[str, Any], ports: list[int], config:
     }
     if _holds_app(spec):  # a startup probe holds the app's containers until the proxy listens
         sidecar["startupProbe"] = probe(periodSeconds=1, timeoutSeconds=5, failureThreshold=30)
-    sidecar["volumeMounts"] = [{"name": RUN_VOLUME, "mountPath": RUN_DIR}]
+    sidecar["volumeMounts"] = [{"name": RUN_VOLUME, "mountPath": RUN_DIR},
+                               {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}]
     if _unwraps_tls(spec):
         sidecar["volumeMounts"].append({"name": CA_VOLUME, "mountPath": CA_DIR})
     return sidecar
@@ -247,19 +247,23 @@ class Injected:
     volumes: list[str] = field(default_factory=list)
     env: dict[str, list[str]] = field(default_factory=dict)
     mounts: dict[str, list[str]] = field(default_factory=dict)
+    service_account: bool = False  # the pod named no ServiceAccount: it was given ``default``
 
     def to_json(self) -> str:
-        return json.dumps({"initContainers": self.init_containers, "volumes": self.volumes,
-                           "env": self.env, "mounts": self.mounts}, sort_keys=True, separators=(",", ":"))
+        raw: dict[str, Any] = {"initContainers": self.init_containers, "volumes": self.volumes, "env": self.env,
+                               "mounts": self.mounts}
+        if self.service_account:
+            raw["serviceAccount"] = True
+        return json.dumps(raw, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | None) -> Injected:
         try:
             raw = json.loads(text or "{}")
             return cls(list(raw.get("initContainers", [])), list(raw.get("volumes", [])),
-                       dict(raw.get("env", {})), dict(raw.get("mounts", {})))
+                       dict(raw.get("env", {})), dict(raw.get("mounts", {})), raw.get("serviceAccount") is True)
         except (ValueError, AttributeError, TypeError):
-            return cls([PROXY, INIT], [RUN_VOLUME, CA_VOLUME])
+            return cls([PROXY, INIT], [RUN_VOLUME, CA_VOLUME, TOKEN_VOLUME])
 
 
 def strip(pod: dict[str, Any]) -> dict[str, Any]:
@@ -283,6 +287,8 @@ def strip(pod: dict[str, Any]) -> dict[str, Any]:
                 container[key] = [x for x in container[key] if x.get(field_) not in names]
                 if not container[key]:
                     del container[key]
+    if done.service_account:
+        spec.pop("serviceAccountName", None)
     for key in (STATUS, INJECTED):
         notes.pop(key, None)
     return pod
@@ -304,10 +310,17 @@ def inject(pod: Mapping[str, Any], namespace: str, policy_spec: Mapping[str, Any
     done.init_containers = [c["name"] for c in ours]
     env = _app_env(policy_spec)
     tls = _unwraps_tls(policy_spec)
-    volumes: list[dict[str, Any]] = [{"name": RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}]
+    volumes: list[dict[str, Any]] = [
+        {"name": RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+        # who the sidecar is, for the forwarder (TokenReview names this pod): bound to the pod, an hour at most
+        {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+            "audience": tokens.FORWARDER_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}}]
     if tls:
         volumes.append({"name": CA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
     spec["volumes"] = list(spec.get("volumes") or []) + volumes
+    if not spec.get("serviceAccountName"):  # the token needs one: what the ServiceAccount admission plugin gives
+        spec["serviceAccountName"] = "default"
+        done.service_account = True
     done.volumes = [v["name"] for v in volumes]
     for container in spec.get("containers", []):
         name = container["name"]

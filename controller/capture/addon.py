@@ -25,6 +25,7 @@ import collections
 import contextlib
 import gzip
 import json
+import os
 import random
 import threading
 import time
@@ -330,7 +331,26 @@ def json_bytes(record: dict[str, Any]) -> bytes:
     return json.dumps(record).encode()
 
 
-def forwarder_sink(url: str, token: str, *, policy: str, stream: str, timeout: float = 2.0,
+def bearer(token: str, token_file: str = "") -> Callable[[], str]:
+    """The sidecar's credential, asked for before each batch: ``token_file`` (its pod's ServiceAccount token,
+    which the kubelet renews: read again when it changed), else ``token``."""
+    seen: list[Any] = [None, ""]  # (what the file was, its token)
+
+    def current() -> str:
+        if token_file:
+            try:
+                stat = os.stat(token_file)
+                if seen[0] != (stat.st_ino, stat.st_mtime_ns):
+                    with open(token_file, encoding="utf-8") as fh:
+                        seen[:] = [(stat.st_ino, stat.st_mtime_ns), fh.read().strip()]
+                return str(seen[1])
+            except OSError:
+                pass
+        return token
+    return current
+
+
+def forwarder_sink(url: str, token: Callable[[], str], *, policy: str, stream: str, timeout: float = 2.0,
                    on_answer: Callable[[Mapping[str, Any]], None] | None = None) -> Callable[[list[bytes]], None]:
     """Deliver batches of JSON-encoded records to the forwarder: gzip'd, bearer token, short timeout, over one
     kept-alive connection (the standard library's: the sidecar starts without an HTTP client library), used by
@@ -340,37 +360,38 @@ def forwarder_sink(url: str, token: str, *, policy: str, stream: str, timeout: f
     path = parts.path.rstrip("/") + "/v1/batches"
     kind = HTTPSConnection if parts.scheme == "https" else HTTPConnection
     head = json.dumps({"policy": policy, "stream": stream})[:-1]
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
     conn: list[HTTPConnection] = []
     lock = threading.Lock()  # callers on several threads share the one connection
 
-    def post(body: bytes) -> tuple[int, bytes]:
+    def post(body: bytes, credential: str) -> tuple[int, bytes]:
         reused = bool(conn)
         if not conn:
             conn.append(kind(parts.hostname or "", parts.port, timeout=timeout))
         try:
-            conn[0].request("POST", path, body=body, headers=headers)
+            conn[0].request("POST", path, body=body, headers={**headers, "Authorization": f"Bearer {credential}"})
             resp = conn[0].getresponse()
             return resp.status, resp.read()
         except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):  # RemoteDisconnected among them
             conn.pop().close()
             if reused:
-                return post(body)
+                return post(body, credential)
             raise
         except (OSError, HTTPException):
             conn.pop().close()
             raise
 
-    def locked_post(body: bytes) -> tuple[int, bytes]:
+    def locked_post(body: bytes, credential: str) -> tuple[int, bytes]:
         with lock:
-            return post(body)
+            return post(body, credential)
 
     def deliver(batch: list[bytes]) -> None:
-        if not token:
-            raise RuntimeError("no forwarder token ($REPLAYOPS_FORWARDER_TOKEN is empty)")
+        credential = token()
+        if not credential:
+            raise RuntimeError("no forwarder token (no --token-file, and $REPLAYOPS_FORWARDER_TOKEN is empty)")
         ids = f', "id": "{batch.id}", "created": {batch.created!r}' if isinstance(batch, Batch) else ""
         body = (head + ids + ', "records": [').encode() + b",".join(batch) + b"]}"
-        status, text = locked_post(gzip.compress(body, 1))  # zlib releases the GIL
+        status, text = locked_post(gzip.compress(body, 1), credential)  # zlib releases the GIL
         if status != 202:
             raise Refused(f"forwarder answered {status}: {text[:200].decode(errors='replace')}", status)
         if on_answer is not None:
@@ -391,10 +412,12 @@ class Sink:
     stream: str
     capacity: int = 10000
     capacity_bytes: int = BUFFER_BYTES
+    token_file: str = ""  # read before each batch when it exists (the pod's ServiceAccount token), else token
 
     def buffer(self, metrics: CaptureMetrics) -> Buffer:
         live = LivePolicy()
-        deliver = forwarder_sink(self.url, self.token, policy=self.policy, stream=self.stream, on_answer=live.update)
+        deliver = forwarder_sink(self.url, bearer(self.token, self.token_file), policy=self.policy,
+                                 stream=self.stream, on_answer=live.update)
         return Buffer(deliver, metrics, capacity=self.capacity, capacity_bytes=self.capacity_bytes,
                       encode=json_bytes, policy=live)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from controller import argtypes, logs, paths, policy
+from controller import argtypes, logs, paths, policy, tokens
 from controller.capture import dlp, har
 from controller.store import FileStore, Manifest, ReadProblem, StoreError, rrpair
 
@@ -74,6 +74,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "truststore.jks; certificates only — default: --ca-dir)")
     p.add_argument("--upstream-ca", type=Path, help="extra CA to trust for upstream servers")
     p.add_argument("--forwarder", required=True, help="forwarder URL")
+    p.add_argument("--token-file", type=Path,
+                   help="the forwarder token, read before each batch (in a pod: its projected ServiceAccount "
+                        "token, which the kubelet renews); when absent, $REPLAYOPS_FORWARDER_TOKEN")
     p.add_argument("--policy", default="", help="namespace/name of the CapturePolicy")
     p.add_argument("--service", default=os.environ.get("POD_NAME", ""), help="service name in records")
     p.add_argument("--health-port", type=_port, default=15020)
@@ -128,13 +131,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     imp.add_argument("file", type=Path)
     imp.add_argument("--name", required=True)
     imp.add_argument("--service", default="")
+    imp.add_argument("--namespace", type=argtypes.dns_label,
+                     help="the namespace it is for: its replays may read it (others only once it is shared)")
     imp.add_argument("--direction", choices=rrpair.DIRECTIONS,
                      help="the direction the traffic had (default: the file's own, else inbound); a HAR of calls "
                           "to an API imported outbound serves as that API's mocks (replayops mock)")
+    share = verbs.add_parser("share", help="let replays of other namespaces read snapshot NAME (a replay reads "
+                                           "only its own namespace's snapshots otherwise)")
+    share.add_argument("name")
+    share.add_argument("--with", dest="namespaces", action="append", required=True, metavar="NAMESPACE",
+                       type=_namespace_or_all, help="a namespace whose replays may read it, or '*' for every one "
+                                                     "(repeatable)")
     exp = verbs.add_parser("export")
     exp.add_argument("name")
     exp.add_argument("--har", type=Path, required=True)
     s.set_defaults(func=run_snapshot)
+
+
+def _namespace_or_all(text: str) -> str:
+    return text if text == "*" else argtypes.dns_label(text)
 
 
 def listen_health(port: int) -> socket.socket:
@@ -170,11 +185,12 @@ def run_proxy(args: argparse.Namespace) -> int:
         print("replayops proxy: give at least one of --reverse, --transparent, --outbound", file=sys.stderr)
         return 2
     token = os.environ.get("REPLAYOPS_FORWARDER_TOKEN", "")
-    if not token:  # capture must never keep the app from starting: run, and drop what cannot be sent
-        log.warning("no forwarder token ($REPLAYOPS_FORWARDER_TOKEN is empty): records will be dropped")
+    if not token and not (args.token_file and args.token_file.is_file()):  # capture must never keep the app
+        log.warning("no forwarder token (no --token-file, and $REPLAYOPS_FORWARDER_TOKEN is empty): records "
+                    "will be dropped until there is one", extra=logs.fields(token_file=str(args.token_file or "")))
     stream = f"{args.policy.replace('/', '.') or 'default'}.{args.service or 'proxy'}"
     sink = Sink(args.forwarder, token, args.policy, stream, capacity=max(1, args.buffer // args.workers),
-                capacity_bytes=max(1, args.buffer_bytes // args.workers))
+                capacity_bytes=max(1, args.buffer_bytes // args.workers), token_file=str(args.token_file or ""))
     proxy: CaptureProxy | Supervisor
     if args.workers > 1:
         proxy = Supervisor(config, sink, args.workers)
@@ -203,9 +219,10 @@ def run_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _policies(files: list[Path], kubeconfig: Path | None) -> Any:
-    """Policies from ``--policy-file`` when given, else the cluster's, through a watch-backed cache
-    (in a pod, with the forwarder's own ServiceAccount)."""
+def _cluster(files: list[Path], kubeconfig: Path | None) -> tuple[Any, Any, Any]:
+    """Policies from ``--policy-file`` when given, else the cluster's, through a watch-backed cache (in a
+    pod, with the forwarder's own ServiceAccount); with a cluster, who sidecars are too (TokenReview and
+    their pods, each answer kept a minute). Returns (policies, reviewer, pods)."""
     from controller.capture.forwarder import PoliciesUnavailable
 
     if files:
@@ -215,7 +232,7 @@ def _policies(files: list[Path], kubeconfig: Path | None) -> Any:
                 if doc and doc.get("kind") == "CapturePolicy":
                     meta = doc["metadata"]
                     loaded[f"{meta.get('namespace', 'default')}/{meta['name']}"] = doc
-        return lambda ref: loaded.get(ref)
+        return (lambda ref: loaded.get(ref)), None, None
     from controller.api import API_VERSION
     from controller.kube import connect
     from controller.kube.cache import Cache
@@ -227,7 +244,7 @@ def _policies(files: list[Path], kubeconfig: Path | None) -> Any:
             raise  # in a pod that cannot read the cluster: never store with fewer rules than its policies
         log.warning("no cluster and no --policy-file: batches get the built-in DLP only, no policy's rules",
                     extra=logs.fields(error=str(exc)))
-        return lambda ref: {}
+        return (lambda ref: {}), None, None
     cache = Cache(kube, API_VERSION, "CapturePolicy").start(wait=10)
 
     def lookup(ref: str) -> Any:
@@ -236,7 +253,21 @@ def _policies(files: list[Path], kubeconfig: Path | None) -> Any:
         namespace, _, name = ref.rpartition("/")
         return cache.get(namespace or "default", name)
 
-    return lookup
+    seen: dict[tuple[str, str], tuple[float, Any]] = {}
+
+    def pod(namespace: str, name: str, uid: str) -> Any:
+        """The pod, as read in the last minute unless that was another pod of the same name."""
+        hit = seen.get((namespace, name))
+        if hit and hit[0] > time.monotonic() and hit[1]["metadata"].get("uid") == uid:
+            return hit[1]
+        got = kube.get("v1", "Pod", name, namespace)
+        if len(seen) > 4096:
+            seen.clear()
+        if got is not None:
+            seen[(namespace, name)] = (time.monotonic() + 60, got)
+        return got
+
+    return lookup, tokens.Reviewer(kube.create, [tokens.FORWARDER_AUDIENCE]), pod
 
 
 def _forget_volume_key() -> None:
@@ -261,13 +292,18 @@ def run_forwarder(args: argparse.Namespace) -> int:
         print("replayops forwarder: no token: give --token-file or $REPLAYOPS_FORWARDER_TOKEN", file=sys.stderr)
         return 2
     try:
-        policies = _policies(args.policy_file, args.kubeconfig)
+        policies, reviewer, pods = _cluster(args.policy_file, args.kubeconfig)
     except Exception as exc:  # no kubeconfig and not in a pod, or unreadable files: say so in one line
         print(f"replayops forwarder: cannot read CapturePolicies: {exc}", file=sys.stderr)
         return 2
     _forget_volume_key()
-    app = create_app(FileStore(args.store), token, dlp_key(), policies)
-    serve(app, host=args.host, port=args.port, threads=8, max_request_body_size=16 * 1024 * 1024)
+    store = FileStore(args.store)
+    app = create_app(store, token, dlp_key(), policies, reviewer=reviewer, pods=pods)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a pod stopping: seal the open segments first
+    try:
+        serve(app, host=args.host, port=args.port, threads=8, max_request_body_size=16 * 1024 * 1024)
+    finally:
+        store.close()
     return 0
 
 
@@ -366,6 +402,10 @@ def run_snapshot(args: argparse.Namespace) -> int:
             print(f"removed {args.name}")
         elif args.verb == "import":
             return _import(store, args)
+        elif args.verb == "share":
+            m = store.share(args.name, args.namespaces)
+            print(f"snapshot {m.name} may be read by replays of: {', '.join(m.shared)}"
+                  + (f" (and {m.namespace}, its own)" if m.namespace else ""))
         elif args.verb == "export":
             problems = []
             doc = har.to_har(store.read(args.name, strict=False, problems=problems))
@@ -401,7 +441,8 @@ def _import(store: FileStore, args: argparse.Namespace) -> int:
     if args.direction:
         for record in got.records:
             record["direction"] = args.direction
-    m = store.write_snapshot(Manifest(name=args.name, service=args.service, source=f"import {args.file.name}"),
+    m = store.write_snapshot(Manifest(name=args.name, service=args.service, source=f"import {args.file.name}",
+                                      namespace=args.namespace or ""),
                              got.records)
     print(f"snapshot {m.name}: {m.count} pairs imported from {args.file}")
     for warning in got.warnings:

@@ -1,15 +1,18 @@
 """The forwarder: receives RRPair batches from sidecars, applies the CapturePolicy, writes the store.
 
-``POST /v1/batches`` (bearer token: the master, or a namespace's, which writes only
-under that namespace's policies and streams — ``controller.tokens``; gzip bodies are
-capped before and after decompression) carries ``{"policy", "stream",
-"records"}``, and from sidecars its ``id`` and ``created`` (when the sidecar made
-it). Each record is migrated and checked (bad ones are counted and reported,
-the rest kept), filtered and sampled, redacted, then appended to the stream in
-the store as one atomic segment named by the batch id, on disk before the 202:
-a batch is acknowledged only once durable, and a retried one (its answer lost)
-is stored once, whichever replica gets it. Retention runs in the background,
-off the request path.
+``POST /v1/batches`` carries ``{"policy", "stream", "records"}``, and from
+sidecars its ``id`` and ``created`` (when the sidecar made it); gzip bodies are
+capped before and after decompression. Its bearer token decides where it may
+write (``controller.tokens``): a sidecar's ServiceAccount token, checked with
+TokenReview, names its pod, and the pod's CapturePolicy annotation then decides
+the policy and the stream (``<namespace>.<policy>.<pod>``) — what the batch
+claims is not read; a namespace's token writes only under that namespace's
+policies and streams; the master token anywhere. Each record is migrated and
+checked (bad ones are counted and reported, the rest kept), filtered and
+sampled, redacted, then appended to the stream as one batch, on disk before the
+202: a batch is acknowledged only once durable, and a retried one (its answer
+lost) is stored once, whichever replica gets it. Retention and the store's
+housekeeping run in the background, off the request path.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import math
 import re
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from controller import logs, tokens
+from controller.api import CAPTURE
 from controller.capture import codecs, dlp
 from controller.capture.filters import Filter
 from controller.durations import parse_duration
@@ -37,6 +42,7 @@ MAX_INFLATED = 64 * 1024 * 1024
 BATCH_ID = re.compile(r"[0-9a-f]{32}")
 log = logs.get("forwarder")
 PolicyGetter = Callable[[str], Mapping[str, Any] | None]  # None: no such policy; raises PoliciesUnavailable
+PodGetter = Callable[[str, str, str], Mapping[str, Any] | None]  # (namespace, name, uid) -> the pod or None
 
 
 class PoliciesUnavailable(Exception):
@@ -56,6 +62,43 @@ def _batch_id(batch: Mapping[str, Any]) -> tuple[str | None, float | None]:
     return batch_id, float(created)
 
 
+class Forbidden(Exception):
+    """A token that is someone's, but not one that may write batches."""
+
+
+@dataclass(frozen=True)
+class Writer:
+    """Who may write a batch and where: its namespace (``tokens.ANY`` for the master token); for a sidecar
+    known by its pod, the policy and the stream too."""
+
+    namespace: str
+    policy: str = ""
+    stream: str = ""
+
+
+def identify(master: str, token: str, reviewer: tokens.Reviewer | None, pods: PodGetter | None) -> Writer:
+    """The writer ``token`` is: the master's or a namespace's token, else (with a ``reviewer``) a sidecar's
+    ServiceAccount token bound to its pod, whose ``replayops.dev/capture`` annotation names its policy.
+    ``TokenError``: nobody's token (401); ``Forbidden``: a token that may not write (403)."""
+    try:
+        return Writer(tokens.namespace_of(master, token))
+    except tokens.TokenError:
+        if reviewer is None or pods is None:
+            raise
+    who = reviewer.identify(token)
+    if not who.namespace or not who.pod:
+        raise Forbidden(f"{who.user or 'this token'} is not a pod's ServiceAccount token (the sidecar sends its "
+                        f"projected token, audience {tokens.FORWARDER_AUDIENCE})")
+    pod = pods(who.namespace, who.pod, who.pod_uid)
+    meta = (pod or {}).get("metadata") or {}
+    if pod is None or meta.get("uid") != who.pod_uid:
+        raise Forbidden(f"pod {who.namespace}/{who.pod} of this token no longer exists")
+    policy = (meta.get("annotations") or {}).get(CAPTURE)
+    if not policy:
+        raise Forbidden(f"pod {who.namespace}/{who.pod} is not captured: it has no {CAPTURE} annotation")
+    return Writer(who.namespace, f"{who.namespace}/{policy}", f"{who.namespace}.{policy}.{who.pod}")
+
+
 def _of_namespace(namespace: str, policy_ref: str, stream: str) -> bool:
     """Whether a batch naming ``policy_ref`` and ``stream`` stays in ``namespace``: the policy is one of its
     own, and the stream that policy's (``<namespace>.<policy>.<pod>``, as the sidecar names it)."""
@@ -69,7 +112,9 @@ def _early(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {"filters": spec.get("filters") or {}, "sampling": float(spec.get("sampling", 1.0))}
 
 
-def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> Flask:
+def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter, *,
+               reviewer: tokens.Reviewer | None = None, pods: PodGetter | None = None) -> Flask:
+    """The forwarder's app; with ``reviewer`` and ``pods`` (in a cluster) sidecars are known by their pod."""
     app = Flask("replayops-forwarder")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     registry = CollectorRegistry()
@@ -83,9 +128,17 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
     changed = threading.Event()  # a stream's retention is new or changed: apply it now, not in a minute
 
     def _retain_all() -> None:
-        """Apply each stream's retention once a minute, in the background (never on a batch's time)."""
+        """Apply each stream's retention and tidy the store once a minute, in the background (never on a
+        batch's time)."""
         while True:
             changed.clear()
+            try:
+                tidied = store.tidy()
+            except OSError as exc:
+                log.warning("store housekeeping failed", extra=logs.fields(error=str(exc)))
+            else:
+                if tidied:
+                    log.info("store tidied", extra=logs.fields(count=len(tidied), first=tidied[:3]))
             for stream, spec in list(retention.items()):
                 max_mb = spec.get("maxSizeMB")
                 try:
@@ -113,9 +166,15 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
         try:
             if scheme != "Bearer":
                 raise tokens.TokenError("missing or wrong bearer token")
-            writes_for = tokens.namespace_of(token, given.strip())
+            writer = identify(token, given.strip(), reviewer, pods)
         except tokens.TokenError as exc:
             return reply(401, error=str(exc))
+        except Forbidden as exc:
+            received.labels("refused_forbidden").inc()
+            return reply(403, error=f"{exc}; nothing stored")
+        except Exception as exc:  # the apiserver cannot say who it is: the sidecar retries later
+            log.error("batch refused: token not checked", extra=logs.fields(error=str(exc)))
+            return reply(503, error=f"the token cannot be checked now ({type(exc).__name__}); nothing stored")
         raw = request.get_data(cache=False)
         try:
             if request.headers.get("Content-Encoding", "").lower() == "gzip":
@@ -127,11 +186,13 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter) -> 
             batch_id, created = _batch_id(batch)
         except (ValueError, *codecs.ERRORS) as exc:
             return reply(400, error=f"not a batch: {exc}")
-        if writes_for != tokens.ANY and not _of_namespace(writes_for, policy_ref, stream):
+        if writer.policy:  # a sidecar known by its pod: its pod decides, whatever the batch claims
+            policy_ref, stream = writer.policy, writer.stream
+        elif writer.namespace != tokens.ANY and not _of_namespace(writer.namespace, policy_ref, stream):
             received.labels("refused_other_namespace").inc(len(batch["records"]))
-            return reply(403, error=f"a token of namespace {writes_for} writes only under its own policies and "
-                                    f"streams ({writes_for}/<policy>, {writes_for}.<policy>.<pod>), not policy "
-                                    f"{policy_ref!r} and stream {stream!r}; nothing stored")
+            return reply(403, error=f"a token of namespace {writer.namespace} writes only under its own policies "
+                                    f"and streams ({writer.namespace}/<policy>, {writer.namespace}.<policy>.<pod>), "
+                                    f"not policy {policy_ref!r} and stream {stream!r}; nothing stored")
         try:
             policy = policies(policy_ref)
         except PoliciesUnavailable as exc:  # never store what the policy was not applied to

@@ -1,12 +1,13 @@
 """The forwarder's Secrets: its token, where the sidecars can read it, and its DLP key, where only it can.
 
-Sidecars authenticate to the forwarder with a token read from the Secret
-``replayops-forwarder-token`` of their own pod's namespace (a pod can only reference Secrets of
-its namespace). The controller keeps that Secret in every namespace that has a CapturePolicy, holding
-that namespace's token (``controller.tokens``: derived from the master token in the controller's own
-namespace, which it creates random when there is none, and which the forwarder reads), so a sidecar
-can write only under its own namespace's policies. A rotated master (the source Secret edited) reaches
-every namespace's token on the next pass; sidecars read it when their pods restart.
+Sidecars injected now authenticate to the forwarder with their pod's ServiceAccount token (projected,
+checked with TokenReview: the forwarder then decides their policy and stream from the pod). Sidecars
+injected by earlier versions read a token from the Secret ``replayops-forwarder-token`` of their own
+pod's namespace: until no such pod remains, the controller keeps that Secret in every namespace that has
+a CapturePolicy, holding that namespace's token (``controller.tokens``: derived from the master token in
+the controller's own namespace, which it creates random when there is none, and which the forwarder
+reads), so such a sidecar can write only under its own namespace's policies. A rotated master (the
+source Secret edited) reaches every namespace's token on the next pass.
 
 The DLP key (``replayops-dlp-key``) makes redaction tags stable (one value, one tag, across restarts):
 it is created once, random, in the controller's namespace and mounted only into the forwarder's pod —
@@ -20,12 +21,11 @@ import secrets
 from collections.abc import Iterable
 
 from controller import logs, tokens
-from controller.admission.inject import InjectConfig
-from controller.api import DLP_KEY_SECRET
+from controller.api import DLP_KEY_SECRET, FORWARDER_TOKEN_SECRET
 from controller.kube import Kube, KubeError
 
 log = logs.get("forwarder-secrets")
-NAME = InjectConfig.forwarder_token_secret
+NAME = FORWARDER_TOKEN_SECRET
 
 
 def _secret(namespace: str, name: str, key: str, value_b64: str) -> dict[str, object]:

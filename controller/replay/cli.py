@@ -206,7 +206,8 @@ def _run_resource(args: argparse.Namespace) -> int:
     spec = dict(replay.get("spec") or {})
     generation = int(replay["metadata"].get("generation", 1))
     try:
-        snapshot = args.snapshot or snapshots.resolve(kube, namespace, spec.get("snapshot", ""))
+        snapshot = args.snapshot or snapshots.resolve(kube, namespace, spec.get("snapshot", ""),
+                                                      FileStore(args.store))
         spec["snapshot"] = snapshot
         target = args.target or targets.resolve(kube, namespace, spec)
         kube.apply_status(status.running(generation, f"replaying {snapshot} against {target}"))
@@ -386,7 +387,8 @@ def _mock_resource(args: argparse.Namespace) -> int:
     mocks = spec.get("mocks") or {}
     match, timing = mocks.get("match") or {}, mocks.get("timing") or {}
     try:
-        args.snapshot = args.snapshot or snapshots.resolve(kube, namespace, str(spec.get("snapshot", "")))
+        args.snapshot = args.snapshot or snapshots.resolve(kube, namespace, str(spec.get("snapshot", "")),
+                                                           FileStore(args.store))
     except snapshots.SnapshotNotReady as exc:
         kube.apply_status(status.finished(generation, Outcome(2, error=str(exc))))
         print(f"replayops mock: {exc}", file=sys.stderr)

@@ -2,14 +2,20 @@
 
 Layout under ``$REPLAYOPS_HOME/store``::
 
-    streams/<stream>/<time>-<n>.jsonl.gz     what the forwarder wrote, per capture stream
-    snapshots/<name>/manifest.json           service, time window, counts, policy, format version
-    snapshots/<name>/segments/<n>.jsonl.gz   the snapshot's RRPairs
+    streams/<stream>/<time>-<writer>-<n>.open.jsonl.gz   the segment a writer appends to now
+    streams/<stream>/<time>-<writer>-<n>.jsonl.gz        sealed: rolled by size or age
+    streams/<stream>/.batches/<batch id>                 the batches a stream holds (retries stored once)
+    snapshots/<name>/manifest.json                       service, time window, counts, policy, format version
+    snapshots/<name>/segments/<n>.jsonl.gz               the snapshot's RRPairs
 
-Every file is written to a temporary name and renamed into place, so a crash
-never leaves a torn segment. Reading reports a corrupt segment or line by file
-and line and, unless ``strict``, goes on with the rest. ``Store`` is the
-interface an object-store backend implements.
+A capture stream's segment is a series of gzip members, one per batch, each on
+disk before its batch is acknowledged; each writer (process) appends to its own
+segment, so writers never share a file. A member a crash cut short was never
+acknowledged: reading skips it while its segment is open, and sealing (by its
+writer, or by any writer once the segment is abandoned) cuts it off. Snapshot
+files are written to a temporary name and renamed into place. Reading reports a
+corrupt segment or line by file and line and, unless ``strict``, goes on with
+the rest. ``Store`` is the interface an object-store backend implements.
 """
 
 from __future__ import annotations
@@ -19,19 +25,27 @@ import json
 import os
 import re
 import shutil
+import socket
+import threading
 import time
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from controller import paths
 from controller.store import rrpair
 
 NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$")
 SEGMENT_RECORDS = 5000
+ROLL_BYTES = 64 * 1024 * 1024  # a stream segment is sealed once this large...
+ROLL_SECONDS = 300.0  # ...or this old
+BATCHES_KEPT = 3600.0  # how long a stored batch id is remembered (a sender retries for 5 minutes)
+STALE_STAGING = 3600.0  # a temporary file this old is a crashed write's: removed
+OPEN = ".open.jsonl.gz"
+MEMBER_LIMIT = 256 * 1024 * 1024  # a stream segment's batch inflates to at most this (the forwarder's cap is 64 MiB)
 
 
 class StoreError(RuntimeError):
@@ -66,6 +80,12 @@ class Manifest:
     created: float = field(default_factory=time.time)
     redactions: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # what a cut could not read (file:line: why)
+    namespace: str = ""  # whose it is: the namespace it was cut for ("" when made outside the cluster)
+    shared: list[str] = field(default_factory=list)  # namespaces that may read it besides ("*": every one)
+
+    def readable_by(self, namespace: str) -> bool:
+        """Whether replays of ``namespace`` may read it: it is that namespace's, or shared with it."""
+        return namespace in (self.namespace, *self.shared) or "*" in self.shared
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -86,10 +106,13 @@ class Store(Protocol):
              problems: list[ReadProblem] | None = None) -> Iterator[dict[str, Any]]: ...
     def cut(self, name: str, *, service: str, start: float, end: float, stream: str | None = None,
             problems: list[ReadProblem] | None = None) -> Manifest: ...
+    def share(self, name: str, namespaces: Iterable[str]) -> Manifest: ...
     def remove(self, name: str) -> bool: ...
     def exists(self, name: str) -> bool: ...
     def expire(self, *, max_age_s: float | None = None, max_bytes: int | None = None, stream: str | None = None,
                now: float | None = None) -> list[str]: ...
+    def tidy(self, *, now: float | None = None) -> list[str]: ...
+    def close(self) -> None: ...
 
 
 def _staged(path: Path, data: bytes) -> Path:
@@ -119,19 +142,6 @@ def _sync_dir(directory: Path) -> None:
 def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(_staged(path, data), path)
     _sync_dir(path.parent)
-
-
-def _write_once(path: Path, data: bytes) -> bool:
-    """Write ``path`` unless it exists (atomically, whoever else writes it at once); False when it did."""
-    tmp = _staged(path, data)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    _sync_dir(path.parent)
-    return True
 
 
 def encode_segment(records: Iterable[dict[str, Any]]) -> tuple[bytes, int]:
@@ -165,11 +175,87 @@ def read_segment(path: Path, *, strict: bool = True,
         bad(lineno + 1, f"corrupt or truncated segment: {exc}")
 
 
+def _members(path: Path, fh: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(end offset, data) of each complete gzip member of ``fh``; a member cut short raises EOFError."""
+    inflate, out, offset, pending, started = zlib.decompressobj(31), bytearray(), 0, b"", False
+    while True:
+        chunk, pending = pending or fh.read(1 << 20), b""
+        if not chunk:
+            if started:
+                raise EOFError(f"a batch cut short after byte {offset}")
+            return
+        started = True
+        out += inflate.decompress(chunk)
+        if len(out) > MEMBER_LIMIT:
+            raise zlib.error(f"a batch inflates past {MEMBER_LIMIT} bytes after byte {offset}")
+        if inflate.eof:
+            pending = inflate.unused_data
+            offset += len(chunk) - len(pending)
+            yield offset, bytes(out)
+            inflate, started = zlib.decompressobj(31), False
+            out.clear()
+        else:
+            offset += len(chunk)
+
+
+def read_stream_segment(path: Path, *, problems: list[ReadProblem] | None = None) -> Iterator[dict[str, Any]]:
+    """The records of a capture stream's segment, batch by batch: only whole batches (a batch being
+    written, or cut short by a crash, was never acknowledged; in a sealed segment it is reported)."""
+    line = 0
+    try:
+        with open(path, "rb") as fh:
+            for _, data in _members(path, fh):
+                for text in data.decode("utf-8").splitlines():
+                    line += 1
+                    if text.strip():
+                        try:
+                            yield rrpair.migrate(json.loads(text))
+                        except (ValueError, rrpair.RecordError) as exc:
+                            if problems is not None:
+                                problems.append(ReadProblem(str(path), line, f"not an RRPair: {exc}"))
+    except FileNotFoundError:  # sealed (renamed) or expired meanwhile: sealed, it is read under its new name
+        if path.name.endswith(OPEN) and (sealed := path.with_name(path.name[:-len(OPEN)] + ".jsonl.gz")).exists():
+            yield from read_stream_segment(sealed, problems=problems)
+    except EOFError as exc:
+        if not path.name.endswith(OPEN) and problems is not None:
+            problems.append(ReadProblem(str(path), line + 1, f"corrupt or truncated segment: {exc}"))
+    except (OSError, zlib.error, UnicodeDecodeError) as exc:
+        if problems is not None:
+            problems.append(ReadProblem(str(path), line + 1, f"corrupt or truncated segment: {exc}"))
+
+
+def _whole(path: Path) -> int:
+    """The length of ``path``'s complete gzip members (what a crash left after them is cut off on sealing)."""
+    end = 0
+    try:
+        with open(path, "rb") as fh:
+            for offset, _ in _members(path, fh):
+                end = offset
+    except (EOFError, zlib.error):
+        pass
+    return end
+
+
+@dataclass
+class _Segment:
+    path: Path
+    fh: BinaryIO
+    opened: float
+    size: int = 0
+
+
 class FileStore:
     """The filesystem backend."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, *, roll_bytes: int = ROLL_BYTES,
+                 roll_seconds: float = ROLL_SECONDS) -> None:
         self.root = root or paths.home() / "store"
+        self.roll_bytes, self.roll_seconds = roll_bytes, roll_seconds
+        self.writer = f"{_safe(socket.gethostname())[:40]}-{uuid.uuid4().hex[:6]}"
+        self._open: dict[str, _Segment] = {}  # stream -> the segment this writer appends to
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._made = 0
 
     def _snapdir(self, name: str) -> Path:
         if not NAME.match(name):
@@ -178,17 +264,95 @@ class FileStore:
 
     def append(self, stream: str, records: Iterable[dict[str, Any]], *, batch: str | None = None,
                at: float | None = None) -> int:
-        """Write ``records`` as one new segment of ``stream``, on disk before it returns; return how many.
+        """Append ``records`` to ``stream`` as one batch, on disk before it returns; return how many.
 
-        With ``batch`` (its id, and ``at``: when its sender made it) the segment is named by it and written
-        at most once, whichever writer gets it: a retry raises ``DuplicateBatch``."""
+        With ``batch`` (its id) the batch is stored at most once, whichever writer gets it: a retry raises
+        ``DuplicateBatch``. ``at`` (when its sender made it) is not needed by this backend."""
         data, count = encode_segment(records)
-        if count:
-            when = time.strftime("%Y%m%dT%H%M%S", time.gmtime(at))
-            path = self.root / "streams" / _safe(stream) / f"{when}-{batch or uuid.uuid4().hex}.jsonl.gz"
-            if not _write_once(path, data):
-                raise DuplicateBatch(f"batch {batch} of stream {stream} is stored already ({path.name})")
+        if not count:
+            return 0
+        directory = self.root / "streams" / _safe(stream)
+        marker = directory / ".batches" / _safe(batch) if batch else None
+        if marker is not None and marker.exists():
+            raise DuplicateBatch(f"batch {batch} of stream {stream} is stored already")
+        with self._lock(stream):
+            segment = self._segment(stream, directory)
+            start = segment.size
+            try:
+                segment.fh.write(data)
+                segment.fh.flush()
+                os.fsync(segment.fh.fileno())
+                segment.size += len(data)
+                if marker is not None and not _mark(marker):  # another writer stored it meanwhile
+                    raise DuplicateBatch(f"batch {batch} of stream {stream} is stored already")
+            except BaseException:
+                segment.fh.truncate(start)  # nothing of a batch not acknowledged stays
+                segment.size = start
+                raise
+            if segment.size >= self.roll_bytes:
+                self._seal(stream)
         return count
+
+    def _lock(self, stream: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(stream, threading.Lock())
+
+    def _segment(self, stream: str, directory: Path) -> _Segment:
+        """This writer's open segment of ``stream``: a new one when it has none, or when it was sealed under
+        it (by a writer that took it for abandoned), or once it is old enough to roll."""
+        segment = self._open.get(stream)
+        if segment is not None and (not segment.path.exists() or time.time() - segment.opened >= self.roll_seconds):
+            self._seal(stream)
+            segment = None
+        if segment is None:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._made += 1
+            when = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            path = directory / f"{when}-{self.writer}-{self._made:04d}{OPEN}"
+            segment = _Segment(path, open(path, "xb"), time.time())  # noqa: SIM115 - closed on sealing
+            _sync_dir(directory)
+            self._open[stream] = segment
+        return segment
+
+    def _seal(self, stream: str) -> None:
+        segment = self._open.pop(stream)
+        segment.fh.close()
+        if segment.size == 0:
+            segment.path.unlink(missing_ok=True)
+        elif segment.path.exists():
+            _seal_file(segment.path)
+
+    def close(self) -> None:
+        """Seal every segment this writer has open (at shutdown)."""
+        for stream in list(self._open):
+            with self._lock(stream):
+                if stream in self._open:
+                    self._seal(stream)
+
+    def tidy(self, *, now: float | None = None) -> list[str]:
+        """Housekeeping, off the request path: roll this writer's idle segments; seal segments their
+        writer abandoned (a crash), cutting off a batch it left half written; forget batch ids older than
+        a sender retries; remove temporary files a crashed write left. Return what was sealed or removed."""
+        now = now or time.time()
+        for stream in list(self._open):
+            with self._lock(stream):
+                if stream in self._open and now - self._open[stream].opened >= self.roll_seconds:
+                    self._seal(stream)
+        ours = {s.path for s in self._open.values()}
+        done = []
+        for path in self.root.glob(f"streams/*/*{OPEN}"):
+            if path not in ours and (stat := _stat(path)) and now - stat.st_mtime > 2 * self.roll_seconds + 60:
+                _seal_file(path, cut=True)
+                done.append(str(path))
+        for path in self.root.glob("streams/*/.batches/*"):
+            if (stat := _stat(path)) and now - stat.st_mtime > BATCHES_KEPT:
+                path.unlink(missing_ok=True)
+        for path in [*self.root.glob("streams/*/.*.tmp"), *self.root.glob("snapshots/.*.tmp"),
+                     *self.root.glob("snapshots/.*.rm")]:
+            if (stat := _stat(path)) and now - stat.st_mtime > STALE_STAGING:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                done.append(str(path))
+        return done
 
     def write_snapshot(self, manifest: Manifest, records: Iterable[dict[str, Any]]) -> Manifest:
         """Write a snapshot (segments, then the manifest last: a snapshot without one is incomplete)."""
@@ -259,8 +423,14 @@ class FileStore:
             yield from read_segment(segment, strict=strict, problems=problems)
 
     def stream_records(self, stream: str, *, problems: list[ReadProblem] | None = None) -> Iterator[dict[str, Any]]:
+        """A stream's records, segment by segment (sealed and open), each once (a batch a crash let a
+        writer store but not acknowledge, stored again on its retry, is read once by record id)."""
+        seen: set[str] = set()
         for segment in sorted((self.root / "streams" / _safe(stream)).glob("*.jsonl.gz")):
-            yield from read_segment(segment, strict=False, problems=problems)
+            for record in read_stream_segment(segment, problems=problems):
+                if record["id"] not in seen:
+                    seen.add(record["id"])
+                    yield record
 
     def streams(self) -> list[str]:
         base = self.root / "streams"
@@ -284,6 +454,13 @@ class FileStore:
                             source=f"cut from {stream or 'all streams'}")
         return self.write_snapshot(manifest, wanted())
 
+    def share(self, name: str, namespaces: Iterable[str]) -> Manifest:
+        """Let replays of ``namespaces`` read snapshot ``name`` (its manifest rewritten in one rename)."""
+        manifest = self.manifest(name)
+        manifest.shared = sorted(set(manifest.shared) | set(namespaces))
+        _write_atomic(self._snapdir(name) / "manifest.json", json.dumps(manifest.to_json(), indent=2).encode())
+        return manifest
+
     def remove(self, name: str) -> bool:
         target = self._snapdir(name)
         if not target.exists():
@@ -295,8 +472,8 @@ class FileStore:
 
     def expire(self, *, max_age_s: float | None = None, max_bytes: int | None = None, stream: str | None = None,
                now: float | None = None) -> list[str]:
-        """Retention for capture streams (one, or all): delete segments older than ``max_age_s``, then the
-        oldest until the stream fits ``max_bytes``; return what was deleted."""
+        """Retention for capture streams (one, or all): delete sealed segments last written more than
+        ``max_age_s`` ago, then the oldest until the stream fits ``max_bytes``; return what was deleted."""
         now = now or time.time()
         base = self.root / "streams"
         every = [p for p in base.iterdir() if p.is_dir()] if base.is_dir() else []
@@ -304,7 +481,8 @@ class FileStore:
         removed = []
         for directory in dirs:
             segments = sorted((stat.st_mtime, stat.st_size, path) for path in directory.glob("*.jsonl.gz")
-                              if (stat := _stat(path)) is not None)  # another replica may delete meanwhile
+                              if not path.name.endswith(OPEN)  # a writer appends to it: sealed first
+                              and (stat := _stat(path)) is not None)  # another replica may delete meanwhile
             keep = []
             for mtime, size, segment in segments:
                 if max_age_s is not None and now - mtime > max_age_s:
@@ -319,6 +497,29 @@ class FileStore:
                 oldest.unlink(missing_ok=True)
                 removed.append(str(oldest))
         return removed
+
+
+def _mark(marker: Path) -> bool:
+    """Create ``marker`` unless it exists (atomic on every filesystem); False when it did."""
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _seal_file(path: Path, *, cut: bool = False) -> None:
+    """Rename an open segment to its sealed name; with ``cut``, first cut off a batch left half written."""
+    if cut:
+        whole = _whole(path)
+        if whole < path.stat().st_size:
+            os.truncate(path, whole)
+    if path.stat().st_size == 0:
+        path.unlink(missing_ok=True)
+    else:
+        os.replace(path, path.with_name(path.name[:-len(OPEN)] + ".jsonl.gz"))
+    _sync_dir(path.parent)
 
 
 def _stat(path: Path) -> os.stat_result | None:

@@ -206,7 +206,7 @@ def test_proxy_without_a_forwarder_token_serves_the_app_and_drops_with_the_reaso
             proxy.send_signal(signal.SIGTERM)
             _, stderr = proxy.communicate(timeout=30)
     assert metric(text, 'replayops_capture_pairs_dropped_total{reason="sink-error"}') == 1
-    assert "no forwarder token ($REPLAYOPS_FORWARDER_TOKEN is empty)" in stderr
+    assert "no forwarder token (no --token-file, and $REPLAYOPS_FORWARDER_TOKEN is empty)" in stderr
 
 
 def test_proxy_flags_are_checked() -> None:

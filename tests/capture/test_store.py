@@ -42,9 +42,9 @@ def test_cut_by_service_and_window_then_remove(tmp_path: Path) -> None:
     assert store.remove("morning") and not store.exists("morning") and not store.remove("morning")
 
 
-def test_retention_expires_old_stream_segments(tmp_path: Path) -> None:
+def test_retention_expires_sealed_segments_by_age_then_size_and_never_an_open_one(tmp_path: Path) -> None:
     import os
-    store = FileStore(tmp_path)
+    store = FileStore(tmp_path, roll_bytes=1)  # every batch seals its segment
     store.append("shop", [rec(1)])
     old = next(tmp_path.rglob("*.jsonl.gz"))
     os.utime(old, (1000, 1000))
@@ -56,6 +56,12 @@ def test_retention_expires_old_stream_segments(tmp_path: Path) -> None:
     size = sum(p.stat().st_size for p in tmp_path.rglob("*.jsonl.gz"))
     removed = store.expire(max_bytes=size // 2, stream="shop")
     assert removed and sum(p.stat().st_size for p in tmp_path.rglob("*.jsonl.gz")) <= size // 2
+    writing = FileStore(tmp_path)  # a writer's open segment, however old, is never deleted under it
+    writing.append("shop", [rec(9)])
+    (segment,) = tmp_path.rglob("*.open.jsonl.gz")
+    os.utime(segment, (1000, 1000))
+    assert str(segment) not in store.expire(max_age_s=3600, max_bytes=0)
+    assert segment.exists()
 
 
 def test_truncated_and_corrupt_segments_are_named_and_the_rest_is_kept(tmp_path: Path) -> None:
@@ -142,3 +148,114 @@ def test_a_failed_snapshot_write_leaves_no_staging_behind(tmp_path: Path) -> Non
     with pytest.raises(OSError, match="No space left"):
         store.write_snapshot(Manifest(name="full"), records())
     assert not store.exists("full") and not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.gz"))
+
+
+def _segments(tmp_path: Path, pattern: str = "*.jsonl.gz") -> list[Path]:
+    return sorted((tmp_path / "streams").rglob(pattern))
+
+
+def test_a_stream_is_appended_batch_by_batch_to_one_segment_rolled_by_size_and_age(tmp_path: Path) -> None:
+    store = FileStore(tmp_path, roll_bytes=2000)
+    for i in range(5):
+        store.append("shop", [rec(i)], batch=f"b{i}")
+    (open_,) = _segments(tmp_path)
+    assert open_.name.endswith(".open.jsonl.gz") and store.writer in open_.name, "five batches, one file"
+    assert [r["request"]["url"] for r in store.stream_records("shop")] == [f"http://shop/items/{i}" for i in range(5)]
+    for i in range(5, 40):
+        store.append("shop", [rec(i)], batch=f"b{i}")
+    sealed = _segments(tmp_path)[:-1]
+    assert len(sealed) >= 2 and not [p for p in sealed if p.name.endswith(".open.jsonl.gz")], "rolled by size"
+    assert all(p.stat().st_size < 2000 + 1000 for p in sealed)
+    aged = FileStore(tmp_path / "aged", roll_seconds=0.0)
+    aged.append("shop", [rec(0)])
+    assert aged.tidy() == [] and not _segments(tmp_path / "aged", "*.open.jsonl.gz"), "an idle segment is sealed"
+    aged.append("shop", [rec(1)])
+    store.close()
+    assert not _segments(tmp_path, "*.open.jsonl.gz"), "closing seals"
+    assert len(list(store.stream_records("shop"))) == 40
+
+
+def test_writers_side_by_side_store_every_batch_once_whoever_gets_its_retry(tmp_path: Path) -> None:
+    import threading
+
+    from controller.store import DuplicateBatch
+    replicas = [FileStore(tmp_path, roll_bytes=4000), FileStore(tmp_path, roll_bytes=4000)]
+    duplicates = []
+
+    def send(worker: int) -> None:
+        for i in range(60):
+            batch = f"w{worker}-{i}"
+            for attempt in range(2):  # every batch is sent twice, to both replicas (a lost answer, retried)
+                try:
+                    replicas[(worker + attempt) % 2].append("shop", [rec(1000 * worker + i)], batch=batch)
+                except DuplicateBatch:
+                    duplicates.append(batch)
+    threads = [threading.Thread(target=send, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(duplicates) == 240
+    got = [r["request"]["url"] for r in replicas[0].stream_records("shop")]
+    assert sorted(got) == sorted(f"http://shop/items/{1000 * w + i}" for w in range(4) for i in range(60))
+    raw = [line for p in _segments(tmp_path) for line in gzip.decompress(p.read_bytes()).splitlines()]
+    assert len(raw) == 240, "stored once: a duplicate is refused before it is written or cut off after"
+    writers = {p.name.rsplit("-", 1)[0].split("-", 1)[1] for p in _segments(tmp_path)}
+    assert writers == {r.writer for r in replicas}, "each writer appends to its own segments"
+
+
+def test_a_batch_a_crash_left_half_written_is_skipped_then_cut_off_when_the_segment_is_sealed(tmp_path: Path) -> None:
+    import os
+    crashed = FileStore(tmp_path)
+    for i in range(3):
+        crashed.append("shop", [rec(i)], batch=f"b{i}")
+    (segment,) = _segments(tmp_path)
+    whole = segment.stat().st_size
+    with open(segment, "ab") as fh:  # the writer died in the middle of its fourth batch
+        fh.write(gzip.compress(b'{"id": "x"}\n' * 100)[:40])
+    (tmp_path / "streams" / "shop" / ".20260101T000000-x.jsonl.gz.1234.tmp").write_bytes(b"staging")
+    other = FileStore(tmp_path)
+    problems: list[ReadProblem] = []
+    assert len(list(other.stream_records("shop", problems=problems))) == 3 and problems == [], \
+        "an open segment's unfinished batch was never acknowledged: not a problem"
+    assert other.tidy() == [], "a recent open segment may still be written: left alone"
+    os.utime(segment, (1000, 1000))
+    for stale in (tmp_path / "streams" / "shop").glob(".*.tmp"):
+        os.utime(stale, (1000, 1000))
+    tidied = other.tidy()
+    assert str(segment) in tidied and any(t.endswith(".tmp") for t in tidied)
+    (sealed,) = _segments(tmp_path)
+    assert not sealed.name.endswith(".open.jsonl.gz") and sealed.stat().st_size == whole, "cut at the last batch"
+    assert len(list(other.stream_records("shop", problems=problems))) == 3 and problems == []
+    assert not list(tmp_path.rglob("*.tmp"))
+    with open(sealed, "ab") as fh:  # a sealed segment cut short is corruption: reported
+        fh.write(gzip.compress(b'{"id": "y"}\n')[:30])
+    assert len(list(other.stream_records("shop", problems=problems))) == 3
+    assert len(problems) == 1 and "corrupt or truncated" in str(problems[0]) and sealed.name in str(problems[0])
+
+
+def test_a_batch_stored_twice_by_a_crash_before_its_answer_is_read_once(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    batch = [rec(i) for i in range(3)]
+    store.append("shop", batch, batch="b1")
+    for marker in tmp_path.rglob(".batches/*"):  # the writer died before its batch id was on disk
+        marker.unlink()
+    FileStore(tmp_path).append("shop", batch, batch="b1")
+    assert len(list(store.stream_records("shop"))) == 3
+    assert store.cut("once", service="shop", start=0, end=1e12).count == 3
+
+
+def test_batch_ids_are_forgotten_after_the_retry_window(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from controller.store import BATCHES_KEPT, DuplicateBatch
+    store = FileStore(tmp_path)
+    store.append("shop", [rec(1)], batch="b1")
+    with pytest.raises(DuplicateBatch):
+        store.append("shop", [rec(1)], batch="b1")
+    (marker,) = tmp_path.rglob(".batches/*")
+    old = time.time() - BATCHES_KEPT - 10
+    os.utime(marker, (old, old))
+    store.tidy()
+    assert not marker.exists()

@@ -57,19 +57,20 @@ def service() -> Iterator[str]:
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    """REPLAYOPS_HOME with snapshot `quotes`: five recorded GET /api/quote answered {"price": 2}."""
+def home(tmp_path: Path, namespace: str) -> Path:
+    """REPLAYOPS_HOME with snapshot `quotes` of ``namespace``: five recorded GET /api/quote answered
+    {"price": 2}; and its outbound call to pricing."""
     now = time.time()
     records = [rrpair.make(method="GET", url=f"http://svc/api/quote?n={i}", request_headers=[],
                            request_body=None, status=200, response_headers=[["Content-Type", "application/json"]],
                            response_body=b'{"price": 2}', started=now + i, finished=now + i, direction="inbound",
                            service="svc") for i in range(5)]
-    FileStore(tmp_path / "store").write_snapshot(Manifest(name="quotes"), records)
+    FileStore(tmp_path / "store").write_snapshot(Manifest(name="quotes", namespace=namespace), records)
     calls = [rrpair.make(method="GET", url="http://pricing/api/price?item=apple", request_headers=[],
                          request_body=None, status=200, response_headers=[["Content-Type", "application/json"]],
                          response_body=b'{"price": 2}', started=now, finished=now, direction="outbound",
                          service="svc")]
-    FileStore(tmp_path / "store").write_snapshot(Manifest(name="pricing"), calls)
+    FileStore(tmp_path / "store").write_snapshot(Manifest(name="pricing", namespace=namespace), calls)
     return tmp_path
 
 
@@ -259,3 +260,33 @@ def test_a_workload_target_resolves_to_the_service_selecting_it_or_fails_the_rep
         targets.resolve(cluster.kube, namespace, {"target": {"workloadRef": {"name": "quote", "port": 9999}}})
     with pytest.raises(targets.TargetError, match=f"Deployment {namespace}/gone does not exist"):
         targets.resolve(cluster.kube, namespace, {"target": {"workloadRef": {"name": "gone"}}})
+
+
+def test_a_replay_reads_only_its_namespaces_snapshots_unless_one_is_shared_with_it(
+        cluster: Cluster, namespace: str, jobs: ReplayJobs, service: str, home: Path) -> None:
+    from controller import snapshots
+    store = FileStore(home / "store")
+    store.write_snapshot(Manifest(name="theirs", namespace="payments"), store.read("quotes"))
+    store.write_snapshot(Manifest(name="imported", source="import calls.har"), store.read("quotes"))
+    created = replay(cluster, namespace, "peek", {"url": service}, snapshot="theirs")
+    jobs.sync()
+    ran = run_pod(cluster, cluster.kube.get("batch/v1", "Job", job_name(created), jobs.config.namespace) or {}, home)
+    status = get(cluster, namespace, "peek")["status"]
+    assert ran.returncode != 0 and status["phase"] == "Failed", ran.stderr
+    assert "snapshot 'theirs' in the store is namespace payments's and not shared with namespace " \
+        f"{namespace}; share it with: replayops snapshot share theirs --with {namespace}" \
+        in status["conditions"][0]["message"]
+    with pytest.raises(snapshots.SnapshotNotReady, match="made outside the cluster and not shared"):
+        snapshots.resolve(cluster.kube, namespace, "imported", store)
+    assert snapshots.resolve(cluster.kube, namespace, "quotes", store) == "quotes", "its own namespace's"
+    shared = subprocess.run([sys.executable, "-m", "controller.cli", "snapshot", "--store", str(home / "store"),
+                             "share", "theirs", "--with", namespace], capture_output=True, text=True, timeout=60)
+    assert shared.returncode == 0 and f"replays of: {namespace} (and payments, its own)" in shared.stdout
+    assert snapshots.resolve(cluster.kube, namespace, "theirs", store) == "theirs"
+    with pytest.raises(snapshots.SnapshotNotReady, match="not shared with namespace other"):
+        snapshots.resolve(cluster.kube, "other", "theirs", store)
+    store.share("imported", ["*"])
+    assert snapshots.resolve(cluster.kube, "other", "imported", store) == "imported"
+    bad = subprocess.run([sys.executable, "-m", "controller.cli", "snapshot", "--store", str(home / "store"),
+                          "share", "theirs", "--with", "../x"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "'../x' is not a DNS-1123 label" in bad.stderr

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
-from controller.capture.addon import forwarder_sink
+from controller.capture.addon import bearer, forwarder_sink
 
 
 class Forwarder(ThreadingHTTPServer):
@@ -58,7 +60,8 @@ def forwarder(request: pytest.FixtureRequest) -> Iterator[Forwarder]:
 
 
 def test_batches_arrive_whole_whether_or_not_the_forwarder_keeps_the_connection(forwarder: Forwarder) -> None:
-    deliver = forwarder_sink(f"http://127.0.0.1:{forwarder.server_address[1]}/", "t0k", policy="shop/p", stream="s")
+    deliver = forwarder_sink(f"http://127.0.0.1:{forwarder.server_address[1]}/", bearer("t0k"), policy="shop/p",
+                             stream="s")
     for i in range(3):
         deliver([json.dumps({"n": i}).encode()])
     assert [b["records"] for b in forwarder.bodies] == [[{"n": 0}], [{"n": 1}], [{"n": 2}]]
@@ -72,9 +75,9 @@ def test_a_refused_batch_and_a_missing_token_raise_with_the_reason() -> None:
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         with pytest.raises(RuntimeError, match="forwarder answered 401: no"):
-            forwarder_sink(url, "t0k", policy="p", stream="s")([b"{}"])
+            forwarder_sink(url, bearer("t0k"), policy="p", stream="s")([b"{}"])
         with pytest.raises(RuntimeError, match="no forwarder token"):
-            forwarder_sink(url, "", policy="p", stream="s")([b"{}"])
+            forwarder_sink(url, bearer(""), policy="p", stream="s")([b"{}"])
     finally:
         server.shutdown()
 
@@ -83,7 +86,8 @@ def test_a_timed_out_batch_is_not_sent_again() -> None:
     server = Forwarder(hang_up=False, stall={2})
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        deliver = forwarder_sink(f"http://127.0.0.1:{server.server_address[1]}", "t0k", policy="p", stream="s",
+        deliver = forwarder_sink(f"http://127.0.0.1:{server.server_address[1]}", bearer("t0k"), policy="p",
+                                 stream="s",
                                  timeout=0.3)
         deliver([b'{"n": 0}'])
         with pytest.raises(TimeoutError):
@@ -97,7 +101,8 @@ def test_a_timed_out_batch_is_not_sent_again() -> None:
 
 
 def test_batches_from_two_threads_share_the_connection_one_at_a_time(forwarder: Forwarder) -> None:
-    deliver = forwarder_sink(f"http://127.0.0.1:{forwarder.server_address[1]}", "t0k", policy="p", stream="s")
+    deliver = forwarder_sink(f"http://127.0.0.1:{forwarder.server_address[1]}", bearer("t0k"), policy="p",
+                             stream="s")
     errors: list[BaseException] = []
 
     def send(first: int) -> None:
@@ -114,3 +119,16 @@ def test_batches_from_two_threads_share_the_connection_one_at_a_time(forwarder: 
         t.join()
     assert not errors
     assert sorted(b["records"][0]["n"] for b in forwarder.bodies) == [*range(50), *range(100, 150)]
+
+
+def test_the_token_file_is_read_again_when_the_kubelet_renews_it(tmp_path: Path) -> None:
+    """The kubelet renews a projected token by swapping a symlink (``..data``): the next batch sends the new
+    one; while the file is absent the fixed token is sent."""
+    link = tmp_path / "token"
+    current = bearer("fallback", str(link))
+    assert current() == "fallback"
+    for i in range(2):
+        (tmp_path / f"v{i}").write_text(f"jwt-{i}\n")
+        (tmp_path / "next").symlink_to(f"v{i}")
+        os.replace(tmp_path / "next", link)
+        assert current() == f"jwt-{i}"
