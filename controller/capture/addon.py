@@ -464,9 +464,9 @@ class Recorder:
         self.metrics.upstream_errors.inc()
 
     def _offer(self, flow: http.HTTPFlow) -> None:
-        record_id = str(uuid.uuid4())
+        record_id, policy = str(uuid.uuid4()), self.buffer.policy.filter
         try:
-            kept = self.buffer.policy.filter.keep(_view(flow, record_id))
+            kept = policy.everything or policy.keep(_view(flow, record_id))
         except Exception:  # a policy that cannot judge it: recorded, the forwarder decides
             kept = True
         if not kept:  # dropped before any recording

@@ -40,6 +40,11 @@ class Filter:
         return cls(list(filters.get("include") or []), list(filters.get("exclude") or []),
                    float(spec.get("sampling", 1.0)))
 
+    @property
+    def everything(self) -> bool:
+        """Whether it keeps every pair (no filter, no sampling): nothing to judge."""
+        return not self.include and not self.exclude and self.sampling >= 1
+
     def sampled(self, record: Mapping[str, Any]) -> bool:
         """Deterministic by record id, so the same pair is kept or dropped wherever it is judged."""
         if self.sampling >= 1:

@@ -198,6 +198,17 @@ def _members(path: Path, fh: BinaryIO) -> Iterator[tuple[int, bytes]]:
             offset += len(chunk)
 
 
+def whole_batches(path: Path) -> Iterator[bytes]:
+    """The decompressed bytes of each whole batch of a stream segment, as stored (a batch being written,
+    or cut short, is left out)."""
+    try:
+        with open(path, "rb") as fh:
+            for _, data in _members(path, fh):
+                yield data
+    except (FileNotFoundError, EOFError):
+        return
+
+
 def read_stream_segment(path: Path, *, problems: list[ReadProblem] | None = None) -> Iterator[dict[str, Any]]:
     """The records of a capture stream's segment, batch by batch: only whole batches (a batch being
     written, or cut short by a crash, was never acknowledged; in a sealed segment it is reported)."""

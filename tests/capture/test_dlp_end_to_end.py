@@ -30,7 +30,7 @@ from controller.devcluster.cluster import free_port
 from controller.store import rrpair
 from tests.capture.servers import serve_h2, ws_echo
 from tests.capture.test_processes import cli
-from tests.helpers import wait_200
+from tests.helpers import stored_lines, wait_200
 
 CARD, EMAIL, AWS, CUSTOM = "4111 1111 1111 1111", "jane.doe@example.com", "AKIAIOSFODNN7EXAMPLE", "EMP-123456"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
@@ -207,8 +207,8 @@ async def _send_corpus(stack: dict[str, Any]) -> int:
 def _stored(store: Path, want: int) -> tuple[str, list[dict[str, Any]]]:
     deadline = time.monotonic() + 30
     while True:
-        raw = "".join(gzip.decompress(s.read_bytes()).decode() for s in (store / "streams").rglob("*.jsonl.gz"))
-        records = [json.loads(line) for line in raw.splitlines() if line]
+        lines = stored_lines(store)
+        raw, records = "\n".join(lines), [json.loads(line) for line in lines]
         if len(records) >= want or time.monotonic() > deadline:
             return raw, records
         time.sleep(0.2)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import gzip
 import hashlib
 import http.client
 import json
@@ -28,7 +27,7 @@ from controller.devcluster import stop_pid
 from controller.devcluster.cluster import free_port
 from tests.capture.servers import serve
 from tests.capture.test_processes import cli
-from tests.helpers import wait_200
+from tests.helpers import stored_lines, wait_200
 
 GiB, MiB = 1 << 30, 1 << 20
 CHUNK = bytes(range(256)) * 256  # 64 KiB, the same every time: a download's digest is known up front
@@ -113,10 +112,7 @@ class Sidecar:
         raise AssertionError("no VmHWM")
 
     def records(self) -> list[dict[str, Any]]:
-        out = []
-        for segment in (self.store / "streams").rglob("*.jsonl.gz"):
-            out += [json.loads(line) for line in gzip.decompress(segment.read_bytes()).splitlines() if line]
-        return out
+        return [json.loads(line) for line in stored_lines(self.store)]
 
 
 @pytest.fixture(scope="module")

@@ -46,9 +46,8 @@ def metric(text: str, name: str) -> float:
 
 
 def _stored(home: Path) -> int:
-    import gzip
-    return sum(len([line for line in gzip.decompress(p.read_bytes()).splitlines() if line])
-               for p in (home / "store" / "streams").rglob("*.jsonl.gz"))
+    from tests.helpers import stored_lines
+    return len(stored_lines(home / "store"))
 
 
 def test_forwarder_killed_mid_stream_every_app_request_succeeds_and_nothing_is_lost(env: dict[str, str],

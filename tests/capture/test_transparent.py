@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from tests.helpers import stored_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST_IP, POD_IP = "10.250.77.1", "10.250.77.2"
@@ -82,8 +83,7 @@ def test_redirected_inbound_traffic_is_recorded_with_its_original_destination(po
         deadline = time.monotonic() + 15
         while len(records) < 2 and time.monotonic() < deadline:
             time.sleep(0.3)
-            records = [json.loads(line) for seg in (tmp_path / "home" / "store").rglob("*.jsonl.gz")
-                       for line in gzip.decompress(seg.read_bytes()).decode().splitlines() if line]
+            records = [json.loads(line) for line in stored_lines(tmp_path / "home" / "store")]
     finally:
         for proc in procs:
             proc.terminate()

@@ -3,8 +3,6 @@ pods with its real ServiceAccounts: the webhook, the controller (two replicas, o
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import json
 import time
 import urllib.parse
@@ -21,6 +19,7 @@ from controller.capture.filters import Filter
 from controller.devcluster import host, install
 from controller.gitops.replayjobs import job_name
 from controller.kube import KubeError
+from controller.store import read_stream_segment
 from tests.gitrepo import Repo, git_daemon
 from tests.node.conftest import NodeCluster, job_outcome, python_job, wait_available
 
@@ -166,12 +165,10 @@ def _store_volume(node: NodeCluster) -> Path:
 
 
 def _store_records(node: NodeCluster) -> list[dict[str, Any]]:
-    """Every record in the store's volume, read from the node's disk (segments decompressed)."""
-    records = []
-    for segment in (_store_volume(node) / "store" / "streams").rglob("*.jsonl.gz"):
-        with contextlib.suppress(OSError, EOFError):
-            records += [json.loads(line) for line in gzip.decompress(segment.read_bytes()).splitlines() if line]
-    return records
+    """Every record in the store's volume, read from the node's disk: each copy, of whole batches (a batch
+    the forwarder is writing now is read once it is whole)."""
+    return [record for segment in (_store_volume(node) / "store" / "streams").rglob("*.jsonl.gz")
+            for record in read_stream_segment(segment)]
 
 
 CLIENT = """
@@ -255,6 +252,12 @@ def test_traffic_through_the_sidecar_reaches_the_store_shaped_by_the_policy_the_
     assert 0 < len(traffic) < 2 * QUOTES, "the policy's sampling (0.5) kept some pairs and dropped others"
     assert _filtered(node) == 2 * QUOTES + 1 - len(traffic), "/skip and the sampled-out ones"
     assert _sidecars_filtered(node) > 0, "the sidecar applied the policy the forwarder answered with"
+    by_pod = {seg.parent.name: {r["service"] for r in read_stream_segment(seg)}
+              for seg in (_store_volume(node) / "store" / "streams").rglob("*.jsonl.gz")
+              if seg.parent.name.startswith(f"{NS}.")}
+    assert by_pod and all(pods == {stream.rpartition(".")[2]} and stream == f"{NS}.demo-server.{pods.pop()}"
+                          for stream, pods in by_pod.items()), \
+        f"the forwarder named each stream by the pod its ServiceAccount token is bound to: {by_pod}"
 
 
 SNAPSHOT_YAML = """apiVersion: replayops.dev/v1alpha1
