@@ -82,25 +82,38 @@ class Identity:
 
 class Reviewer:
     """TokenReview through ``create`` (a Kube's), for ``audiences``; answers kept ``ttl`` seconds (a refusal
-    ``refused_ttl``), at most ``size`` of them, by the token's hash (the token itself is never kept)."""
+    ``refused_ttl``), at most ``size`` of them, by the token's hash (the token itself is never kept). While
+    the apiserver cannot be asked, a token it accepted stays accepted up to ``stale`` seconds past its ttl
+    (capture rides out an apiserver restart; a bound token lives an hour at most anyway)."""
 
     def __init__(self, create: Callable[[Mapping[str, Any]], Mapping[str, Any]], audiences: Sequence[str] = (),
-                 *, ttl: float = 60.0, refused_ttl: float = 10.0, size: int = 10000) -> None:
+                 *, ttl: float = 60.0, refused_ttl: float = 10.0, stale: float = 900.0, size: int = 10000) -> None:
         self._create, self.audiences = create, list(audiences)
-        self.ttl, self.refused_ttl, self.size = ttl, refused_ttl, size
+        self.ttl, self.refused_ttl, self.stale, self.size = ttl, refused_ttl, stale, size
         self._seen: OrderedDict[str, tuple[float, Identity | str]] = OrderedDict()
         self._lock = threading.Lock()
+        self._failing_until = 0.0  # the apiserver failed a review: tokens it accepted are not re-asked till then
 
     def identify(self, token: str) -> Identity:
         """Who ``token`` is; ``TokenError`` saying why when the apiserver does not authenticate it. Errors
-        reaching the apiserver propagate (the caller answers 503, not 401)."""
+        reaching the apiserver propagate (the caller answers 503, not 401) unless it accepted the token
+        recently."""
         key = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()
         with self._lock:
             hit = self._seen.get(key)
-            if hit is not None and hit[0] > now:
-                return _answer(hit[1])
-        answer = self._review(token)
+        if hit is not None and hit[0] > now:
+            return _answer(hit[1])
+        recent = hit[1] if hit is not None and isinstance(hit[1], Identity) and hit[0] + self.stale > now else None
+        if recent is not None and now < self._failing_until:  # the apiserver just failed: not asked again yet
+            return recent
+        try:
+            answer = self._review(token)
+        except Exception:
+            self._failing_until = now + self.refused_ttl
+            if recent is not None:
+                return recent
+            raise
         with self._lock:
             self._seen[key] = (now + (self.ttl if isinstance(answer, Identity) else self.refused_ttl), answer)
             self._seen.move_to_end(key)

@@ -372,7 +372,8 @@ def run_snapshot(args: argparse.Namespace) -> int:
         if args.verb == "ls":
             for m in store.snapshots():
                 window = f"{_fmt(m.start)} .. {_fmt(m.end)}" if m.count else "-"
-                print(f"{m.name:<40} {m.count:>8} pairs  {m.service or '-':<20} {window}")
+                readers = ",".join([m.namespace or "-", *m.shared])
+                print(f"{m.name:<40} {m.count:>8} pairs  {m.service or '-':<20} {window}  read by {readers}")
         elif args.verb == "show":
             m = store.manifest(args.name)
             problems: list[ReadProblem] = []

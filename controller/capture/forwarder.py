@@ -134,8 +134,8 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter, *,
             changed.clear()
             try:
                 tidied = store.tidy()
-            except OSError as exc:
-                log.warning("store housekeeping failed", extra=logs.fields(error=str(exc)))
+            except Exception as exc:  # never the end of housekeeping: tried again in a minute
+                log.warning("store housekeeping failed", extra=logs.fields(error=f"{type(exc).__name__}: {exc}"))
             else:
                 if tidied:
                     log.info("store tidied", extra=logs.fields(count=len(tidied), first=tidied[:3]))
@@ -144,7 +144,7 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter, *,
                 try:
                     removed = store.expire(stream=stream, max_age_s=parse_duration(spec.get("maxAge")),
                                            max_bytes=int(max_mb) * 1024 * 1024 if max_mb else None)
-                except (OSError, ValueError) as exc:
+                except Exception as exc:  # noqa: BLE001 - never the end of retention: tried again in a minute
                     log.warning("retention failed", extra=logs.fields(stream=stream, error=str(exc)))
                     continue
                 if removed:

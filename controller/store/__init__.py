@@ -20,7 +20,11 @@ the rest. ``Store`` is the interface an object-store backend implements.
 
 from __future__ import annotations
 
+import calendar
+import collections
+import contextlib
 import gzip
+import heapq
 import json
 import os
 import re
@@ -30,7 +34,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -43,6 +47,7 @@ SEGMENT_RECORDS = 5000
 ROLL_BYTES = 64 * 1024 * 1024  # a stream segment is sealed once this large...
 ROLL_SECONDS = 300.0  # ...or this old
 BATCHES_KEPT = 3600.0  # how long a stored batch id is remembered (a sender retries for 5 minutes)
+DEDUP_SECONDS = 900.0  # a batch stored twice by a crash comes again within a sender's retries (5 minutes)
 STALE_STAGING = 3600.0  # a temporary file this old is a crashed write's: removed
 OPEN = ".open.jsonl.gz"
 MEMBER_LIMIT = 256 * 1024 * 1024  # a stream segment's batch inflates to at most this (the forwarder's cap is 64 MiB)
@@ -287,22 +292,36 @@ class FileStore:
         if marker is not None and marker.exists():
             raise DuplicateBatch(f"batch {batch} of stream {stream} is stored already")
         with self._lock(stream):
+            if marker is not None and marker.exists():  # its first copy was stored while this one waited
+                raise DuplicateBatch(f"batch {batch} of stream {stream} is stored already")
             segment = self._segment(stream, directory)
             start = segment.size
             try:
                 segment.fh.write(data)
                 segment.fh.flush()
                 os.fsync(segment.fh.fileno())
-                segment.size += len(data)
                 if marker is not None and not _mark(marker):  # another writer stored it meanwhile
                     raise DuplicateBatch(f"batch {batch} of stream {stream} is stored already")
             except BaseException:
-                segment.fh.truncate(start)  # nothing of a batch not acknowledged stays
-                segment.size = start
+                self._undo(stream, segment, start)  # nothing of a batch not acknowledged stays
                 raise
+            segment.size += len(data)
             if segment.size >= self.roll_bytes:
                 self._seal(stream)
         return count
+
+    def _undo(self, stream: str, segment: _Segment, start: int) -> None:
+        """Cut ``segment`` back to ``start`` bytes, writing on from there; a segment that cannot be cut back
+        is sealed as it is (its last batch cut off then) and the next batch goes to a new one."""
+        try:
+            segment.fh.truncate(start)
+            segment.fh.seek(start)  # truncate leaves the position where the write ended: no gap of zeros
+        except OSError:
+            with self._guard:
+                self._open.pop(stream, None)
+            with contextlib.suppress(OSError):
+                segment.fh.close()
+                _seal_file(segment.path, cut=True)
 
     def _lock(self, stream: str) -> threading.Lock:
         with self._guard:
@@ -322,11 +341,13 @@ class FileStore:
             path = directory / f"{when}-{self.writer}-{self._made:04d}{OPEN}"
             segment = _Segment(path, open(path, "xb"), time.time())  # noqa: SIM115 - closed on sealing
             _sync_dir(directory)
-            self._open[stream] = segment
+            with self._guard:
+                self._open[stream] = segment
         return segment
 
     def _seal(self, stream: str) -> None:
-        segment = self._open.pop(stream)
+        with self._guard:
+            segment = self._open.pop(stream)
         segment.fh.close()
         if segment.size == 0:
             segment.path.unlink(missing_ok=True)
@@ -349,7 +370,8 @@ class FileStore:
             with self._lock(stream):
                 if stream in self._open and now - self._open[stream].opened >= self.roll_seconds:
                     self._seal(stream)
-        ours = {s.path for s in self._open.values()}
+        with self._guard:  # request threads open segments meanwhile
+            ours = {s.path for s in self._open.values()}
         done = []
         for path in self.root.glob(f"streams/*/*{OPEN}"):
             if path not in ours and (stat := _stat(path)) and now - stat.st_mtime > 2 * self.roll_seconds + 60:
@@ -434,13 +456,19 @@ class FileStore:
             yield from read_segment(segment, strict=strict, problems=problems)
 
     def stream_records(self, stream: str, *, problems: list[ReadProblem] | None = None) -> Iterator[dict[str, Any]]:
-        """A stream's records, segment by segment (sealed and open), each once (a batch a crash let a
-        writer store but not acknowledge, stored again on its retry, is read once by record id)."""
-        seen: set[str] = set()
-        for segment in sorted((self.root / "streams" / _safe(stream)).glob("*.jsonl.gz")):
-            for record in read_stream_segment(segment, problems=problems):
+        """A stream's records (sealed and open segments) in the order they were recorded: segments whose
+        time spans overlap (two writers took the stream at once) are merged by request time. Each record
+        comes once: a batch a crash let a writer store but not acknowledge, stored again on its retry
+        (within minutes), is read once by record id."""
+        seen: collections.OrderedDict[str, float] = collections.OrderedDict()
+        for group in _overlapping(sorted((self.root / "streams" / _safe(stream)).glob("*.jsonl.gz"))):
+            readers = [read_stream_segment(segment, problems=problems) for segment in group]
+            for record in heapq.merge(*readers, key=_recorded) if len(readers) > 1 else readers[0]:
+                at = _recorded(record)
+                while seen and next(iter(seen.values())) < at - DEDUP_SECONDS:  # memory: minutes of ids
+                    seen.popitem(last=False)
                 if record["id"] not in seen:
-                    seen.add(record["id"])
+                    seen[record["id"]] = at
                     yield record
 
     def streams(self) -> list[str]:
@@ -508,6 +536,35 @@ class FileStore:
                 oldest.unlink(missing_ok=True)
                 removed.append(str(oldest))
         return removed
+
+
+def _recorded(record: Mapping[str, Any]) -> float:
+    return float((record.get("timestamps") or {}).get("request") or 0)
+
+
+def _span(segment: Path) -> tuple[float, float]:
+    """When a stream segment was begun (its name: ``<%Y%m%dT%H%M%S>-...``) and last written (its mtime)."""
+    try:
+        begun = float(calendar.timegm(time.strptime(segment.name[:15], "%Y%m%dT%H%M%S")))
+    except ValueError:
+        begun = 0.0
+    stat = _stat(segment)
+    return begun, max(begun, stat.st_mtime) if stat else begun
+
+
+def _overlapping(segments: list[Path]) -> Iterator[list[Path]]:
+    """``segments`` (sorted by name: by when they were begun) in groups whose time spans overlap."""
+    group: list[Path] = []
+    end = -1.0
+    for segment in segments:
+        begun, last = _span(segment)
+        if group and begun > end:
+            yield group
+            group = []
+        group.append(segment)
+        end = max(end, last)
+    if group:
+        yield group
 
 
 def _mark(marker: Path) -> bool:

@@ -124,6 +124,7 @@ def test_local_capture_records_both_directions_of_the_demo_app(env: dict[str, st
     ls = subprocess.run([sys.executable, "-m", "controller.cli", "snapshot", "ls"], env=env, capture_output=True,
                         text=True, cwd=ROOT)
     assert "demo-1" in ls.stdout and "demo-copy" in ls.stdout
+    assert all(line.endswith("read by -") for line in ls.stdout.splitlines()), "made here: no namespace's yet"
 
 
 def _children(pid: int) -> set[int]:

@@ -259,3 +259,84 @@ def test_batch_ids_are_forgotten_after_the_retry_window(tmp_path: Path) -> None:
     os.utime(marker, (old, old))
     store.tidy()
     assert not marker.exists()
+
+
+def test_a_batch_refused_or_failed_mid_write_leaves_no_gap_and_later_batches_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import threading
+
+    from controller.store import DuplicateBatch
+    store = FileStore(tmp_path)
+    real_fsync, calls = os.fsync, []
+
+    def slow_then_failing_fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(5, "Input/output error")
+        threading.Event().wait(0.2)  # two copies of one batch in flight at once (a sender's timeout, retried)
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", slow_then_failing_fsync)
+    outcomes: list[str] = []
+
+    def send() -> None:
+        try:
+            FileStore.append(store, "shop", [rec(1)], batch="same")
+            outcomes.append("stored")
+        except DuplicateBatch:
+            outcomes.append("duplicate")
+    copies = [threading.Thread(target=send) for _ in range(2)]
+    for t in copies:
+        t.start()
+    for t in copies:
+        t.join()
+    assert sorted(outcomes) == ["duplicate", "stored"]
+    with pytest.raises(OSError, match="Input/output"):
+        store.append("shop", [rec(2)], batch="fails")
+    store.append("shop", [rec(3)], batch="after")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    problems: list[ReadProblem] = []
+    got = [r["request"]["url"] for r in store.stream_records("shop", problems=problems)]
+    assert got == ["http://shop/items/1", "http://shop/items/3"] and problems == [], \
+        "stored once; the failed batch left nothing; the next one reads"
+
+
+def test_housekeeping_runs_while_new_streams_open(tmp_path: Path) -> None:
+    import sys
+    import threading
+    store = FileStore(tmp_path)
+    for i in range(1000):  # a forwarder that has seen many pods
+        store.append(f"shop.p.old-{i}", [rec(i)])
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can: the race comes at once, if it is there
+    stop = threading.Event()
+    errors: list[Exception] = []
+
+    def tidy() -> None:
+        while not stop.is_set():
+            try:
+                store.tidy()
+            except Exception as exc:  # noqa: BLE001 - the test reports any
+                errors.append(exc)
+    housekeeper = threading.Thread(target=tidy)
+    housekeeper.start()
+    try:
+        for i in range(300):  # a new pod's stream, one after another
+            store.append(f"shop.p.pod-{i}", [rec(i)])
+    finally:
+        stop.set()
+        housekeeper.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+
+def test_a_stream_two_writers_took_at_once_is_read_in_recorded_order(tmp_path: Path) -> None:
+    replicas = [FileStore(tmp_path), FileStore(tmp_path)]
+    for i in range(8):  # the sidecar's batches alternate between the forwarder's replicas
+        replicas[i % 2].append("shop", [rec(i)], batch=f"b{i}")
+    assert len(_segments(tmp_path)) == 2
+    assert [r["request"]["url"] for r in replicas[0].stream_records("shop")] == [
+        f"http://shop/items/{i}" for i in range(8)]
+    assert [r["request"]["url"] for r in replicas[0].read(replicas[0].cut("c", service="shop", start=0,
+                                                                          end=1e12).name)] == [
+        f"http://shop/items/{i}" for i in range(8)]
