@@ -16,7 +16,7 @@ from controller.admission.notices import Notices
 from controller.admission.serve import WebhookServer
 from controller.api import SYSTEM_NAMESPACE
 from controller.kube import KubeError, connect
-from controller.store import FileStore, StoreError
+from controller.store import FileStore, Manifest, StoreError
 
 log = logs.get("webhook")
 
@@ -76,15 +76,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     hook.set_defaults(func=run)
 
 
-def _snapshot_check(store: Path | None) -> Callable[[str], bool | None]:
-    def exists(name: str) -> bool | None:
+def _snapshot_check(store: Path | None) -> Callable[[str], Manifest | bool | None]:
+    def manifest(name: str) -> Manifest | bool | None:
         if store is None or not store.is_dir():
             return None
         try:
-            return FileStore(store).exists(name)
-        except StoreError:  # not a valid snapshot name: it cannot be there
+            found = FileStore(store)
+            return found.manifest(name) if found.exists(name) else False
+        except StoreError:  # not a valid snapshot name (it cannot be there), or an unreadable manifest
             return False
-    return exists
+    return manifest
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
     def factory() -> object:
         kube = connect(args.kubeconfig)
-        lookup = ClusterLookup(kube, snapshot_exists=_snapshot_check(args.store))
+        lookup = ClusterLookup(kube, snapshot=_snapshot_check(args.store))
         return create_app(Deps(lookup=lookup, policies=lookup.policy, limits=limits, inject_config=config,
                                quotas=lookup.quotas, limit_ranges=lookup.limit_ranges,
                                notify=Notices(kube),

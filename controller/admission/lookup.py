@@ -11,6 +11,7 @@ from controller import logs
 from controller.admission import rules
 from controller.api import ACTIVE_PHASES, API_VERSION, PENDING, TERMINAL_PHASES
 from controller.kube import Kube, KubeError
+from controller.store import Manifest
 
 log = logs.get("webhook")
 WORKLOAD_API = {"Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1"}
@@ -39,10 +40,10 @@ class TTLCache:
 class ClusterLookup:
     """``rules.Lookup`` and the webhook's policy getter, backed by the Kubernetes API."""
 
-    def __init__(self, kube: Kube, *, snapshot_exists: Callable[[str], bool | None] = lambda _: None,
+    def __init__(self, kube: Kube, *, snapshot: Callable[[str], Manifest | bool | None] = lambda _: None,
                  policy_ttl: float = 2.0, namespace_ttl: float = 2.0) -> None:
         self.kube = kube
-        self._snapshot_exists = snapshot_exists
+        self._snapshot = snapshot  # a store snapshot's manifest; False: there is none; None: unknown
         self._policies = TTLCache(policy_ttl)
         self._namespaces = TTLCache(namespace_ttl)
 
@@ -83,7 +84,12 @@ class ClusterLookup:
             return []
 
     def snapshot_exists(self, name: str) -> bool | None:
-        return self._snapshot_exists(name)
+        found = self._snapshot(name)
+        return None if found is None else bool(found)
+
+    def snapshot_readable(self, namespace: str, name: str) -> bool | None:
+        found = self._snapshot(name)
+        return found.readable_by(namespace) if isinstance(found, Manifest) else None
 
     def resource_exists(self, kind: str, namespace: str, name: str) -> bool | None:
         try:

@@ -55,6 +55,7 @@ class Lookup(Protocol):
     def finished_replays(self, namespace: str) -> set[str] | None: ...  # names; None: unknown
     def namespace_labels(self, namespace: str) -> Mapping[str, str] | None: ...
     def snapshot_exists(self, name: str) -> bool | None: ...  # None: the store is unreachable
+    def snapshot_readable(self, namespace: str, name: str) -> bool | None: ...  # by its replays; None: unknown
     def resource_exists(self, kind: str, namespace: str, name: str) -> bool | None: ...  # our kinds; None: unknown
 
 
@@ -100,6 +101,9 @@ def _snapshot_exists(ns: str, snapshot: str, lookup: Lookup) -> list[Finding]:
         found.append(Finding("spec.snapshot", f"{snapshot!r} is the cut of Snapshot {other_ns}/{cut_of}: a replay "
                              "names Snapshots of its own namespace", "own-namespace"))
     exists = True if declared or foreign else lookup.snapshot_exists(snapshot)
+    if exists and not declared and not foreign and lookup.snapshot_readable(ns, snapshot) is False:
+        found.append(Finding("spec.snapshot", f"{snapshot!r} in the store is not namespace {ns}'s nor shared with "
+                             f"it (replayops snapshot share {snapshot} --with {ns})", "snapshot-namespace"))
     if exists is False:
         found.append(Finding("spec.snapshot", f"{snapshot!r} is neither a Snapshot in namespace {ns} nor a "
                              "snapshot in the store", "snapshot-exists"))
@@ -253,6 +257,7 @@ class StaticLookup:
     replays: dict[str, list[Mapping[str, Any]]]
     namespaces: dict[str, Mapping[str, str]]
     snapshots: set[str] | None = None  # None: no store to ask
+    readers: dict[str, frozenset[str]] | None = None  # snapshot → namespaces that may read it ("*": all)
     finished: dict[str, set[str]] | None = None  # namespace → names of finished replays; None: unknown
     resources: set[tuple[str, str, str]] | None = None  # (kind, namespace, name) of our objects; None: unknown
 
@@ -276,6 +281,10 @@ class StaticLookup:
 
     def snapshot_exists(self, name: str) -> bool | None:
         return None if self.snapshots is None else name in self.snapshots
+
+    def snapshot_readable(self, namespace: str, name: str) -> bool | None:
+        readers = None if self.readers is None else self.readers.get(name)
+        return None if readers is None else bool({namespace, "*"} & readers)
 
     def resource_exists(self, kind: str, namespace: str, name: str) -> bool | None:
         return None if self.resources is None else (kind, namespace, name) in self.resources
@@ -302,6 +311,9 @@ class RevisionLookup:
 
     def snapshot_exists(self, name: str) -> bool | None:
         return self.inner.snapshot_exists(name)
+
+    def snapshot_readable(self, namespace: str, name: str) -> bool | None:
+        return self.inner.snapshot_readable(namespace, name)
 
     def resource_exists(self, kind: str, namespace: str, name: str) -> bool | None:
         return True if (kind, namespace, name) in self.declared else self.inner.resource_exists(kind, namespace, name)
@@ -344,6 +356,9 @@ class MemoLookup:
 
     def snapshot_exists(self, name: str) -> bool | None:
         return self._ask("snapshot_exists", name)  # type: ignore[no-any-return]
+
+    def snapshot_readable(self, namespace: str, name: str) -> bool | None:
+        return self._ask("snapshot_readable", namespace, name)  # type: ignore[no-any-return]
 
     def resource_exists(self, kind: str, namespace: str, name: str) -> bool | None:
         return self._ask("resource_exists", kind, namespace, name)  # type: ignore[no-any-return]

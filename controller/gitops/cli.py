@@ -108,7 +108,9 @@ def _offline_lookup(store: Path | None) -> rules.StaticLookup:
         from controller.store import FileStore, StoreError
 
         try:
-            lookup.snapshots = {m.name for m in FileStore(store).snapshots()}
+            manifests = FileStore(store).snapshots()
+            lookup.snapshots = {m.name for m in manifests}
+            lookup.readers = {m.name: frozenset([m.namespace, *m.shared]) for m in manifests}
         except (OSError, StoreError) as exc:
             print(f"replayops validate: warning: store {store} is not readable ({exc}); snapshot names "
                   "not checked", file=sys.stderr)

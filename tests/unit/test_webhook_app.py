@@ -225,6 +225,17 @@ def test_unknown_snapshot_is_denied_and_unreachable_store_only_warns() -> None:
     assert out["allowed"] and "unreachable" in out["warnings"][0]
 
 
+def test_a_store_snapshot_not_of_the_replays_namespace_nor_shared_with_it_is_denied_saying_how_to_share() -> None:
+    def judged(readers: frozenset[str]) -> dict[str, Any]:
+        look = lookup(snapshots={"imported"}, readers={"imported": readers})
+        return post(make_client(look), "/validate/trafficreplays",
+                    review(replay(snapshot="imported"), group="replayops.dev", kind="TrafficReplay"))
+    out = judged(frozenset({"payments"}))
+    assert not out["allowed"] and "'imported' in the store is not namespace shop's nor shared with it " \
+        "(replayops snapshot share imported --with shop)" in out["status"]["message"]
+    assert judged(frozenset({"shop"}))["allowed"] and judged(frozenset({"payments", "*"}))["allowed"]
+
+
 @pytest.mark.parametrize(("spec", "field"), [
     ({"dlp": {"patterns": [{"type": "custom", "regex": "(a+)+$"}]}}, "spec.dlp.patterns[0].regex"),
     ({"dlp": {"patterns": [{"type": "custom", "regex": "([a-z"}]}}, "spec.dlp.patterns[0].regex"),
@@ -299,8 +310,10 @@ def test_snapshot_check_asks_the_store(tmp_path) -> None:  # type: ignore[no-unt
     from controller.admission.cli import _snapshot_check
     from controller.store import FileStore, Manifest
 
-    FileStore(tmp_path).write_snapshot(Manifest(name="checkout-1"), [])
-    exists = _snapshot_check(tmp_path)
-    assert exists("checkout-1") is True and exists("other") is False and exists("Not A Name") is False
+    FileStore(tmp_path).write_snapshot(Manifest(name="checkout-1", namespace="shop"), [])
+    found = _snapshot_check(tmp_path)
+    manifest = found("checkout-1")
+    assert isinstance(manifest, Manifest) and manifest.readable_by("shop") and not manifest.readable_by("web")
+    assert found("other") is False and found("Not A Name") is False
     assert _snapshot_check(None)("checkout-1") is None
     assert _snapshot_check(tmp_path / "absent")("checkout-1") is None
