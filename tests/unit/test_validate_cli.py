@@ -76,7 +76,10 @@ def test_a_readable_local_store_is_asked_for_snapshot_names(tmp_path: Path) -> N
     assert "existence not checked (rule: snapshot-exists)" in unchecked.stderr
     home = tmp_path / "home"
     FileStore(home / "store").write_snapshot(Manifest(name="demo-baseline"), [])
-    found = validate(tmp_path, home=home)  # $REPLAYOPS_HOME/store by default
+    foreign = validate(tmp_path, home=home)  # $REPLAYOPS_HOME/store by default
+    assert foreign.returncode == 1 and "(rule: snapshot-namespace)" in foreign.stdout, "made here, not demo's"
+    FileStore(home / "store").share("demo-baseline", ["demo"])
+    found = validate(tmp_path, home=home)
     assert found.returncode == 0 and "snapshot-exists" not in found.stderr, found.stdout + found.stderr
     (tmp_path / "r.yaml").write_text(SMOKE.replace("snapshot: demo-baseline", "snapshot: demo-gone"))
     missing = validate(tmp_path, args=("--store", str(home / "store")))
