@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -128,20 +129,31 @@ def _start_target(command: list[str], log_path: Path) -> tuple[subprocess.Popen[
     return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True), out
 
 
-def _wait_listening(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
-    """Until the target accepts connections (True), or its command exits or ``timeout`` passes (False)."""
-    import socket
+def _address(url: str) -> tuple[str, int]:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    address = (parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80))
+    return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _accepts(address: tuple[str, int]) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(address, timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _wait_listening(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> bool:
+    """Until the target accepts connections (True), or its command exits or ``timeout`` passes (False)."""
+    address = _address(url)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(address, timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.1)
+        if _accepts(address):
+            return proc.poll() is None  # still running: it is the command that answers
+        time.sleep(0.1)
     return False
 
 
@@ -247,13 +259,20 @@ def _replay(args: argparse.Namespace, spec: dict[str, Any], snapshot: str, targe
     report_id = report.new_id(snapshot)
     target_proc, target_log, log_path = None, None, None
     if command:
+        if _accepts(_address(target)):  # the command could not listen there: the replay would hit another app
+            host, port = _address(target)
+            return Outcome(2, error=f"something already listens on {host}:{port} before the target command "
+                                    "started; stop it or give --target another port")
         log_path = (args.report_dir or report.reports_dir()) / f"{report_id}.target.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         target_proc, target_log = _start_target(command, log_path)
         if not _wait_listening(target, target_proc):
-            os.killpg(target_proc.pid, signal.SIGTERM)
-            return Outcome(2, error=f"the target command exited or never listened on {target}; "
-                                    f"its output is in {log_path}")
+            with contextlib.suppress(ProcessLookupError):  # it exited: its group may be gone too
+                os.killpg(target_proc.pid, signal.SIGTERM)
+            target_log.close()
+            code = target_proc.poll()
+            why = f"exited with {code} before it listened" if code is not None else "never listened (30 s)"
+            return Outcome(2, error=f"the target command {why} on {target}; its output is in {log_path}")
     started = time.time()
     try:
         total = FileStore(args.store).manifest(snapshot).count
@@ -267,7 +286,8 @@ def _replay(args: argparse.Namespace, spec: dict[str, Any], snapshot: str, targe
         return Outcome(2, error=str(exc))
     finally:
         if target_proc is not None:
-            os.killpg(target_proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(target_proc.pid, signal.SIGTERM)
             target_proc.wait(10)
             target_log.close()  # type: ignore[union-attr]
     finished = time.time()

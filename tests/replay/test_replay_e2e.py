@@ -269,3 +269,18 @@ def test_a_local_target_command_is_started_and_its_output_collected(recorded: di
     assert out.returncode == 0, out.stdout + out.stderr
     rep = json.loads(cli(recorded, "report", "show", out.stdout.split()[1].rstrip(":"), "--json").stdout)
     assert "target booting" in rep["logs"]
+
+
+def test_a_target_command_that_cannot_serve_fails_the_replay_saying_so(recorded: dict[str, str]) -> None:
+    import socket
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)):  # another app holds the port the command would take
+        taken = cli(recorded, "replay", "demo", "--target", f"http://127.0.0.1:{port}", "--no-progress", "--",
+                    sys.executable, str(DEMO / "server.py"), str(port), "http://127.0.0.1:9")
+    assert taken.returncode == 2, taken.stdout + taken.stderr
+    assert f"something already listens on 127.0.0.1:{port} before the target command started" in taken.stderr
+    assert "requests" not in taken.stdout, "nothing was replayed against the other app"
+    exited = cli(recorded, "replay", "demo", "--target", f"http://127.0.0.1:{free_port()}", "--no-progress", "--",
+                 sys.executable, "-c", "raise SystemExit(3)")
+    assert exited.returncode == 2 and "the target command exited with 3 before it listened" in exited.stderr
+    assert "Traceback" not in taken.stderr + exited.stderr
