@@ -68,6 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--min-rps", type=_positive)
     r.add_argument("--max-p99", type=_positive, help="ms")
     r.add_argument("--ignore-path", action="append", default=[], help="JSON path left out of the comparison")
+    r.add_argument("--no-detect-noise", dest="detect_noise", action="store_false",
+                   help="compare every field, even those found to differ on every call (timestamps, ids)")
     r.add_argument("--secrets-dir", type=Path, help="mounted secrets for bearerRefresh (dir/name/key)")
     r.add_argument("--store", type=Path)
     r.add_argument("--no-progress", action="store_true")
@@ -255,6 +257,7 @@ def _replay(args: argparse.Namespace, spec: dict[str, Any], snapshot: str, targe
     if args.ignore_path:
         plan.rules = generator.compare.Rules(**{**plan.rules.__dict__,
                                                 "ignore": (*plan.rules.ignore, *args.ignore_path)})
+    plan.detect_noise = plan.detect_noise and args.detect_noise
     command = args.command
     report_id = report.new_id(snapshot)
     target_proc, target_log, log_path = None, None, None

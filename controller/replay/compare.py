@@ -3,13 +3,16 @@
 JSON bodies are compared leaf by leaf (with ignored or include-only paths and
 a numeric tolerance); other bodies by hash. ``noise`` finds the fields that
 differ between two recordings of the same request — timestamps, ids — so they
-can be ignored and reported as such.
+can be ignored and reported as such; ``volatile`` the fields that will differ on
+every call by their look (UUIDs, ISO-8601 times, epoch times), for requests
+recorded once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,3 +120,22 @@ def noise(first: Mapping[str, Any], second: Mapping[str, Any]) -> set[str]:
         return set()
     left, right = dict(jsonpath.flatten(a)), dict(jsonpath.flatten(b))
     return {p for p in left.keys() & right.keys() if left[p] != right[p]}
+
+
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?")
+
+
+def _looks_volatile(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(UUID.fullmatch(value) or ISO_TIME.fullmatch(value))
+    if isinstance(value, int | float) and not isinstance(value, bool):  # epoch seconds or ms (2001 to 2286)
+        return 1e9 <= value < 1e10 or 1e12 <= value < 1e13
+    return False
+
+
+def volatile(response: Mapping[str, Any]) -> set[str]:
+    """JSON paths of a recorded response whose values are made anew on every call, by their look: UUIDs,
+    ISO-8601 times, epoch times in seconds or milliseconds."""
+    doc = _json(rrpair.decode_body(response))
+    return set() if doc is None else {p for p, v in jsonpath.flatten(doc) if _looks_volatile(v)}

@@ -173,20 +173,27 @@ def signature(record: Mapping[str, Any]) -> str:
 
 
 NOISE_SIGNATURES = 20000  # distinct requests remembered for noise detection (bounds its memory)
+VOLATILE_LOOKS = 50  # responses of each endpoint looked at for values made anew on every call
 
 
 def detect_noise(store: FileStore, name: str, problems: list[ReadProblem] | None = None) -> dict[str, set[str]]:
     """Per endpoint, the JSON paths that differ between recordings of the same request (among the first
-    ``NOISE_SIGNATURES`` distinct requests, so memory stays bounded on huge snapshots)."""
+    ``NOISE_SIGNATURES`` distinct requests, so memory stays bounded on huge snapshots), and those whose
+    values look made anew on every call (``compare.volatile``: a request recorded once has them too; the
+    first ``VOLATILE_LOOKS`` responses of each endpoint are looked at)."""
     first: dict[str, dict[str, Any]] = {}
     found: dict[str, set[str]] = defaultdict(set)
+    looked: dict[str, int] = defaultdict(int)
     for record in inbound(store, name, problems):
-        sig = signature(record)
+        endpoint, sig = rrpair.endpoint(record), signature(record)
+        if looked[endpoint] < VOLATILE_LOOKS:
+            looked[endpoint] += 1
+            found[endpoint] |= compare.volatile(record["response"])
         if sig in first:
-            found[rrpair.endpoint(record)] |= compare.noise(first[sig], record["response"])
+            found[endpoint] |= compare.noise(first[sig], record["response"])
         elif len(first) < NOISE_SIGNATURES:
             first[sig] = record["response"]
-    return dict(found)
+    return {endpoint: paths for endpoint, paths in found.items() if paths}
 
 
 class Bucket:

@@ -39,6 +39,17 @@ def test_include_only_and_noise() -> None:
     assert compare.noise(resp({"v": 1, "at": 1}), resp({"v": 1, "at": 2})) == {"$.at"}
 
 
+def test_values_made_anew_on_every_call_are_known_by_their_look() -> None:
+    body = {"ts": 1764870000.25, "ms": 1764870000250, "order": "0b9e5c1e-6f1d-4a57-9a3e-2c8f4f1b7d10",
+            "at": "2026-12-04T20:00:00Z", "local": "2026-12-04 20:00:00.123+01:00",
+            "price": 2, "qty": 3, "total": 6.0, "id": 1234, "born": "1990-05-01", "name": "apple",
+            "flag": True, "items": [{"created": "2026-12-04T20:00"}]}
+    assert compare.volatile(resp(body)) == {"$.ts", "$.ms", "$.order", "$.at", "$.local", "$.items[0].created"}
+    assert compare.volatile(rrpair.make(method="GET", url="http://x/", request_headers=[], request_body=None,
+                                        status=200, response_headers=[], response_body=b"not json", started=0,
+                                        finished=0, direction="inbound", service="s")["response"]) == set()
+
+
 def test_time_shift_keeps_the_recorded_offset() -> None:
     recorded_at = 1_700_000_000.0
     text = "from=2023-11-14T22:13:20Z&epoch=1700000000&ms=1700000000000&other=42"

@@ -122,13 +122,14 @@ def test_goals_turn_into_the_exit_code(recorded: dict[str, str]) -> None:
         unmet = cli(recorded, "replay", "demo", "--target", f"http://127.0.0.1:{port}", "--no-progress",
                     "--ignore-path", "$.order", "--max-p99", "0.0001")
         strict = cli(recorded, "replay", "demo", "--target", f"http://127.0.0.1:{port}", "--no-progress",
-                     "--min-success-rate", "1")
+                     "--min-success-rate", "1", "--no-detect-noise")
     finally:
         stop_pid(server.pid)
         stop_pid(dep.pid)
     assert met.returncode == 0 and "16 requests" in met.stdout, met.stdout
     assert unmet.returncode == 1 and "goal max p99" in unmet.stdout and "NOT met" in unmet.stdout
     assert strict.returncode == 1 and "$.order: recorded" in strict.stdout, "random ids differ unless ignored"
+    assert "$.ts: recorded" in strict.stdout
 
 
 class Guarded(BaseHTTPRequestHandler):
@@ -263,12 +264,13 @@ def test_a_local_target_command_is_started_and_its_output_collected(recorded: di
                       f"runpy.run_path({str(DEMO / 'server.py')!r}, run_name='__main__')\n")
     try:
         out = cli(recorded, "replay", "demo", "--target", f"http://127.0.0.1:{port}", "--no-progress",
-                  "--ignore-path", "$.order", "--", sys.executable, str(script))
+                  "--", sys.executable, str(script))  # no flags: its timestamp and order id are found as noise
     finally:
         stop_pid(dep.pid)
     assert out.returncode == 0, out.stdout + out.stderr
     rep = json.loads(cli(recorded, "report", "show", out.stdout.split()[1].rstrip(":"), "--json").stdout)
     assert "target booting" in rep["logs"]
+    assert rep["noise"] == {"GET /api/quote": ["$.ts"], "POST /api/orders": ["$.order"]}, rep["noise"]
 
 
 def test_a_target_command_that_cannot_serve_fails_the_replay_saying_so(recorded: dict[str, str]) -> None:
