@@ -248,12 +248,20 @@ def create_app(store: Store, token: str, key: bytes, policies: PolicyGetter, *,
 
     @app.get("/readyz")
     def readyz() -> Response:
-        """Readiness: batches would be stored — the CapturePolicies can be read (until then every batch is
-        refused, and a Service should send them to a replica that can)."""
+        """Readiness: batches would be stored — the CapturePolicies can be read and, in a cluster, sidecars'
+        tokens reviewed (until then every batch is refused, and a Service should send them to a replica that
+        can). The review of a token nobody has is remembered seconds: probes cost the apiserver little."""
         try:
             policies("replayops-system/readyz")
         except PoliciesUnavailable as exc:
             return reply(503, status="policies unavailable", error=str(exc))
+        if reviewer is not None:
+            try:
+                reviewer.identify("replayops-forwarder-readiness")
+            except tokens.TokenError:
+                pass  # the apiserver reviewed it (and refused it, as it should): reviews work
+            except Exception as exc:  # no permission to create TokenReviews, or no apiserver
+                return reply(503, status="token reviews unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
         return reply(200, status="ready")
 
     @app.get("/metrics")

@@ -115,3 +115,50 @@ def test_tokens_that_may_not_write_are_refused_with_the_reason_and_nothing_store
     gone = _post(url, gone_token, claims, ["/e"])
     assert gone.status_code in (401, 403), gone.text  # the apiserver refuses a token whose pod is gone
     assert _stored(streams) == {}, "nothing stored"
+
+
+def test_a_forwarder_that_may_not_review_tokens_is_not_ready_until_it_may(
+        cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    """The shipped RBAC gives the forwarder TokenReviews; without them every sidecar's batch would be
+    refused, so the replica says it is not ready (its Service sends batches to one that is)."""
+    import time
+
+    kube = cluster.kube
+    kube.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "fwd", "namespace": namespace}})
+    role = f"{namespace}-fwd"
+    kube.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
+                "rules": [{"apiGroups": ["replayops.dev"], "resources": ["capturepolicies"],
+                           "verbs": ["get", "list", "watch"]}]})
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": role}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+                                                       "kind": "ClusterRole", "name": role},
+               "subjects": [{"kind": "ServiceAccount", "name": "fwd", "namespace": namespace}]}
+    kube.apply(binding)
+    token = kube.call("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/fwd/token",
+                      body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                            "spec": {"expirationSeconds": 600}}, what="request a token")["status"]["token"]
+    admin = json.loads(cluster.kubeconfig.read_text())
+    kubeconfig = tmp_path / "fwd.kubeconfig"  # the admin's server and CA, the ServiceAccount's token
+    kubeconfig.write_text(json.dumps({**admin, "users": [{"name": admin["users"][0]["name"],
+                                                          "user": {"token": token}}]}))
+    port = free_port()
+    env = {**os.environ, "REPLAYOPS_HOME": str(tmp_path / "home"), "REPLAYOPS_FORWARDER_TOKEN": "master",
+           "REPLAYOPS_DLP_KEY": "k"}
+    proc = cli("forwarder", "--port", str(port), "--host", "127.0.0.1", "--kubeconfig", str(kubeconfig), env=env)
+    try:
+        wait_200(f"http://127.0.0.1:{port}/healthz")
+        deadline = time.monotonic() + 30
+        while (ready := requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10)).status_code == 200 \
+                or ready.json().get("status") == "policies unavailable":
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.5)
+        assert ready.status_code == 503 and ready.json()["status"] == "token reviews unavailable", ready.text
+        assert "tokenreviews" in ready.json()["error"], ready.text
+        kube.apply({**binding, "metadata": {"name": f"{role}-reviews"},
+                    "roleRef": {**binding["roleRef"], "name": "system:auth-delegator"}})
+        wait_200(f"http://127.0.0.1:{port}/readyz", timeout=60)
+    finally:
+        stop_pid(proc.pid)
+        kube.delete("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", role)
+        kube.delete("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", f"{role}-reviews")
+        kube.delete("rbac.authorization.k8s.io/v1", "ClusterRole", role)
