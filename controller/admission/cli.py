@@ -81,9 +81,8 @@ def _snapshot_check(store: Path | None) -> Callable[[str], Manifest | bool | Non
         if store is None or not store.is_dir():
             return None
         try:
-            found = FileStore(store)
-            return found.manifest(name) if found.exists(name) else False
-        except StoreError:  # not a valid snapshot name (it cannot be there), or an unreadable manifest
+            return FileStore(store).manifest(name)
+        except StoreError:  # none of that name (or not a valid one), or an unreadable manifest
             return False
     return manifest
 

@@ -21,6 +21,7 @@ from controller.admission.inject import HEALTH_PORT
 from controller.api import ACTIVE_PHASES, EXCLUDED_NAMESPACES, PENDING
 from controller.durations import epoch
 from controller.policy import selector_matches
+from controller.store import Manifest
 
 OWN_POD_LABELS = ({"app.kubernetes.io/part-of": "replayops", "app.kubernetes.io/name": "replayops-controller"},
                   {"app.kubernetes.io/part-of": "replayops", "app.kubernetes.io/name": "replayops-webhook"})
@@ -257,7 +258,7 @@ class StaticLookup:
     replays: dict[str, list[Mapping[str, Any]]]
     namespaces: dict[str, Mapping[str, str]]
     snapshots: set[str] | None = None  # None: no store to ask
-    readers: dict[str, frozenset[str]] | None = None  # snapshot → namespaces that may read it ("*": all)
+    manifests: dict[str, Manifest] | None = None  # snapshot → its manifest (who may read it); None: unknown
     finished: dict[str, set[str]] | None = None  # namespace → names of finished replays; None: unknown
     resources: set[tuple[str, str, str]] | None = None  # (kind, namespace, name) of our objects; None: unknown
 
@@ -283,8 +284,8 @@ class StaticLookup:
         return None if self.snapshots is None else name in self.snapshots
 
     def snapshot_readable(self, namespace: str, name: str) -> bool | None:
-        readers = None if self.readers is None else self.readers.get(name)
-        return None if readers is None else bool({namespace, "*"} & readers)
+        manifest = None if self.manifests is None else self.manifests.get(name)
+        return None if manifest is None else manifest.readable_by(namespace)
 
     def resource_exists(self, kind: str, namespace: str, name: str) -> bool | None:
         return None if self.resources is None else (kind, namespace, name) in self.resources

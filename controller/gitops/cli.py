@@ -108,9 +108,8 @@ def _offline_lookup(store: Path | None) -> rules.StaticLookup:
         from controller.store import FileStore, StoreError
 
         try:
-            manifests = FileStore(store).snapshots()
-            lookup.snapshots = {m.name for m in manifests}
-            lookup.readers = {m.name: frozenset([m.namespace, *m.shared]) for m in manifests}
+            lookup.manifests = {m.name: m for m in FileStore(store).snapshots()}
+            lookup.snapshots = set(lookup.manifests)
         except (OSError, StoreError) as exc:
             print(f"replayops validate: warning: store {store} is not readable ({exc}); snapshot names "
                   "not checked", file=sys.stderr)

@@ -289,10 +289,8 @@ class FileStore:
             return 0
         directory = self.root / "streams" / _safe(stream)
         marker = directory / ".batches" / _safe(batch) if batch else None
-        if marker is not None and marker.exists():
-            raise DuplicateBatch(f"batch {batch} of stream {stream} is stored already")
         with self._lock(stream):
-            if marker is not None and marker.exists():  # its first copy was stored while this one waited
+            if marker is not None and marker.exists():  # a retry, or its first copy stored while this one waited
                 raise DuplicateBatch(f"batch {batch} of stream {stream} is stored already")
             segment = self._segment(stream, directory)
             start = segment.size

@@ -226,14 +226,17 @@ def test_unknown_snapshot_is_denied_and_unreachable_store_only_warns() -> None:
 
 
 def test_a_store_snapshot_not_of_the_replays_namespace_nor_shared_with_it_is_denied_saying_how_to_share() -> None:
-    def judged(readers: frozenset[str]) -> dict[str, Any]:
-        look = lookup(snapshots={"imported"}, readers={"imported": readers})
+    from controller.store import Manifest
+
+    def judged(owner: str, shared: tuple[str, ...] = ()) -> dict[str, Any]:
+        look = lookup(snapshots={"imported"},
+                      manifests={"imported": Manifest("imported", namespace=owner, shared=list(shared))})
         return post(make_client(look), "/validate/trafficreplays",
                     review(replay(snapshot="imported"), group="replayops.dev", kind="TrafficReplay"))
-    out = judged(frozenset({"payments"}))
+    out = judged("payments")
     assert not out["allowed"] and "'imported' in the store is not namespace shop's nor shared with it " \
         "(replayops snapshot share imported --with shop)" in out["status"]["message"]
-    assert judged(frozenset({"shop"}))["allowed"] and judged(frozenset({"payments", "*"}))["allowed"]
+    assert judged("shop")["allowed"] and judged("payments", ("*",))["allowed"]
 
 
 @pytest.mark.parametrize(("spec", "field"), [
